@@ -1,0 +1,26 @@
+"""Resource settings, kept apart from algorithm configs so a job hashes the same on any cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vsae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How much of the cluster a job uses; never part of a store spec or SAE config."""
+
+    num_cpus_per_task: float = 1.0
+    """CPUs Ray reserves for each store task."""
+    max_in_flight: int = 16
+    """Tasks submitted at once; bounds driver memory and lets progress reflect finished work."""
+    max_retries: int = 3
+    """Retries of a task whose worker died or that hit a storage error (OSError)."""
+    local_num_cpus: int = 0
+    """CPUs of the embedded local Ray (0: all of this machine); ignored on a running cluster."""
+
+    def __post_init__(self) -> None:
+        if self.num_cpus_per_task <= 0 or self.max_in_flight < 1 or self.max_retries < 0:
+            raise ConfigError(f"invalid resources {self}: need num_cpus_per_task > 0, "
+                              "max_in_flight >= 1, max_retries >= 0")

@@ -1,0 +1,31 @@
+"""Starting or joining Ray the same way under ``ray job submit`` and as a plain script."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import ray
+
+from cluster.resources import Resources
+
+# Variables that workers of an embedded local Ray need to see exactly as the driver does.
+_FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "NLTK_DATA")
+
+
+def init_ray(resources: Resources | None = None) -> dict:
+    """Join the cluster given by ``RAY_ADDRESS`` (set by ``ray job submit``) or start a local Ray.
+
+    Returns the cluster's resources. Calling it again in the same process is harmless.
+    """
+    if not ray.is_initialized():
+        kwargs: dict = {"logging_level": logging.WARNING, "log_to_driver": True}
+        if not os.environ.get("RAY_ADDRESS"):
+            res = resources or Resources()
+            if res.local_num_cpus:
+                kwargs["num_cpus"] = res.local_num_cpus
+            env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            if env:
+                kwargs["runtime_env"] = {"env_vars": env}
+        ray.init(**kwargs)
+    return ray.cluster_resources()

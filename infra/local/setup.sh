@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install vsae on a fresh machine (Python 3.11+).
+#   bash infra/local/setup.sh          the package and its runtime dependencies
+#   bash infra/local/setup.sh --test   also the test tools (pytest, hypothesis, moto)
+# torch is pinned to the CPU build first; on a GPU machine install your CUDA build of torch into
+# .venv before running this script (any torch >= 2.4 is kept as it is).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON="${PYTHON:-python3}"
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+fi
+.venv/bin/python -m pip install --quiet -e ".${extras}"
+echo "vsae installed in .venv ($(.venv/bin/python -c 'import torch, zarr, ray; print(f"torch {torch.__version__}, zarr {zarr.__version__}, ray {ray.__version__}")'))"

@@ -1,0 +1,74 @@
+"""The errors a user of vsae can cause, each naming what it was given and what would be valid.
+
+Internal invariants use ``assert``; everything a user can get wrong (a URI, a hook name, a
+config value, a damaged store) raises one of these. Each subclasses the builtin that a caller
+would catch without knowing vsae (``FileNotFoundError`` for a missing store, ``KeyError`` for an
+unknown hook), so generic handlers keep working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class VsaeError(Exception):
+    """Base class of every error vsae raises on purpose."""
+
+
+class ConfigError(VsaeError, ValueError):
+    """A config or spec field is out of range or inconsistent with another field."""
+
+
+class SchemaVersionError(VsaeError, ValueError):
+    """Stored metadata has a schema version this release cannot read."""
+
+
+class StoreNotFound(VsaeError, FileNotFoundError):
+    """No vsae store exists at the URI."""
+
+
+class StoreSpecMismatch(VsaeError, FileExistsError):
+    """A store exists at the URI but was created from a different spec."""
+
+
+class StoreIncomplete(VsaeError, RuntimeError):
+    """Tasks are missing: the store cannot be published, or is not published yet."""
+
+    def __init__(self, message: str, missing_tasks: Iterable[int] = ()):
+        super().__init__(message)
+        self.missing_tasks = tuple(missing_tasks)
+
+
+class StoreCorrupted(VsaeError, OSError):
+    """Stored bytes failed their checksum or do not match the task's completion marker."""
+
+
+class ReadOnlyStore(VsaeError, PermissionError):
+    """A write was attempted through a store opened read-only."""
+
+
+class UnknownHook(VsaeError, KeyError):
+    """A hook name that the model or store does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class TaskDataError(VsaeError, ValueError):
+    """Data handed to a task writer has the wrong hooks, shapes, dtypes or values."""
+
+
+def format_ranges(values: Iterable[int], limit: int = 20) -> str:
+    """Render sorted integers compactly, e.g. ``0-3, 7, 9-12``, for error messages."""
+    ordered = sorted(set(values))
+    parts: list[str] = []
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    if len(parts) > limit:
+        return ", ".join(parts[:limit]) + f", ... ({len(ordered)} in all)"
+    return ", ".join(parts)

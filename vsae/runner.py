@@ -1,0 +1,86 @@
+"""Running store tasks: the producer protocol, the in-process runner, and the run report.
+
+A *producer* is a picklable callable ``task -> {hook: HookRows}``; a runner calls it for each
+task and hands the rows to :meth:`ActivationStore.write_task`. The in-process runner here is the
+reference; ``cluster.tasks`` runs the very same function on Ray workers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from vsae.store import ActivationStore, HookRows, TaskResult
+
+Producer = Callable[[int], dict[str, HookRows]]
+
+
+@lru_cache(maxsize=8)
+def _writable(uri: str) -> ActivationStore:
+    return ActivationStore.open(uri, mode="a")
+
+
+def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
+    """Produce and write one task unless its marker exists (the unit every runner executes)."""
+    store = _writable(uri)
+    if not overwrite and store.task_done(task):
+        return TaskResult(task, "skipped", *_counts(store.read_marker(task)))
+    return store.write_task(task, producer(task), overwrite=overwrite)
+
+
+def _counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    hooks = marker["hooks"]
+    return {h: c["rows"] for h, c in hooks.items()}, {h: c["valid_rows"] for h, c in hooks.items()}
+
+
+@dataclass
+class RunReport:
+    """What a run of tasks did; printed at the end of every job and saved as JSON."""
+
+    store_uri: str
+    tasks_written: int = 0
+    tasks_skipped: int = 0
+    rows_written: dict[str, int] = field(default_factory=dict)
+    valid_rows_written: dict[str, int] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, result: TaskResult) -> None:
+        if result.status == "skipped":
+            self.tasks_skipped += 1
+            return
+        self.tasks_written += 1
+        for hook, n in result.rows.items():
+            self.rows_written[hook] = self.rows_written.get(hook, 0) + n
+            self.valid_rows_written[hook] = self.valid_rows_written.get(hook, 0) + result.valid_rows[hook]
+
+    def summary(self) -> str:
+        rows = sum(self.rows_written.values())
+        lines = [
+            f"store          {self.store_uri}",
+            f"tasks          {self.tasks_written} written, {self.tasks_skipped} already done, {len(self.failed)} failed",
+            f"rows written   {rows:,} in {self.seconds:.1f} s ({rows / max(self.seconds, 1e-9):,.0f} rows/s)",
+        ]
+        for hook, n in sorted(self.rows_written.items()):
+            lines.append(f"  {hook:<28} {n:>12,} rows, {self.valid_rows_written[hook]:,} valid")
+        for task, err in sorted(self.failed.items()):
+            lines.append(f"  task {task} FAILED: {err}")
+        lines.extend(self.notes)
+        return "\n".join(lines)
+
+
+def run_local(uri: str, producer: Producer, tasks: Iterable[int], *, overwrite: bool = False,
+              progress: bool = True) -> RunReport:
+    """Write ``tasks`` one after another in this process."""
+    report = RunReport(uri)
+    started = time.perf_counter()
+    for task in tqdm(list(tasks), desc="tasks", unit="task", disable=not progress):
+        report.add(write_one(uri, producer, task, overwrite))
+    report.seconds = time.perf_counter() - started
+    return report

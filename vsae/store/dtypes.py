@@ -1,0 +1,62 @@
+"""Activation dtypes on disk: float16, float32, and bfloat16 carried as its uint16 bits.
+
+zarr 3.1 has no bfloat16 dtype and casting bfloat16 to float16 overflows, so bfloat16 rows are
+stored as the raw 16 bits with an array attribute saying so; every bfloat16 value is exactly a
+float32, so reading decodes to float32 without loss.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vsae.errors import TaskDataError
+
+
+def float_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 values to bfloat16 (nearest, ties to even) and return the uint16 bits."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounding = ((bits >> 16) & 1) + np.uint32(0x7FFF)
+    out = ((bits + rounding) >> 16).astype(np.uint16)
+    nan = np.isnan(x)
+    if nan.any():  # rounding could turn a NaN payload into infinity
+        out[nan] = np.uint16(0x7FC0)
+    return out
+
+
+def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Exact float32 values of bfloat16 bits."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """Convert activations to the stored representation of ``dtype``, refusing non-finite values.
+
+    ``uint16`` input to a bfloat16 store is taken as bfloat16 bits already (a torch bf16 tensor
+    viewed as int16/uint16). Overflow when narrowing to float16 is an error, not a silent inf.
+    """
+    acts = np.asarray(acts)
+    if dtype == "bfloat16":
+        if acts.dtype in (np.uint16, np.int16):
+            stored = acts.view(np.uint16)
+            finite = np.isfinite(bf16_bits_to_float32(stored))
+        else:
+            stored = float_to_bf16_bits(acts)
+            finite = np.isfinite(bf16_bits_to_float32(stored))
+    else:
+        if acts.dtype.kind not in "fiu":
+            raise TaskDataError(f"{where}: activations must be numeric, got dtype {acts.dtype}")
+        stored = acts.astype(dtype, copy=False)
+        finite = np.isfinite(stored)
+    if not finite.all():
+        bad = int((~finite).sum())
+        peak = float(np.nanmax(np.abs(np.asarray(acts, dtype=np.float32)))) if dtype != "bfloat16" else float("nan")
+        raise TaskDataError(
+            f"{where}: {bad} activation values are not finite in {dtype} (largest |input| {peak:g}; "
+            f"float16 holds up to 65504). Store as bfloat16 or float32, or check the model."
+        )
+    return np.ascontiguousarray(stored)
+
+
+def decode_acts(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Activations as numpy floats: float16/float32 as stored, bfloat16 as exact float32."""
+    return bf16_bits_to_float32(stored) if dtype == "bfloat16" else stored

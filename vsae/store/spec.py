@@ -1,0 +1,193 @@
+"""The store spec: the frozen, JSON-serialisable description of what a store holds.
+
+A store root is created from exactly one spec; its digest names the store's content and layout,
+so a resumed job can prove it writes into the store it started, and an SAE checkpoint can name
+the data it was trained on. Plain JSON only (never pickles), with a schema version and one
+migration function.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from vsae.errors import ConfigError, SchemaVersionError, UnknownHook
+
+SCHEMA_VERSION = 1
+DTYPES = ("float16", "bfloat16", "float32")
+COMPRESSIONS = ("zstd:1", "zstd:3", "none")
+ARRAY_NAMES = ("acts", "image_id", "yx", "prob", "valid")
+_SAMPLER = re.compile(r"^(mean|all|cls|tokens|magnitude:[1-9][0-9]*)$")
+_HOOK_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def validate_hook_name(name: str) -> str:
+    """Check that a hook name is a safe relative key: ``mixed4a/5x5``, ``blocks.3/resid_post``.
+
+    Hook names become storage paths, so ``..``, absolute paths, empty parts and the reserved
+    array names are refused.
+    """
+    parts = name.split("/") if isinstance(name, str) else [""]
+    bad = [p for p in parts if not _HOOK_PART.match(p) or p in ("..", ".") or p in ARRAY_NAMES]
+    if not name or bad:
+        raise ConfigError(
+            f"invalid hook name {name!r}: parts must match {_HOOK_PART.pattern}, "
+            f"and may not be '..' or one of {ARRAY_NAMES}"
+        )
+    return name
+
+
+def sampler_rows(sampler: str) -> int | None:
+    """Rows per image a sampler fixes (``mean``/``cls``: 1, ``magnitude:K``: K), else None."""
+    if not _SAMPLER.match(sampler):
+        raise ConfigError(
+            f"unknown sampler {sampler!r}; valid: mean, magnitude:K (K >= 1), all, cls, tokens"
+        )
+    if sampler in ("mean", "cls"):
+        return 1
+    if sampler.startswith("magnitude:"):
+        return int(sampler.split(":", 1)[1])
+    return None
+
+
+@dataclass(frozen=True)
+class HookSpec:
+    """One hook's arrays in the store."""
+
+    name: str
+    """Canonical hook name local to the model, e.g. ``mixed4a/5x5`` or ``blocks.3/resid_post``."""
+    channels: int
+    """Width of one activation row (channels of a conv layer, d_model of a transformer)."""
+    sampler: str = "mean"
+    """``mean``, ``magnitude:K``, ``all``, ``cls`` or ``tokens`` (SPEC section 5)."""
+    rows_per_image: int = 1
+    """Rows each image contributes: 1 for mean/cls, K for magnitude:K, H*W for all, T for tokens."""
+
+    def __post_init__(self) -> None:
+        validate_hook_name(self.name)
+        if not isinstance(self.channels, int) or self.channels < 1:
+            raise ConfigError(f"hook {self.name!r}: channels must be a positive int, got {self.channels!r}")
+        if not isinstance(self.rows_per_image, int) or self.rows_per_image < 1:
+            raise ConfigError(
+                f"hook {self.name!r}: rows_per_image must be a positive int, got {self.rows_per_image!r}"
+            )
+        fixed = sampler_rows(self.sampler)
+        if fixed is not None and fixed != self.rows_per_image:
+            raise ConfigError(
+                f"hook {self.name!r}: sampler {self.sampler!r} gives {fixed} rows per image, "
+                f"but rows_per_image={self.rows_per_image}"
+            )
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Everything that determines a store's content and layout; saved in the root attributes."""
+
+    model_id: str
+    """Model id ``arch.weights``, e.g. ``inception_v1.lucid``."""
+    weights: str
+    """``sha256:<hex>`` of the weights file, or ``random:SEED`` for random initialisation."""
+    dataset: str
+    """Digest of the dataset listing the image ids refer to."""
+    n_images: int
+    """Images the arrays are sized for (image ids ``0 .. n_images-1``)."""
+    hooks: tuple[HookSpec, ...]
+    """Hooks stored, each with its sampler; names are unique."""
+    dtype: str = "float16"
+    """Activation dtype: float16, bfloat16 (stored as uint16 bits) or float32."""
+    seed: int = 0
+    """Run seed; samplers derive per-(image, hook) generators from it."""
+    images_per_task: int = 1024
+    """Images per task; each task writes exactly one shard per array."""
+    chunk_bytes: int = 4 << 20
+    """Target size of an inner chunk of ``acts`` (the unit of reading), before compression."""
+    compression: str = "zstd:1"
+    """Compression of chunks: ``zstd:1``, ``zstd:3`` or ``none`` (checksums are always on)."""
+    schema_version: int = SCHEMA_VERSION
+    """Version of this layout; readers refuse newer versions."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hooks", tuple(self.hooks))
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
+        for name, value in (("n_images", self.n_images), ("images_per_task", self.images_per_task),
+                            ("chunk_bytes", self.chunk_bytes)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive int, got {value!r}")
+        if not self.hooks:
+            raise ConfigError("a store needs at least one hook")
+        names = [h.name for h in self.hooks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"hook names must be unique; repeated: {dupes}")
+        if self.schema_version != SCHEMA_VERSION:
+            raise SchemaVersionError(
+                f"store spec schema_version {self.schema_version}; this release writes {SCHEMA_VERSION}"
+            )
+
+    @property
+    def n_tasks(self) -> int:
+        return -(-self.n_images // self.images_per_task)
+
+    @property
+    def hook_names(self) -> tuple[str, ...]:
+        return tuple(h.name for h in self.hooks)
+
+    @property
+    def stored_dtype(self) -> np.dtype:
+        """The numpy dtype of ``acts`` on disk (bfloat16 travels as its uint16 bits)."""
+        return np.dtype("uint16" if self.dtype == "bfloat16" else self.dtype)
+
+    def hook(self, name: str) -> HookSpec:
+        for h in self.hooks:
+            if h.name == name:
+                return h
+        raise UnknownHook(f"hook {name!r} is not in this store; stored hooks: {list(self.hook_names)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hooks"] = [asdict(h) for h in self.hooks]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def digest(self) -> str:
+        """Stable sha256 of the canonical JSON; equal specs give equal digests on any machine."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StoreSpec:
+        d = migrate_spec(dict(d))
+        hooks = tuple(HookSpec(**h) for h in d.pop("hooks"))
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown store spec fields {unknown}; known: {sorted(known)}")
+        return cls(hooks=hooks, **d)
+
+    @classmethod
+    def from_json(cls, text: str) -> StoreSpec:
+        return cls.from_dict(json.loads(text))
+
+
+def migrate_spec(d: dict[str, Any]) -> dict[str, Any]:
+    """Bring stored spec JSON to the current schema version (the one place migrations live)."""
+    version = d.get("schema_version")
+    if version == SCHEMA_VERSION:
+        return d
+    raise SchemaVersionError(
+        f"store spec has schema_version {version!r}; this release reads version {SCHEMA_VERSION}. "
+        "Upgrade vsae to read newer stores."
+    )
+
+
+__all__ = ["ARRAY_NAMES", "DTYPES", "HookSpec", "SCHEMA_VERSION", "StoreSpec"]

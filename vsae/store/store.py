@@ -1,0 +1,366 @@
+"""The activation store: a zarr v3 group of per-hook arrays on any fsspec URI (SPEC section 6).
+
+The driver creates a store from a :class:`StoreSpec`, sizing every array up front. Workers each
+write whole tasks (a contiguous image range, one shard per array) and then a small completion
+marker; a task whose marker exists is skipped, and a rewrite produces identical bytes. The
+driver publishes by checking every marker and writing ``manifest.json`` last. Readers refuse an
+unpublished store unless asked to read committed tasks only.
+
+Layout under the root::
+
+    zarr.json                    root group; attributes["vsae"] = {"spec": <StoreSpec JSON>}
+    hooks/<hook>/acts|image_id|yx|prob|valid
+    _tasks/<task:08d>.json       completion markers (rows, valid rows, crc32c per array)
+    manifest.json                written last by publish
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+from vsae.errors import (
+    ReadOnlyStore,
+    StoreCorrupted,
+    StoreIncomplete,
+    StoreNotFound,
+    StoreSpecMismatch,
+    format_ranges,
+)
+from vsae.store import io
+from vsae.store.layout import chunk_images, task_image_range, task_row_range
+from vsae.store.rows import HookRows
+from vsae.store.spec import HookSpec, StoreSpec
+from vsae.store.writer import encode_task
+
+MANIFEST = "manifest.json"
+TASKS_DIR = "_tasks"
+HOOKS_GROUP = "hooks"
+ROOT_ATTR = "vsae"
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one ``write_task`` call did."""
+
+    task: int
+    status: str
+    """``written``, or ``skipped`` when the task's marker already existed."""
+    rows: dict[str, int] = field(default_factory=dict)
+    valid_rows: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Result of re-reading committed tasks and checking them against their markers."""
+
+    tasks_checked: int
+    problems: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _codecs(compression: str) -> list:
+    if compression == "none":
+        return [Crc32cCodec()]
+    level = int(compression.split(":", 1)[1])
+    return [ZstdCodec(level=level), Crc32cCodec()]
+
+
+class ActivationStore:
+    """A handle on one store root. Build with :meth:`create` (driver) or :meth:`open`."""
+
+    def __init__(self, uri: str, spec: StoreSpec, *, read_only: bool, committed_only: bool,
+                 manifest: dict[str, Any] | None, storage_options: dict[str, Any] | None):
+        self.uri = uri
+        self.spec = spec
+        self.read_only = read_only
+        self.committed_only = committed_only
+        self.manifest = manifest
+        self.storage_options = storage_options
+        self._fs, self._root = io.filesystem(uri, storage_options)
+        self._zstore = io.zarr_store(uri, self._fs, self._root, read_only=read_only,
+                                     storage_options=storage_options)
+        self._group = zarr.open_group(store=self._zstore, mode="r" if read_only else "r+")
+        self._arrays: dict[str, dict[str, zarr.Array]] = {}
+        self._committed: tuple[int, ...] | None = None
+
+    # -- construction ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, uri: str | os.PathLike, spec: StoreSpec, *,
+               storage_options: dict[str, Any] | None = None) -> ActivationStore:
+        """Create the store and size every array (driver only). Reopens an identical existing
+        store, so a restarted job resumes; refuses one created from a different spec."""
+        uri = io.resolve_uri(uri)
+        fs, root = io.filesystem(uri, storage_options)
+        existing = _read_root_spec(uri, fs, root, storage_options)
+        if existing is not None:
+            if existing.digest != spec.digest:
+                raise StoreSpecMismatch(
+                    f"{uri} already holds a store with spec {existing.digest[:12]} "
+                    f"({existing.model_id}, {existing.n_images} images, hooks {list(existing.hook_names)}); "
+                    f"the requested spec is {spec.digest[:12]}. Use another URI or delete the old store."
+                )
+            return cls.open(uri, mode="a", storage_options=storage_options)
+        zstore = io.zarr_store(uri, fs, root, read_only=False, storage_options=storage_options)
+        group = zarr.open_group(store=zstore, mode="w-", zarr_format=3)
+        for hook in spec.hooks:
+            _create_hook_arrays(group, spec, hook)
+        # The spec attribute is written last: a root without it is not yet a store.
+        group.attrs.update({ROOT_ATTR: {"spec": spec.to_dict()}})
+        return cls.open(uri, mode="a", storage_options=storage_options)
+
+    @classmethod
+    def open(cls, uri: str | os.PathLike, *, mode: str = "r", committed_only: bool = False,
+             storage_options: dict[str, Any] | None = None) -> ActivationStore:
+        """Open a store. ``mode="r"`` is read-only and needs a published store unless
+        ``committed_only``; ``mode="a"`` lets workers write tasks and the driver publish."""
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' (read-only) or 'a' (write tasks), got {mode!r}")
+        uri = io.resolve_uri(uri)
+        fs, root = io.filesystem(uri, storage_options)
+        spec = _read_root_spec(uri, fs, root, storage_options)
+        if spec is None:
+            raise StoreNotFound(f"no vsae store at {uri} (no zarr group with a '{ROOT_ATTR}' spec attribute)")
+        manifest = _read_json(fs, f"{root}/{MANIFEST}")
+        store = cls(uri, spec, read_only=(mode == "r"), committed_only=committed_only,
+                    manifest=manifest, storage_options=storage_options)
+        if mode == "r" and manifest is None and not committed_only:
+            missing = store.missing_tasks()
+            raise StoreIncomplete(
+                f"store {uri} is not published ({len(missing)} of {spec.n_tasks} tasks missing: "
+                f"{format_ranges(missing)}). Finish and publish the job, or open with "
+                "committed_only=True to read the finished tasks.",
+                missing,
+            )
+        return store
+
+    # -- tasks and markers ----------------------------------------------------------------
+    @property
+    def published(self) -> bool:
+        return self.manifest is not None
+
+    def _marker_path(self, task: int) -> str:
+        return f"{self._root}/{TASKS_DIR}/{task:08d}.json"
+
+    def _check_task(self, task: int) -> None:
+        if not (isinstance(task, (int, np.integer)) and 0 <= task < self.spec.n_tasks):
+            raise IndexError(f"task {task!r} out of range for {self.uri}: valid 0..{self.spec.n_tasks - 1}")
+
+    def committed_tasks(self, refresh: bool = True) -> tuple[int, ...]:
+        """Tasks whose completion marker exists (one listing of the marker folder)."""
+        if self._committed is None or refresh:
+            folder = f"{self._root}/{TASKS_DIR}"
+            self._fs.invalidate_cache(folder)
+            try:
+                names = self._fs.ls(folder, detail=False)
+            except FileNotFoundError:
+                names = []
+            done = []
+            for name in names:
+                stem = os.path.basename(name).removesuffix(".json")
+                if stem.isdigit() and name.endswith(".json") and int(stem) < self.spec.n_tasks:
+                    done.append(int(stem))
+            self._committed = tuple(sorted(done))
+        return self._committed
+
+    def missing_tasks(self) -> list[int]:
+        done = set(self.committed_tasks())
+        return [t for t in range(self.spec.n_tasks) if t not in done]
+
+    def task_done(self, task: int) -> bool:
+        self._check_task(task)
+        path = self._marker_path(task)
+        self._fs.invalidate_cache(os.path.dirname(path))
+        return self._fs.exists(path)
+
+    def read_marker(self, task: int) -> dict[str, Any] | None:
+        self._check_task(task)
+        return _read_json(self._fs, self._marker_path(task))
+
+    # -- writing --------------------------------------------------------------------------
+    def _require_writable(self, action: str) -> None:
+        if self.read_only:
+            raise ReadOnlyStore(f"cannot {action}: {self.uri} was opened read-only (mode='r')")
+
+    def arrays(self, hook: str) -> dict[str, zarr.Array]:
+        """The five zarr arrays of ``hook`` (opened once, cached)."""
+        self.spec.hook(hook)  # raises UnknownHook naming the valid ones
+        if hook not in self._arrays:
+            g = self._group[f"{HOOKS_GROUP}/{hook}"]
+            self._arrays[hook] = {name: g[name] for name in ("acts", "image_id", "yx", "prob", "valid")}
+        return self._arrays[hook]
+
+    def write_task(self, task: int, rows: Mapping[str, HookRows], *, overwrite: bool = False) -> TaskResult:
+        """Write every hook's rows of ``task`` as whole shards, then its completion marker.
+
+        Skips a task whose marker exists unless ``overwrite``; rewriting the same data gives
+        byte-identical objects. ``rows`` must hold exactly the task's rows for every hook.
+        """
+        self._require_writable(f"write task {task}")
+        self._check_task(task)
+        if not overwrite:
+            marker = self.read_marker(task)
+            if marker is not None:
+                return TaskResult(task, "skipped", *_marker_counts(marker))
+        image_range = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
+        encoded = encode_task(self.spec, task, image_range, rows, where=self.uri)
+        writes = []
+        for hook, arrays in encoded.items():
+            row_start, row_stop = task_row_range(task, self.spec.n_images, self.spec.images_per_task,
+                                                 self.spec.hook(hook).rows_per_image)
+            target = self.arrays(hook)
+            for name, values in arrays.items():
+                writes.append(target[name]._async_array.setitem(slice(row_start, row_stop), values))
+        io.gather(writes)
+        marker = {
+            "task": task,
+            "spec_digest": self.spec.digest,
+            "images": list(image_range),
+            "hooks": {
+                hook: {
+                    "rows": int(len(arrays["image_id"])),
+                    "valid_rows": int(arrays["valid"].sum()),
+                    "crc32c": {name: io.crc32c(values) for name, values in arrays.items()},
+                }
+                for hook, arrays in encoded.items()
+            },
+        }
+        io.put_small(self._fs, self._marker_path(task), json.dumps(marker, sort_keys=True, indent=1).encode())
+        self._committed = None
+        return TaskResult(task, "written", *_marker_counts(marker))
+
+    def publish(self) -> dict[str, Any]:
+        """Check every task marker and write ``manifest.json`` last (driver only).
+
+        Raises :class:`StoreIncomplete` naming the missing tasks. Publishing twice is a no-op.
+        """
+        self._require_writable("publish")
+        missing = self.missing_tasks()
+        if missing:
+            raise StoreIncomplete(
+                f"cannot publish {self.uri}: {len(missing)} of {self.spec.n_tasks} tasks have no "
+                f"completion marker: {format_ranges(missing)}. Re-run the job to write them.",
+                missing,
+            )
+        existing = _read_json(self._fs, f"{self._root}/{MANIFEST}")
+        if existing is not None and existing.get("spec_digest") == self.spec.digest:
+            self.manifest = existing
+            return existing
+        paths = [self._marker_path(t) for t in range(self.spec.n_tasks)]
+        blobs = self._fs.cat(paths)
+        totals = {h: {"rows": 0, "valid_rows": 0} for h in self.spec.hook_names}
+        for path in paths:
+            marker = json.loads(blobs[path])
+            if marker.get("spec_digest") != self.spec.digest:
+                raise StoreCorrupted(f"{path} was written for spec {marker.get('spec_digest')!r}, "
+                                     f"not this store's {self.spec.digest}")
+            for hook, counts in marker["hooks"].items():
+                totals[hook]["rows"] += counts["rows"]
+                totals[hook]["valid_rows"] += counts["valid_rows"]
+        manifest = {
+            "schema_version": self.spec.schema_version,
+            "spec_digest": self.spec.digest,
+            "n_tasks": self.spec.n_tasks,
+            "n_images": self.spec.n_images,
+            "hooks": totals,
+            "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        io.put_small(self._fs, f"{self._root}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
+        self.manifest = manifest
+        return manifest
+
+    # -- reading --------------------------------------------------------------------------
+    def hook(self, name: str):
+        """A reader over one hook's rows (see :class:`vsae.store.reader.HookReader`)."""
+        from vsae.store.reader import HookReader
+
+        return HookReader(self, self.spec.hook(name))
+
+    def readable_tasks(self) -> tuple[int, ...]:
+        """Tasks a reader may return: all of a published store, else the committed ones."""
+        if self.published:
+            return tuple(range(self.spec.n_tasks))
+        return self.committed_tasks(refresh=False) if self._committed is not None else self.committed_tasks()
+
+    def verify(self, tasks: list[int] | None = None) -> VerifyReport:
+        """Re-read tasks and compare every array with the crc32c in its marker."""
+        problems: list[str] = []
+        todo = list(self.committed_tasks()) if tasks is None else list(tasks)
+        for task in todo:
+            marker = self.read_marker(task)
+            if marker is None:
+                problems.append(f"task {task}: no completion marker")
+                continue
+            for hook, expected in marker["hooks"].items():
+                try:
+                    stored = self.hook(hook).read_task_stored(task)
+                except StoreCorrupted as err:
+                    problems.append(f"task {task} hook {hook!r}: {err}")
+                    continue
+                for name, crc in expected["crc32c"].items():
+                    if io.crc32c(stored[name]) != crc:
+                        problems.append(f"task {task} hook {hook!r} array {name}: crc32c differs from marker")
+        return VerifyReport(len(todo), tuple(problems))
+
+    def __repr__(self) -> str:
+        state = "published" if self.published else f"{len(self.committed_tasks())}/{self.spec.n_tasks} tasks"
+        return f"ActivationStore({self.uri!r}, {self.spec.model_id}, hooks={list(self.spec.hook_names)}, {state})"
+
+
+def _marker_counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
+    hooks = marker["hooks"]
+    return ({h: c["rows"] for h, c in hooks.items()}, {h: c["valid_rows"] for h, c in hooks.items()})
+
+
+def _read_json(fs, path: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError:
+        return None  # a torn marker counts as absent: the task is rewritten
+
+
+def _read_root_spec(uri: str, fs, root: str, storage_options) -> StoreSpec | None:
+    try:
+        meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+    except FileNotFoundError:
+        return None
+    attrs = meta.get("attributes", {}).get(ROOT_ATTR)
+    if attrs is None:
+        return None
+    return StoreSpec.from_dict(attrs["spec"])
+
+
+def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec) -> None:
+    k = hook.rows_per_image
+    n_rows = spec.n_images * k
+    shard_rows = spec.images_per_task * k
+    chunk_rows = k * chunk_images(spec.images_per_task, k, hook.channels, spec.stored_dtype.itemsize,
+                                  spec.chunk_bytes)
+    g = group
+    for part in f"{HOOKS_GROUP}/{hook.name}".split("/"):
+        g = g.require_group(part)
+    g.attrs.update({"hook": hook.name, "sampler": hook.sampler, "rows_per_image": k})
+    common = dict(compressors=_codecs(spec.compression), config={"write_empty_chunks": True})
+    g.create_array("acts", shape=(n_rows, hook.channels), dtype=spec.stored_dtype,
+                   chunks=(chunk_rows, hook.channels), shards=(shard_rows, hook.channels),
+                   fill_value=0, dimension_names=("row", "channel"),
+                   attributes={"vsae_dtype": spec.dtype}, **common)
+    small = dict(chunks=(shard_rows,), shards=(shard_rows,), dimension_names=("row",), **common)
+    g.create_array("image_id", shape=(n_rows,), dtype="int64", fill_value=-1, **small)
+    g.create_array("prob", shape=(n_rows,), dtype="float32", fill_value=0, **small)
+    g.create_array("valid", shape=(n_rows,), dtype="bool", fill_value=False, **small)
+    g.create_array("yx", shape=(n_rows, 2), dtype="int16", fill_value=-1, chunks=(shard_rows, 2),
+                   shards=(shard_rows, 2), dimension_names=("row", "axis"), **common)
