@@ -45,8 +45,10 @@ def run(job: SyntheticJob, *, progress: bool = True) -> tuple[RunReport, Activat
     truth_path = f"{root}/{TRUTH_KEY}"
     if not fs.exists(truth_path):
         io.put_small(fs, truth_path, truth_bytes(job.data, make_features(job.data)))
-    report = run_tasks(store.uri, SyntheticTasks(job.data, spec), store.missing_tasks(),
-                       job.resources, progress=progress)
+    missing = store.missing_tasks()
+    report = run_tasks(store.uri, SyntheticTasks(job.data, spec), missing, job.resources,
+                       progress=progress)
+    report.tasks_skipped += spec.n_tasks - len(missing)
     if report.failed:
         report.notes.append("store NOT published: re-run the same command to retry the failed tasks")
         return report, None

@@ -76,16 +76,26 @@ def make_features(cfg: SyntheticConfig) -> np.ndarray:
 
 
 def make_rows(cfg: SyntheticConfig, features: np.ndarray, start: int, stop: int, task: int) -> np.ndarray:
-    """Rows ``[start, stop)`` as float32 ``[n, d]``, generated from ``(seed, task)``."""
+    """Rows ``[start, stop)`` as float32 ``[n, d]``, generated from ``(seed, task)``.
+
+    Each row sums its active features in index order with numpy's sequential ``reduceat``, not a
+    BLAS matmul, whose summation order depends on the thread count: a task regenerated on any
+    worker gives the same bits.
+    """
     rng = np.random.default_rng([cfg.seed, task])
     p = cfg.active_per_row / cfg.n_features
-    out = np.empty((stop - start, cfg.d), dtype=np.float32)
-    block = 2048
+    out = np.zeros((stop - start, cfg.d), dtype=np.float32)
+    block = 512
     for a in range(0, stop - start, block):
         b = min(a + block, stop - start)
-        mask = rng.random((b - a, cfg.n_features), dtype=np.float32) < p
-        codes = np.where(mask, rng.random((b - a, cfg.n_features), dtype=np.float32), 0)
-        out[a:b] = codes @ features
+        rows, cols = np.nonzero(rng.random((b - a, cfg.n_features), dtype=np.float32) < p)
+        magnitudes = rng.random(len(rows), dtype=np.float32)
+        if len(rows):
+            contrib = features[cols] * magnitudes[:, None]
+            counts = np.bincount(rows, minlength=b - a)
+            starts = np.cumsum(counts) - counts
+            active = counts > 0
+            out[a:b][active] = np.add.reduceat(contrib, starts[active], axis=0)
         out[a:b] += cfg.noise * rng.standard_normal((b - a, cfg.d), dtype=np.float32)
     return out
 

@@ -45,7 +45,8 @@ def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
     else:
         if acts.dtype.kind not in "fiu":
             raise TaskDataError(f"{where}: activations must be numeric, got dtype {acts.dtype}")
-        stored = acts.astype(dtype, copy=False)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, with context
+            stored = acts.astype(dtype, copy=False)
         finite = np.isfinite(stored)
     if not finite.all():
         bad = int((~finite).sum())

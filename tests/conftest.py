@@ -1,0 +1,83 @@
+"""Shared fixtures: a real S3 endpoint on loopback, store URIs per backend, a local Ray."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUCKET = "vsae-test"
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server in its own process on 127.0.0.1 (free port), as s3fs tests itself.
+
+    Clients reach it through ``AWS_ENDPOINT_URL`` and plain ``s3://`` URIs; nothing is patched.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "infra/local/s3_server.py"), "--port", "0", "--bucket", BUCKET],
+        stdout=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        pytest.fail("the local S3 endpoint did not start (infra/local/s3_server.py)")
+    info = json.loads(line)
+    saved = {k: os.environ.get(k) for k in [*S3_ENV, "AWS_ENDPOINT_URL"]}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=info["endpoint_url"])
+    yield info["endpoint_url"]
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    """A fresh store URI on local disk and on the loopback S3 endpoint."""
+    return make_uri(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=["local", "s3", "memory"])
+def any_store_uri(request, tmp_path):
+    """Like ``store_uri`` plus fsspec's in-memory filesystem."""
+    return make_uri(request.param, request, tmp_path)
+
+
+def make_uri(backend: str, request, tmp_path) -> str:
+    name = f"{uuid.uuid4().hex[:10]}/store.zarr"
+    if backend == "local":
+        return str(tmp_path / "store.zarr")
+    if backend == "memory":
+        return f"memory://{name}"
+    request.getfixturevalue("s3_endpoint")
+    return f"s3://{BUCKET}/{name}"
+
+
+@pytest.fixture(scope="session")
+def ray_local(s3_endpoint):
+    """An embedded local Ray (2 CPUs) whose workers see the loopback S3 endpoint."""
+    import ray
+
+    from cluster.resources import Resources
+    from cluster.runtime import init_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    init_ray(Resources(local_num_cpus=2))
+    yield
+    ray.shutdown()

@@ -1,0 +1,44 @@
+"""Job configs: TOML files and CLI options into frozen dataclasses, with clear refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from cluster.resources import Resources
+from cluster.synthetic_job import SyntheticJob
+from vsae import config
+from vsae.errors import ConfigError
+from vsae.synthetic import SyntheticConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_checked_in_config_loads_and_cli_overrides_it():
+    path = str(ROOT / "pipelines/configs/synthetic.toml")
+    job = config.parse_args(SyntheticJob, ["--config", path, "--data.n_rows", "1000",
+                                           "--verify", "false", "--resources.max_in_flight", "2"])
+    assert job.data.n_rows == 1000 and job.data.d == 512 and job.verify is False
+    assert job.resources.max_in_flight == 2
+    assert config.from_dict(SyntheticJob, config.to_dict(job)) == job
+
+
+@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources])
+def test_every_field_has_a_docstring(cls):
+    docs = config.field_docs(cls)
+    assert {f.name for f in dataclasses.fields(cls)} <= set(docs)
+
+
+def test_bad_configs_are_refused_with_the_valid_fields(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("store_uri = 'x'\n[data]\nn_rowz = 3\n")
+    with pytest.raises(ConfigError, match=r"unknown fields \['n_rowz'\].*valid: \['active_per_row'"):
+        config.load(SyntheticJob, str(bad))
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(SyntheticJob, str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="active_per_row"):
+        config.load(SyntheticJob, None, {"data.active_per_row": 0.0})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        SyntheticJob().store_uri = "elsewhere"  # type: ignore[misc]

@@ -1,0 +1,232 @@
+"""Contract tests of the activation store on local disk, loopback S3 and memory."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import zarr
+
+from tests.helpers import small_spec, snapshot, task_data
+from vsae.errors import (
+    ReadOnlyStore,
+    StoreCorrupted,
+    StoreIncomplete,
+    StoreNotFound,
+    StoreSpecMismatch,
+    TaskDataError,
+    UnknownHook,
+)
+from vsae.store import ActivationStore, HookRows, float_to_bf16_bits, io
+from vsae.store.dtypes import bf16_bits_to_float32
+
+
+def write_all(uri, spec, tasks=None, seed=0):
+    store = ActivationStore.create(uri, spec)
+    for t in range(spec.n_tasks) if tasks is None else tasks:
+        assert store.write_task(t, task_data(spec, t, seed)).status == "written"
+    return store
+
+
+def expected_hook(spec, hook, seed=0) -> HookRows:
+    return HookRows.concat([task_data(spec, t, seed)[hook] for t in range(spec.n_tasks)])
+
+
+def as_stored(acts: np.ndarray, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return bf16_bits_to_float32(float_to_bf16_bits(acts))
+    return acts.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_round_trip_per_dtype(any_store_uri, dtype):
+    spec = small_spec(dtype)
+    write_all(any_store_uri, spec).publish()
+    store = ActivationStore.open(any_store_uri)
+    assert store.published and store.read_only
+    for hook in spec.hooks:
+        want = expected_hook(spec, hook.name)
+        got = store.hook(hook.name).read_rows(0, spec.n_images * hook.rows_per_image)
+        assert got.acts.dtype == (np.float32 if dtype == "bfloat16" else np.dtype(dtype))
+        np.testing.assert_array_equal(got.acts, as_stored(want.acts, dtype))
+        for name in ("image_id", "yx", "prob", "valid"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_bfloat16_bits_round_trip_exactly(store_uri):
+    spec = small_spec("bfloat16", n_images=8)
+    rows = task_data(spec, 0)
+    bits = {h: float_to_bf16_bits(r.acts) for h, r in rows.items()}
+    given = {h: HookRows(bits[h], r.image_id, r.yx, r.prob, r.valid) for h, r in rows.items()}
+    store = ActivationStore.create(store_uri, spec)
+    store.write_task(0, given)
+    store.publish()
+    for h in spec.hook_names:
+        stored = ActivationStore.open(store_uri).hook(h).read_task_stored(0)["acts"]
+        assert stored.dtype == np.uint16
+        np.testing.assert_array_equal(stored, bits[h])
+
+
+def test_read_images_any_order(store_uri):
+    spec = small_spec()
+    write_all(store_uri, spec).publish()
+    reader = ActivationStore.open(store_uri).hook("conv")
+    want = expected_hook(spec, "conv")
+    ids = [49, 3, 3, 17, 0, 18, 19, 40]
+    got = reader.read_images(ids)
+    rows = np.concatenate([np.arange(i * 4, i * 4 + 4) for i in ids])
+    np.testing.assert_array_equal(got.image_id, want.image_id[rows])
+    np.testing.assert_array_equal(got.acts, want.acts[rows].astype(np.float16))
+    with pytest.raises(IndexError, match="0..49"):
+        reader.read_images([50])
+
+
+def test_rerun_is_noop_and_rewrite_is_byte_identical(store_uri):
+    spec = small_spec()
+    store = write_all(store_uri, spec)
+    before = snapshot(store_uri)
+    assert all(store.write_task(t, task_data(spec, t)).status == "skipped" for t in range(spec.n_tasks))
+    assert snapshot(store_uri) == before
+    for t in range(spec.n_tasks):
+        assert store.write_task(t, task_data(spec, t), overwrite=True).status == "written"
+    assert snapshot(store_uri) == before
+    # A fresh store from the same spec and data is byte-identical too (no timestamps, no ids).
+    other = store_uri.replace("store.zarr", "again.zarr")
+    write_all(other, spec)
+    assert snapshot(other) == before
+
+
+def test_publish_refuses_missing_tasks_and_readers_refuse_unpublished(store_uri):
+    spec = small_spec()
+    store = write_all(store_uri, spec, tasks=[0, 1, 2, 4, 5])
+    with pytest.raises(StoreIncomplete, match=r"2 of 7 tasks have no completion marker: 3, 6") as err:
+        store.publish()
+    assert err.value.missing_tasks == (3, 6)
+    with pytest.raises(StoreIncomplete, match=r"not published .*3, 6.*committed_only=True"):
+        ActivationStore.open(store_uri)
+    partial = ActivationStore.open(store_uri, committed_only=True)
+    assert partial.readable_tasks() == (0, 1, 2, 4, 5)
+    reader = partial.hook("conv")
+    assert reader.read_rows(0, 24 * 4).image_id.max() == 23
+    with pytest.raises(StoreIncomplete, match="tasks 3 are not committed"):
+        reader.read_rows(0, 30 * 4)
+    assert sum(len(b) for b in reader.iter_batches(16)) == 5 * 8 * 4  # five full tasks
+    store.write_task(3, task_data(spec, 3))
+    store.write_task(6, task_data(spec, 6))
+    manifest = store.publish()
+    assert manifest["hooks"]["conv"] == {"rows": 200, "valid_rows": 200}
+    assert ActivationStore.open(store_uri).published
+
+
+def test_flipped_byte_raises_checksum_error(store_uri):
+    spec = small_spec()
+    write_all(store_uri, spec).publish()
+    fs, root = io.filesystem(store_uri)
+    shard = f"{root}/hooks/conv/acts/c/1/0"  # task 1's shard of conv/acts
+    blob = bytearray(fs.cat_file(shard))
+    blob[20] ^= 0x40
+    fs.pipe_file(shard, bytes(blob))
+    fs.invalidate_cache()
+    store = ActivationStore.open(store_uri)
+    reader = store.hook("conv")
+    reader.read_rows(0, 32)  # task 0 is intact
+    with pytest.raises(StoreCorrupted, match=r"hook 'conv' .*crc32c.*task\(s\) 1"):
+        reader.read_rows(32, 64)
+    with pytest.raises(StoreCorrupted):
+        list(reader.iter_batches(64))
+    report = store.verify()
+    assert not report.ok and len(report.problems) == 1 and "task 1 hook 'conv'" in report.problems[0]
+
+
+def test_plain_zarr_reads_the_same_numbers(store_uri):
+    spec = small_spec("float32")
+    write_all(store_uri, spec).publish()
+    root = zarr.open_group(store_uri, mode="r")
+    assert root.attrs["vsae"]["spec"] == json.loads(spec.to_json())
+    want = expected_hook(spec, "mixed/3x3")
+    np.testing.assert_array_equal(root["hooks/mixed/3x3/acts"][:], want.acts)
+    np.testing.assert_array_equal(root["hooks/mixed/3x3/image_id"][:], want.image_id)
+    assert root["hooks/blocks.0/resid_post/acts"].shape == (250, 16)
+
+
+def test_read_only_refuses_writes_and_spec_mismatch_is_refused(store_uri):
+    spec = small_spec()
+    write_all(store_uri, spec).publish()
+    ro = ActivationStore.open(store_uri)
+    with pytest.raises(ReadOnlyStore, match="read-only"):
+        ro.write_task(0, task_data(spec, 0), overwrite=True)
+    with pytest.raises(ReadOnlyStore):
+        ro.publish()
+    with pytest.raises(StoreSpecMismatch, match="already holds a store"):
+        ActivationStore.create(store_uri, small_spec(n_images=60))
+    resumed = ActivationStore.create(store_uri, spec)
+    assert resumed.missing_tasks() == []
+    with pytest.raises(UnknownHook, match=r"'nope' is not in this store; stored hooks: \['conv'"):
+        ro.hook("nope")
+
+
+def test_missing_store_is_a_clear_error(store_uri):
+    with pytest.raises(StoreNotFound, match="no vsae store at"):
+        ActivationStore.open(store_uri)
+
+
+def test_bad_task_data_is_refused_before_writing(tmp_path):
+    spec = small_spec()
+    store = ActivationStore.create(tmp_path / "s.zarr", spec)
+    rows = task_data(spec, 0)
+    with pytest.raises(TaskDataError, match=r"missing \['conv'\]"):
+        store.write_task(0, {k: v for k, v in rows.items() if k != "conv"})
+    short = dict(rows, conv=rows["conv"].take(slice(0, 8)))
+    with pytest.raises(TaskDataError, match=r"acts shape \(8, 24\), expected \(32, 24\)"):
+        store.write_task(0, short)
+    r = rows["conv"]
+    shuffled = dict(rows, conv=HookRows(r.acts, r.image_id[::-1].copy(), r.yx, r.prob, r.valid))
+    with pytest.raises(TaskDataError, match="image-major"):
+        store.write_task(0, shuffled)
+    huge = dict(rows, conv=HookRows(r.acts * 1e5, r.image_id, r.yx, r.prob, r.valid))
+    with pytest.raises(TaskDataError, match="not finite in float16"):
+        store.write_task(0, huge)
+    assert store.missing_tasks() == list(range(spec.n_tasks))  # nothing was marked done
+
+
+def test_invalid_rows_are_zeroed_and_skipped_by_batches(tmp_path):
+    spec = small_spec(n_images=16)
+    store = ActivationStore.create(tmp_path / "s.zarr", spec)
+    for t in range(spec.n_tasks):
+        rows = task_data(spec, t)
+        for hook, r in rows.items():
+            r.valid[r.image_id % 5 == 0] = False  # images 0, 5, 10, 15 unreadable
+        store.write_task(t, rows)
+    store.publish()
+    reader = ActivationStore.open(tmp_path / "s.zarr").hook("conv")
+    bad = reader.read_images([5])
+    assert not bad.valid.any() and not bad.acts.any()
+    seen = np.concatenate([b.image_id for b in reader.iter_batches(7)])
+    assert sorted(set(seen.tolist())) == [i for i in range(16) if i % 5]
+    assert len(seen) == 12 * 4
+
+
+def test_shuffled_batches_cover_every_valid_row_once(tmp_path):
+    spec = small_spec(n_images=50)
+    write_all(tmp_path / "s.zarr", spec).publish()
+    reader = ActivationStore.open(tmp_path / "s.zarr").hook("blocks.0/resid_post")
+    want = expected_hook(spec, "blocks.0/resid_post")
+
+    def epoch(seed, ep, batch=33, window=3):
+        batches = list(reader.iter_batches(batch, seed=seed, epoch=ep, window_chunks=window))
+        assert all(len(b) == batch for b in batches[:-1])
+        return HookRows.concat(batches)
+
+    a = epoch(1, 0)
+    assert len(a) == len(want)
+    key = lambda r: np.lexsort((r.acts[:, 0], r.yx[:, 1], r.yx[:, 0], r.image_id))  # noqa: E731
+    got_sorted, want_sorted = a.take(key(a)), want.take(key(want))
+    np.testing.assert_array_equal(got_sorted.image_id, want_sorted.image_id)
+    np.testing.assert_array_equal(got_sorted.acts, want_sorted.acts.astype(np.float16))
+    np.testing.assert_array_equal(epoch(1, 0).image_id, a.image_id)  # reproducible
+    assert not np.array_equal(epoch(1, 1).image_id, a.image_id)  # a new order each epoch
+    # Batches mix tasks: the first batch draws from more than one task's images.
+    assert len(set((a.image_id[:33] // spec.images_per_task).tolist())) > 1
+    held_out = list(reader.iter_batches(1000, tasks=[6]))
+    assert len(held_out) == 1 and set(held_out[0].image_id.tolist()) == {48, 49}
