@@ -44,7 +44,7 @@ def run(job: SyntheticJob, *, progress: bool = True) -> tuple[RunReport, Activat
     fs, root = io.filesystem(store.uri)
     truth_path = f"{root}/{TRUTH_KEY}"
     if not fs.exists(truth_path):
-        io.put_small(fs, truth_path, truth_bytes(job.data, make_features(job.data)))
+        io.put_object(fs, truth_path, truth_bytes(job.data, make_features(job.data)))
     missing = store.missing_tasks()
     report = run_tasks(store.uri, SyntheticTasks(job.data, spec), missing, job.resources,
                        progress=progress)
@@ -61,6 +61,6 @@ def run(job: SyntheticJob, *, progress: bool = True) -> tuple[RunReport, Activat
         if not check.ok:
             report.failed.update({-1: "verification failed"})
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    io.put_small(fs, f"{root}/_reports/synthetic-{stamp}.json", json.dumps(
+    io.put_object(fs, f"{root}/_reports/synthetic-{stamp}.json", json.dumps(
         {"job": config.to_dict(job), "report": vars(report)}, indent=1, default=str).encode())
     return report, store

@@ -6,6 +6,7 @@ import numpy as np
 
 from vsae.store import ActivationStore, HookRows, HookSpec, StoreSpec
 from vsae.store.layout import task_image_range
+from vsae.store.spec import is_pooled
 
 
 def small_spec(dtype: str = "float16", n_images: int = 50, images_per_task: int = 8, **kw) -> StoreSpec:
@@ -26,9 +27,13 @@ def task_data(spec: StoreSpec, task: int, seed: int = 0) -> dict[str, HookRows]:
         k = hook.rows_per_image
         n = (stop - start) * k
         acts = np.maximum(rng.standard_normal((n, hook.channels), dtype=np.float32) * 3, 0)
+        ids = np.repeat(np.arange(start, stop, dtype=np.int64), k)
+        if is_pooled(hook):
+            out[hook.name] = HookRows.pooled(acts, ids)
+            continue
         out[hook.name] = HookRows(
             acts=acts,
-            image_id=np.repeat(np.arange(start, stop, dtype=np.int64), k),
+            image_id=ids,
             yx=rng.integers(0, 14, (n, 2)).astype(np.int16),
             prob=rng.uniform(0.01, 1, n).astype(np.float32),
             valid=np.ones(n, dtype=bool),

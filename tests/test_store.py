@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import small_spec, snapshot, task_data
 from vsae.errors import (
@@ -131,12 +133,23 @@ def test_flipped_byte_raises_checksum_error(store_uri):
     store = ActivationStore.open(store_uri)
     reader = store.hook("conv")
     reader.read_rows(0, 32)  # task 0 is intact
-    with pytest.raises(StoreCorrupted, match=r"hook 'conv' .*crc32c.*task\(s\) 1"):
+    with pytest.raises(StoreCorrupted, match=r"hook 'conv' acts task 1: .*crc32c.*Rewrite task 1"):
         reader.read_rows(32, 64)
+    with pytest.raises(StoreCorrupted, match="crc32c"):
+        reader.read_images([8])  # a byte-range read of the damaged chunk only
+    reader.read_images([15])  # the shard's other chunks still read
     with pytest.raises(StoreCorrupted):
         list(reader.iter_batches(64))
     report = store.verify()
     assert not report.ok and len(report.problems) == 1 and "task 1 hook 'conv'" in report.problems[0]
+    with pytest.raises(ValueError, match="checksum"):  # plain zarr refuses the chunk too
+        zarr.open_group(store_uri, mode="r")["hooks/conv/acts"][32:40]
+    # A damaged shard index is caught as well.
+    blob[20] ^= 0x40
+    blob[-6] ^= 0x01
+    fs.pipe_file(shard, bytes(blob))
+    with pytest.raises(StoreCorrupted, match="shard index failed its crc32c"):
+        ActivationStore.open(store_uri).hook("conv").read_rows(32, 64)
 
 
 def test_plain_zarr_reads_the_same_numbers(store_uri):
@@ -184,6 +197,10 @@ def test_bad_task_data_is_refused_before_writing(tmp_path):
     shuffled = dict(rows, conv=HookRows(r.acts, r.image_id[::-1].copy(), r.yx, r.prob, r.valid))
     with pytest.raises(TaskDataError, match="image-major"):
         store.write_task(0, shuffled)
+    m = rows["mixed/3x3"]
+    placed = dict(rows, **{"mixed/3x3": HookRows(m.acts, m.image_id, m.yx + 1, m.prob, m.valid)})
+    with pytest.raises(TaskDataError, match="sampler 'mean' rows have no position"):
+        store.write_task(0, placed)
     huge = dict(rows, conv=HookRows(r.acts * 1e5, r.image_id, r.yx, r.prob, r.valid))
     with pytest.raises(TaskDataError, match="not finite in float16"):
         store.write_task(0, huge)
@@ -230,3 +247,38 @@ def test_shuffled_batches_cover_every_valid_row_once(tmp_path):
     assert len(set((a.image_id[:33] // spec.images_per_task).tolist())) > 1
     held_out = list(reader.iter_batches(1000, tasks=[6]))
     assert len(held_out) == 1 and set(held_out[0].image_id.tolist()) == {48, 49}
+
+
+@pytest.fixture(scope="module")
+def batch_store(tmp_path_factory):
+    spec = small_spec(n_images=45, images_per_task=8, chunk_bytes=300)
+    uri = str(tmp_path_factory.mktemp("batches") / "s.zarr")
+    store = ActivationStore.create(uri, spec)
+    for t in range(spec.n_tasks):
+        rows = task_data(spec, t)
+        for r in rows.values():
+            r.valid[(r.image_id % 7) == 3] = False
+        store.write_task(t, rows)
+    store.publish()
+    return ActivationStore.open(uri), spec
+
+
+@settings(max_examples=40, deadline=None)
+@given(batch=st.integers(1, 300), window=st.integers(1, 12), seed=st.integers(0, 2**32 - 1),
+       tasks=st.sets(st.integers(0, 5), min_size=1), shuffle=st.booleans())
+def test_every_valid_row_exactly_once_per_epoch(batch_store, batch, window, seed, tasks, shuffle):
+    store, spec = batch_store
+    reader = store.hook("conv")
+    batches = list(reader.iter_batches(batch, seed=seed, window_chunks=window, tasks=sorted(tasks),
+                                       shuffle=shuffle))
+    assert all(len(b) == batch for b in batches[:-1]) and (not batches or 0 < len(batches[-1]) <= batch)
+    got = HookRows.concat(batches) if batches else None
+    want_images = [i for t in sorted(tasks) for i in range(t * 8, min(t * 8 + 8, 45)) if i % 7 != 3]
+    if got is None:
+        assert not want_images
+        return
+    # Each (image, position-in-image) pair appears once: identify rows by image and acts bytes.
+    keys = sorted(zip(got.image_id.tolist(), map(bytes, got.acts.view(np.uint16))))
+    assert len(keys) == len(set(keys)) == len(want_images) * 4
+    assert sorted(set(got.image_id.tolist())) == want_images
+    assert got.valid.all()

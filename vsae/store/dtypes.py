@@ -28,6 +28,19 @@ def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
+_EXPONENT = {"float16": (np.uint16, 0x7C00), "bfloat16": (np.uint16, 0x7F80), "float32": (np.uint32, 0x7F800000)}
+
+
+def count_non_finite(stored: np.ndarray, dtype: str) -> int:
+    """Infinities and NaNs among stored values, from their exponent bits (about 10x faster than
+    ``np.isfinite`` on float16, which numpy computes through float32)."""
+    kind, mask = _EXPONENT[dtype]
+    exponent = stored.view(kind) & kind(mask)
+    if exponent.size == 0 or exponent.max() != mask:
+        return 0
+    return int((exponent == mask).sum())
+
+
 def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
     """Convert activations to the stored representation of ``dtype``, refusing non-finite values.
 
@@ -36,26 +49,21 @@ def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
     """
     acts = np.asarray(acts)
     if dtype == "bfloat16":
-        if acts.dtype in (np.uint16, np.int16):
-            stored = acts.view(np.uint16)
-            finite = np.isfinite(bf16_bits_to_float32(stored))
-        else:
-            stored = float_to_bf16_bits(acts)
-            finite = np.isfinite(bf16_bits_to_float32(stored))
+        stored = acts.view(np.uint16) if acts.dtype in (np.uint16, np.int16) else float_to_bf16_bits(acts)
     else:
         if acts.dtype.kind not in "fiu":
             raise TaskDataError(f"{where}: activations must be numeric, got dtype {acts.dtype}")
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, with context
             stored = acts.astype(dtype, copy=False)
-        finite = np.isfinite(stored)
-    if not finite.all():
-        bad = int((~finite).sum())
-        peak = float(np.nanmax(np.abs(np.asarray(acts, dtype=np.float32)))) if dtype != "bfloat16" else float("nan")
+    stored = np.ascontiguousarray(stored)
+    bad = count_non_finite(stored, dtype)
+    if bad:
+        peak = float(np.nanmax(np.abs(acts.astype(np.float32)))) if acts.dtype.kind == "f" else float("nan")
         raise TaskDataError(
             f"{where}: {bad} activation values are not finite in {dtype} (largest |input| {peak:g}; "
             f"float16 holds up to 65504). Store as bfloat16 or float32, or check the model."
         )
-    return np.ascontiguousarray(stored)
+    return stored
 
 
 def decode_acts(stored: np.ndarray, dtype: str) -> np.ndarray:

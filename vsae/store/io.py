@@ -1,25 +1,26 @@
-"""The storage edge: fsspec URIs to filesystems and zarr stores, and bounded async fan-out.
+"""The storage edge: fsspec URIs to filesystems and zarr stores, and bounded concurrent I/O.
 
-Everything above this module is synchronous; here a batch of zarr reads or writes runs
-concurrently on zarr's event loop under an explicit concurrency budget.
+Everything above this module is synchronous; here a batch of object reads or writes runs
+concurrently on one thread pool per process, under an explicit concurrency budget.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Awaitable, Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 from zarr.storage import FsspecStore, LocalStore
 
 T = TypeVar("T")
+R = TypeVar("R")
 MAX_CONCURRENCY = 16
-"""Concurrent zarr requests one process issues for one call (the store's I/O budget)."""
+"""Concurrent object requests one process issues (the store's I/O budget)."""
 
 
 def resolve_uri(uri: str | os.PathLike) -> str:
@@ -49,39 +50,50 @@ def zarr_store(uri: str, fs: fsspec.AbstractFileSystem, path: str, *, read_only:
     return FsspecStore.from_url(uri, storage_options=storage_options or {}, read_only=read_only)
 
 
-def gather(awaitables: Iterable[Awaitable[T]], limit: int = MAX_CONCURRENCY) -> list[T]:
-    """Run awaitables on zarr's event loop, at most ``limit`` at a time, returning in order."""
-    items = list(awaitables)
+def map_io(fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[fn(item) ...]`` on the process's I/O thread pool (``MAX_CONCURRENCY`` threads).
 
-    async def bounded() -> list[T]:
-        gate = asyncio.Semaphore(limit)
+    Object reads and writes release the GIL, and so do zstd, crc32c and large copies, so shard
+    encoding and transfers overlap. Must not be called from inside ``fn`` (the pool is shared).
+    """
+    items = list(items)
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    return list(_pool().map(fn, items))
 
-        async def one(aw: Awaitable[T]) -> T:
-            async with gate:
-                return await aw
 
-        return await asyncio.gather(*(one(a) for a in items))
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(MAX_CONCURRENCY, thread_name_prefix="vsae-io")
 
-    return sync(bounded())
+
+def get_object(fs: fsspec.AbstractFileSystem, path: str, start: int | None = None,
+               end: int | None = None) -> bytes:
+    """An object's bytes, or the range ``[start, end)``; ``start=-n`` reads the last n bytes."""
+    return fs.cat_file(path, start=start, end=end)
 
 
 def crc32c(array: np.ndarray) -> int:
     """crc32c of an array's bytes in C order (the checksum zarr uses on chunks)."""
-    import google_crc32c
+    from vsae.store.shards import crc32c_value
 
-    return int(google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).reshape(-1)))
+    return int(crc32c_value(np.ascontiguousarray(array).view(np.uint8).reshape(-1)))
 
 
-def put_small(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> None:
-    """Write a small object whole: temp file + rename on local disk, one PUT on object stores,
-    so a reader never sees half a marker or manifest."""
+def put_object(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list) -> None:
+    """Write an object whole: temp file + rename on local disk, one PUT on object stores, so a
+    reader never sees half a shard, marker or manifest. ``data`` may be a list of buffers,
+    written in order (local disk takes them as they are; object stores get them joined)."""
     if is_local(fs):
         import uuid
 
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
         with open(tmp, "wb") as f:
-            f.write(data)
+            if isinstance(data, list):
+                f.writelines(data)
+            else:
+                f.write(data)
         os.replace(tmp, path)
     else:
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, b"".join(data) if isinstance(data, list) else data)

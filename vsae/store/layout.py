@@ -57,8 +57,13 @@ def chunk_images(
     another task; at least one image per chunk even if one image's rows exceed the budget.
     """
     bytes_per_image = rows_per_image * channels * itemsize
+    limit = max(1, chunk_bytes // bytes_per_image)
     best = 1
-    for d in range(1, images_per_task + 1):
-        if images_per_task % d == 0 and d * bytes_per_image <= chunk_bytes:
-            best = d
+    d = 1
+    while d * d <= images_per_task:
+        if images_per_task % d == 0:
+            for candidate in (d, images_per_task // d):
+                if candidate <= limit:
+                    best = max(best, candidate)
+        d += 1
     return best

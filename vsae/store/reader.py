@@ -1,14 +1,17 @@
 """Reading one hook of a store: row ranges, rows of given images, shuffled training batches.
 
-Reads fan out over zarr chunks concurrently (:func:`vsae.store.io.gather`); a chunk whose
-crc32c does not match raises :class:`StoreCorrupted` naming the hook, rows and tasks, never
-returns its bytes.
+Each read becomes one request per shard touched: the whole shard object when all of it is
+wanted, else one byte range covering the wanted chunks (found through the shard's index, read
+once and cached). Requests run concurrently (:func:`vsae.store.io.map_io`). A chunk whose crc32c
+does not match raises :class:`StoreCorrupted` naming the hook, array and task to rewrite; its
+bytes are never returned.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +19,12 @@ import numpy as np
 from vsae.errors import StoreCorrupted, StoreIncomplete, format_ranges
 from vsae.store import io
 from vsae.store.dtypes import decode_acts
-from vsae.store.layout import image_rows, task_of_image, task_row_range
+from vsae.store.layout import image_rows, row_image_ids, task_of_image, task_row_range
 from vsae.store.rows import HookRows
-from vsae.store.spec import ARRAY_NAMES, HookSpec
+from vsae.store.spec import ARRAY_NAMES, HookSpec, is_pooled
+
+SMALL_CACHE_BYTES = 256 << 20
+"""Decoded small-array shards a reader keeps (about 28M rows of valid + yx + prob)."""
 
 if TYPE_CHECKING:
     from vsae.store.store import ActivationStore
@@ -33,8 +39,11 @@ class HookReader:
         self.rows_per_image = hook.rows_per_image
         self.channels = hook.channels
         self.n_rows = store.spec.n_images * hook.rows_per_image
-        self._arrays = store.arrays(hook.name)
-        self._acts_chunk_rows = self._arrays["acts"].chunks[0]
+        self._acts_chunk_rows = store.shard_codec(hook.name, "acts").chunk_rows
+        self._indexes: dict[tuple[str, int], np.ndarray] = {}
+        self._small: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._small_bytes = 0
+        self._lock = threading.Lock()
 
     # -- plumbing -------------------------------------------------------------------------
     def _task_rows(self, task: int) -> tuple[int, int]:
@@ -53,31 +62,108 @@ class HookReader:
                 f"{self.store.uri} hook {self.hook.name!r}: tasks {format_ranges(missing)} are not "
                 "committed yet, so their rows cannot be read", missing)
 
-    @contextmanager
-    def _checked(self, what: str, tasks: Sequence[int]):
-        try:
-            yield
-        except ValueError as err:
-            if "checksum" not in str(err):
-                raise
-            raise StoreCorrupted(
-                f"{self.store.uri} hook {self.hook.name!r} {what}: a stored chunk failed its crc32c "
-                f"checksum ({err}). Rewrite task(s) {format_ranges(tasks)} (write_task with "
-                "overwrite=True, or delete their markers and re-run the job)."
-            ) from err
-
     def _read(self, selections: Sequence[tuple[int, int]], names: Sequence[str] = ARRAY_NAMES) -> dict[str, list[np.ndarray]]:
-        """Read row slices of several arrays concurrently: ``{name: [values per slice]}``."""
-        jobs = [(name, a, b) for name in names for (a, b) in selections]
-        values = io.gather(self._arrays[name]._async_array.getitem(slice(a, b)) for name, a, b in jobs)
-        out: dict[str, list[np.ndarray]] = {name: [] for name in names}
-        for (name, _, _), v in zip(jobs, values):
-            out[name].append(np.asarray(v))
+        """Row slices of several arrays, as stored: ``{name: [values per slice]}``.
+
+        Each slice's output is allocated once and every shard request decodes straight into
+        its part of it; requests for all arrays and slices run concurrently.
+        """
+        out: dict[str, list[np.ndarray]] = {}
+        jobs = []
+        for name in names:
+            codec = self.store.shard_codec(self.hook.name, name)
+            out[name] = []
+            for a, b in selections:
+                dest = np.empty((b - a, *codec.row_shape), dtype=codec.dtype)
+                out[name].append(dest)
+                for shard in range(a // codec.shard_rows, -(-b // codec.shard_rows)):
+                    lo = max(a, shard * codec.shard_rows)
+                    hi = min(b, (shard + 1) * codec.shard_rows)
+                    jobs.append((name, shard, lo, hi, dest[lo - a:hi - a]))
+        io.map_io(lambda job: self._fetch(*job), jobs)
         return out
 
-    def _rows(self, parts: dict[str, list[np.ndarray]]) -> HookRows:
+    def _fetch(self, name: str, shard: int, lo: int, hi: int, dest: np.ndarray) -> None:
+        """Decode rows ``[lo, hi)`` of one shard into ``dest``: from the whole object if all of
+        it is wanted, else from one range request covering the contiguous chunks that hold them
+        (located through the shard's index, fetched once and cached)."""
+        codec = self.store.shard_codec(self.hook.name, name)
+        path = self.store.shard_path(self.hook.name, name, shard)
+        base = shard * codec.shard_rows
+        first, last = (lo - base) // codec.chunk_rows, -(-(hi - base) // codec.chunk_rows)
+        in_array = -(-(min(self.n_rows, base + codec.shard_rows) - base) // codec.chunk_rows)
+        skip = lo - base - first * codec.chunk_rows
+        where = f"{self.store.uri} hook {self.hook.name!r} {name} task {shard}"
+        if codec.chunk_rows == codec.shard_rows:  # small arrays: one chunk per shard, cached
+            dest[...] = self._small_shard(name, shard, codec, path, where)[lo - base:hi - base]
+            return
+        try:
+            if io.is_local(self.store._fs) and codec.zstd_level is None:
+                index = self._index(name, shard, codec, path, where)[first:last]
+                with open(path, "rb") as f:
+                    codec.read_chunks_into(f, index, where, dest, skip)
+            elif first == 0 and last >= in_array:
+                codec.decode(io.get_object(self.store._fs, path), where, dest, skip)
+            else:
+                index = self._index(name, shard, codec, path, where)[first:last]
+                present = index[:, 0] != np.iinfo(np.uint64).max
+                start = int(index[present, 0].min())
+                end = int((index[present, 0] + index[present, 1]).max())
+                relative = index.copy()
+                relative[present, 0] -= start
+                codec.decode_chunks(io.get_object(self.store._fs, path, start, end), relative, where, dest, skip)
+        except FileNotFoundError as err:
+            raise StoreCorrupted(f"{where}: shard object {path} is missing although the task is "
+                                 "committed; rewrite the task") from err
+        except StoreCorrupted as err:
+            raise StoreCorrupted(f"{err}. Rewrite task {shard} (write_task(..., overwrite=True), "
+                                 "or delete its marker and re-run the job).") from err
+
+    def _small_shard(self, name: str, shard: int, codec, path: str, where: str) -> np.ndarray:
+        """A whole decoded shard of a small array (valid, yx, prob, image_id), kept in a bounded
+        cache: shuffled batches touch each shard once per chunk of ``acts`` they read."""
+        key = (name, shard)
+        with self._lock:
+            if key in self._small:
+                self._small.move_to_end(key)
+                return self._small[key]
+        try:
+            values = codec.decode(io.get_object(self.store._fs, path), where)
+        except FileNotFoundError as err:
+            raise StoreCorrupted(f"{where}: shard object {path} is missing although the task is "
+                                 "committed; rewrite the task") from err
+        except StoreCorrupted as err:
+            raise StoreCorrupted(f"{err}. Rewrite task {shard} (write_task(..., overwrite=True), "
+                                 "or delete its marker and re-run the job).") from err
+        with self._lock:
+            self._small[key] = values
+            self._small_bytes += values.nbytes
+            while self._small_bytes > SMALL_CACHE_BYTES and len(self._small) > 1:
+                self._small_bytes -= self._small.popitem(last=False)[1].nbytes
+        return values
+
+    def _index(self, name: str, shard: int, codec, path: str, where: str) -> np.ndarray:
+        key = (name, shard)
+        if key not in self._indexes:
+            tail = io.get_object(self.store._fs, path, -codec.index_nbytes)
+            self._indexes[key] = codec.parse_index(tail, where)
+        return self._indexes[key]
+
+    def _rows(self, selections: Sequence[tuple[int, int]]) -> HookRows:
+        """Rows of the given slices. ``image_id`` follows from the row arithmetic, and pooled
+        hooks' ``yx``/``prob`` are constants, so those are computed, not fetched (the stored
+        copies serve plain-zarr readers and ``verify``)."""
+        pooled = is_pooled(self.hook)
+        parts = self._read(selections, ("acts", "valid") if pooled else ("acts", "yx", "prob", "valid"))
         cat = {k: (np.concatenate(v) if len(v) != 1 else v[0]) for k, v in parts.items()}
         cat["acts"] = decode_acts(cat["acts"], self.store.spec.dtype)
+        if pooled:  # the writer guarantees these constants for rows without a position
+            n = len(cat["valid"])
+            cat["yx"] = np.full((n, 2), -1, dtype=np.int16)
+            cat["prob"] = np.ones(n, dtype=np.float32)
+        k = self.rows_per_image
+        ids = [row_image_ids(a, b, k) for a, b in selections]
+        cat["image_id"] = np.concatenate(ids) if len(ids) != 1 else ids[0]
         return HookRows(**cat)
 
     # -- public reads ---------------------------------------------------------------------
@@ -87,8 +173,7 @@ class HookReader:
             raise IndexError(f"rows [{start}, {stop}) outside 0..{self.n_rows} of hook {self.hook.name!r}")
         tasks = list(self._tasks_of_rows(start, stop))
         self._require_readable(tasks)
-        with self._checked(f"rows [{start}, {stop})", tasks):
-            return self._rows(self._read([(start, stop)]))
+        return self._rows([(start, stop)])
 
     def read_images(self, image_ids: Sequence[int] | np.ndarray) -> HookRows:
         """All rows of the given images, in the order given (each image's K rows together)."""
@@ -103,16 +188,14 @@ class HookReader:
         # Contiguous runs of image ids become one slice each; zarr fetches only their chunks.
         breaks = np.flatnonzero(np.diff(uniq) != 1) + 1
         runs = [(int(r[0]) * k, (int(r[-1]) + 1) * k) for r in np.split(uniq, breaks)] if uniq.size else []
-        with self._checked(f"images {format_ranges(uniq.tolist(), limit=5)}", tasks):
-            rows = self._rows(self._read(runs)) if runs else self._empty()
+        rows = self._rows(runs) if runs else self._empty()
         order = image_rows(inverse, k)
         return rows.take(order)
 
     def read_task_stored(self, task: int) -> dict[str, np.ndarray]:
         """A task's arrays exactly as stored (bfloat16 as bits), for verification."""
         a, b = self._task_rows(task)
-        with self._checked(f"task {task}", [task]):
-            return {k: v[0] for k, v in self._read([(a, b)]).items()}
+        return {k: v[0] for k, v in self._read([(a, b)]).items()}
 
     def _empty(self) -> HookRows:
         return HookRows(np.zeros((0, self.channels), np.float32), np.zeros(0, np.int64),
@@ -142,9 +225,7 @@ class HookReader:
         carry: HookRows | None = None
         for w in range(0, len(units), window_chunks):
             window = units[w:w + window_chunks]
-            window_tasks = sorted({t for a, b in window for t in self._tasks_of_rows(a, b)})
-            with self._checked(f"rows of tasks {format_ranges(window_tasks)}", window_tasks):
-                rows = self._rows(self._read(window))
+            rows = self._rows(window)
             if drop_invalid:
                 rows = rows.take(rows.valid)
             if shuffle:

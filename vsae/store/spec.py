@@ -55,6 +55,11 @@ def sampler_rows(sampler: str) -> int | None:
     return None
 
 
+def is_pooled(hook: HookSpec) -> bool:
+    """Rows without a position (``mean``, ``cls``): yx is always -1 and prob always 1."""
+    return hook.sampler in ("mean", "cls")
+
+
 @dataclass(frozen=True)
 class HookSpec:
     """One hook's arrays in the store."""

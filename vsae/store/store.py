@@ -36,7 +36,8 @@ from vsae.errors import (
     format_ranges,
 )
 from vsae.store import io
-from vsae.store.layout import chunk_images, task_image_range, task_row_range
+from vsae.store.layout import task_image_range
+from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.rows import HookRows
 from vsae.store.spec import HookSpec, StoreSpec
 from vsae.store.writer import encode_task
@@ -89,10 +90,8 @@ class ActivationStore:
         self.manifest = manifest
         self.storage_options = storage_options
         self._fs, self._root = io.filesystem(uri, storage_options)
-        self._zstore = io.zarr_store(uri, self._fs, self._root, read_only=read_only,
-                                     storage_options=storage_options)
-        self._group = zarr.open_group(store=self._zstore, mode="r" if read_only else "r+")
         self._arrays: dict[str, dict[str, zarr.Array]] = {}
+        self._codecs: dict[str, dict[str, ShardCodec]] = {}
         self._committed: tuple[int, ...] | None = None
 
     # -- construction ---------------------------------------------------------------------
@@ -194,12 +193,24 @@ class ActivationStore:
             raise ReadOnlyStore(f"cannot {action}: {self.uri} was opened read-only (mode='r')")
 
     def arrays(self, hook: str) -> dict[str, zarr.Array]:
-        """The five zarr arrays of ``hook`` (opened once, cached)."""
+        """The five zarr arrays of ``hook`` (opened once, cached; used for metadata and plain-zarr access)."""
         self.spec.hook(hook)  # raises UnknownHook naming the valid ones
         if hook not in self._arrays:
-            g = self._group[f"{HOOKS_GROUP}/{hook}"]
+            zstore = io.zarr_store(self.uri, self._fs, self._root, read_only=self.read_only,
+                                   storage_options=self.storage_options)
+            g = zarr.open_group(store=zstore, mode="r" if self.read_only else "r+")[f"{HOOKS_GROUP}/{hook}"]
             self._arrays[hook] = {name: g[name] for name in ("acts", "image_id", "yx", "prob", "valid")}
         return self._arrays[hook]
+
+    def shard_codec(self, hook: str, name: str) -> ShardCodec:
+        """How shards of one array are encoded (derived from the spec, cached)."""
+        if hook not in self._codecs:
+            self._codecs[hook] = hook_codecs(self.spec, self.spec.hook(hook))
+        return self._codecs[hook][name]
+
+    def shard_path(self, hook: str, name: str, shard: int) -> str:
+        """Storage path of one shard object (zarr's chunk key for shard ``(shard, 0...)``)."""
+        return f"{self._root}/{HOOKS_GROUP}/{hook}/{shard_key(name, shard, self.shard_codec(hook, name))}"
 
     def write_task(self, task: int, rows: Mapping[str, HookRows], *, overwrite: bool = False) -> TaskResult:
         """Write every hook's rows of ``task`` as whole shards, then its completion marker.
@@ -215,14 +226,10 @@ class ActivationStore:
                 return TaskResult(task, "skipped", *_marker_counts(marker))
         image_range = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
         encoded = encode_task(self.spec, task, image_range, rows, where=self.uri)
-        writes = []
-        for hook, arrays in encoded.items():
-            row_start, row_stop = task_row_range(task, self.spec.n_images, self.spec.images_per_task,
-                                                 self.spec.hook(hook).rows_per_image)
-            target = self.arrays(hook)
-            for name, values in arrays.items():
-                writes.append(target[name]._async_array.setitem(slice(row_start, row_stop), values))
-        io.gather(writes)
+        # Task t owns shard t of every array: encode and put each shard whole, concurrently.
+        objects = [(hook, name, values) for hook, arrays in encoded.items() for name, values in arrays.items()]
+        io.map_io(lambda o: io.put_object(self._fs, self.shard_path(o[0], o[1], task),
+                                          self.shard_codec(o[0], o[1]).encode_parts(o[2])), objects)
         marker = {
             "task": task,
             "spec_digest": self.spec.digest,
@@ -236,7 +243,7 @@ class ActivationStore:
                 for hook, arrays in encoded.items()
             },
         }
-        io.put_small(self._fs, self._marker_path(task), json.dumps(marker, sort_keys=True, indent=1).encode())
+        io.put_object(self._fs, self._marker_path(task), json.dumps(marker, sort_keys=True, indent=1).encode())
         self._committed = None
         return TaskResult(task, "written", *_marker_counts(marker))
 
@@ -276,7 +283,7 @@ class ActivationStore:
             "hooks": totals,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        io.put_small(self._fs, f"{self._root}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
+        io.put_object(self._fs, f"{self._root}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
         self.manifest = manifest
         return manifest
 
@@ -344,23 +351,18 @@ def _read_root_spec(uri: str, fs, root: str, storage_options) -> StoreSpec | Non
 
 
 def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec) -> None:
-    k = hook.rows_per_image
-    n_rows = spec.n_images * k
-    shard_rows = spec.images_per_task * k
-    chunk_rows = k * chunk_images(spec.images_per_task, k, hook.channels, spec.stored_dtype.itemsize,
-                                  spec.chunk_bytes)
     g = group
     for part in f"{HOOKS_GROUP}/{hook.name}".split("/"):
         g = g.require_group(part)
-    g.attrs.update({"hook": hook.name, "sampler": hook.sampler, "rows_per_image": k})
-    common = dict(compressors=_codecs(spec.compression), config={"write_empty_chunks": True})
-    g.create_array("acts", shape=(n_rows, hook.channels), dtype=spec.stored_dtype,
-                   chunks=(chunk_rows, hook.channels), shards=(shard_rows, hook.channels),
-                   fill_value=0, dimension_names=("row", "channel"),
-                   attributes={"vsae_dtype": spec.dtype}, **common)
-    small = dict(chunks=(shard_rows,), shards=(shard_rows,), dimension_names=("row",), **common)
-    g.create_array("image_id", shape=(n_rows,), dtype="int64", fill_value=-1, **small)
-    g.create_array("prob", shape=(n_rows,), dtype="float32", fill_value=0, **small)
-    g.create_array("valid", shape=(n_rows,), dtype="bool", fill_value=False, **small)
-    g.create_array("yx", shape=(n_rows, 2), dtype="int16", fill_value=-1, chunks=(shard_rows, 2),
-                   shards=(shard_rows, 2), dimension_names=("row", "axis"), **common)
+    g.attrs.update({"hook": hook.name, "sampler": hook.sampler, "rows_per_image": hook.rows_per_image})
+    n_rows = spec.n_images * hook.rows_per_image
+    names = {"acts": ("row", "channel"), "image_id": ("row",), "yx": ("row", "axis"),
+             "prob": ("row",), "valid": ("row",)}
+    for name, codec in hook_codecs(spec, hook).items():
+        g.create_array(
+            name, shape=(n_rows, *codec.row_shape), dtype=codec.dtype,
+            chunks=(codec.chunk_rows, *codec.row_shape), shards=(codec.shard_rows, *codec.row_shape),
+            fill_value=codec.fill_value, compressors=_codecs(spec.compression),
+            dimension_names=names[name],
+            attributes={"vsae_dtype": spec.dtype} if name == "acts" else None,
+        )

@@ -15,7 +15,7 @@ from vsae.errors import TaskDataError
 from vsae.store.dtypes import encode_acts
 from vsae.store.layout import row_image_ids
 from vsae.store.rows import HookRows
-from vsae.store.spec import StoreSpec
+from vsae.store.spec import StoreSpec, is_pooled
 
 
 def encode_task(spec: StoreSpec, task: int, image_range: tuple[int, int],
@@ -58,6 +58,9 @@ def encode_task(spec: StoreSpec, task: int, image_range: tuple[int, int],
         prob = out[hook.name]["prob"]
         if not (np.isfinite(prob) & (prob > 0) & (prob <= 1)).all():
             raise TaskDataError(f"{label}: prob must lie in (0, 1]")
+        if is_pooled(hook) and ((out[hook.name]["yx"] != -1).any() or (prob != 1).any()):
+            raise TaskDataError(f"{label}: sampler {hook.sampler!r} rows have no position: "
+                                "yx must be -1 and prob 1 (use HookRows.pooled)")
     return out
 
 
