@@ -152,6 +152,18 @@ def test_flipped_byte_raises_checksum_error(store_uri):
         ActivationStore.open(store_uri).hook("conv").read_rows(32, 64)
 
 
+def test_verify_catches_a_shard_swapped_in_from_another_task(store_uri):
+    spec = small_spec()
+    store = write_all(store_uri, spec)
+    assert store.verify().ok
+    fs, root = io.filesystem(store_uri)
+    fs.pipe_file(f"{root}/hooks/mixed/3x3/acts/c/2/0", fs.cat_file(f"{root}/hooks/mixed/3x3/acts/c/4/0"))
+    fs.rm(f"{root}/hooks/conv/valid/c/5")
+    problems = store.verify().problems
+    assert problems == ("task 2 hook 'mixed/3x3' array acts: shard differs from the one its task wrote",
+                        "task 5 hook 'conv' array valid: shard object is missing")
+
+
 def test_plain_zarr_reads_the_same_numbers(store_uri):
     spec = small_spec("float32")
     write_all(store_uri, spec).publish()

@@ -35,10 +35,16 @@ def count_non_finite(stored: np.ndarray, dtype: str) -> int:
     """Infinities and NaNs among stored values, from their exponent bits (about 10x faster than
     ``np.isfinite`` on float16, which numpy computes through float32)."""
     kind, mask = _EXPONENT[dtype]
-    exponent = stored.view(kind) & kind(mask)
-    if exponent.size == 0 or exponent.max() != mask:
-        return 0
-    return int((exponent == mask).sum())
+    flat = stored.view(kind).reshape(-1)
+    block = 1 << 18  # a cache-sized scratch instead of a temporary as large as the input
+    scratch = np.empty(min(block, flat.size), dtype=kind)
+    bad = 0
+    for start in range(0, flat.size, block):
+        part = scratch[:min(block, flat.size - start)]
+        np.bitwise_and(flat[start:start + block], kind(mask), out=part)
+        if part.max() == mask:
+            bad += int((part == mask).sum())
+    return bad
 
 
 def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:

@@ -73,13 +73,6 @@ def get_object(fs: fsspec.AbstractFileSystem, path: str, start: int | None = Non
     return fs.cat_file(path, start=start, end=end)
 
 
-def crc32c(array: np.ndarray) -> int:
-    """crc32c of an array's bytes in C order (the checksum zarr uses on chunks)."""
-    from vsae.store.shards import crc32c_value
-
-    return int(crc32c_value(np.ascontiguousarray(array).view(np.uint8).reshape(-1)))
-
-
 def put_object(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list) -> None:
     """Write an object whole: temp file + rename on local disk, one PUT on object stores, so a
     reader never sees half a shard, marker or manifest. ``data`` may be a list of buffers,

@@ -93,6 +93,19 @@ class ShardCodec:
         """Bytes of one shard holding ``values`` (see :meth:`encode_parts`)."""
         return b"".join(self.encode_parts(values))
 
+    @staticmethod
+    def digest_parts(parts: list) -> int:
+        """The shard digest of freshly encoded parts (see :meth:`digest`), at no extra pass."""
+        return crc32c_value(b"".join(parts[1:-2:2]) + bytes(parts[-2]))
+
+    def digest(self, blob: bytes, where: str) -> int:
+        """crc32c over every chunk's stored crc32c and the index: names a shard's content and
+        layout without another pass over its data (chunk checksums vouch for the data)."""
+        tail = blob[-self.index_nbytes:]
+        index = self.parse_index(tail, where)
+        crcs = b"".join(blob[o + n - 4:o + n] for o, n in index.tolist() if o != _MISSING)
+        return crc32c_value(crcs + tail[:-4])
+
     def encode_parts(self, values: np.ndarray) -> list[bytes | memoryview]:
         """One shard holding ``values`` as a list of buffers to write in order (no joined copy).
 

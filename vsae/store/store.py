@@ -228,8 +228,14 @@ class ActivationStore:
         encoded = encode_task(self.spec, task, image_range, rows, where=self.uri)
         # Task t owns shard t of every array: encode and put each shard whole, concurrently.
         objects = [(hook, name, values) for hook, arrays in encoded.items() for name, values in arrays.items()]
-        io.map_io(lambda o: io.put_object(self._fs, self.shard_path(o[0], o[1], task),
-                                          self.shard_codec(o[0], o[1]).encode_parts(o[2])), objects)
+
+        def put(obj: tuple[str, str, np.ndarray]) -> int:
+            hook, name, values = obj
+            parts = self.shard_codec(hook, name).encode_parts(values)
+            io.put_object(self._fs, self.shard_path(hook, name, task), parts)
+            return ShardCodec.digest_parts(parts)
+
+        digests = dict(zip(((h, n) for h, n, _ in objects), io.map_io(put, objects)))
         marker = {
             "task": task,
             "spec_digest": self.spec.digest,
@@ -238,7 +244,7 @@ class ActivationStore:
                 hook: {
                     "rows": int(len(arrays["image_id"])),
                     "valid_rows": int(arrays["valid"].sum()),
-                    "crc32c": {name: io.crc32c(values) for name, values in arrays.items()},
+                    "shard_digest": {name: digests[hook, name] for name in arrays},
                 }
                 for hook, arrays in encoded.items()
             },
@@ -301,24 +307,32 @@ class ActivationStore:
         return self.committed_tasks(refresh=False) if self._committed is not None else self.committed_tasks()
 
     def verify(self, tasks: list[int] | None = None) -> VerifyReport:
-        """Re-read tasks and compare every array with the crc32c in its marker."""
-        problems: list[str] = []
+        """Re-read every shard of the given (default: committed) tasks: each chunk must match its
+        crc32c, and each shard the digest its task's marker recorded when it was written."""
         todo = list(self.committed_tasks()) if tasks is None else list(tasks)
-        for task in todo:
+
+        def check(task: int) -> list[str]:
             marker = self.read_marker(task)
             if marker is None:
-                problems.append(f"task {task}: no completion marker")
-                continue
+                return [f"task {task}: no completion marker"]
+            problems = []
             for hook, expected in marker["hooks"].items():
-                try:
-                    stored = self.hook(hook).read_task_stored(task)
-                except StoreCorrupted as err:
-                    problems.append(f"task {task} hook {hook!r}: {err}")
-                    continue
-                for name, crc in expected["crc32c"].items():
-                    if io.crc32c(stored[name]) != crc:
-                        problems.append(f"task {task} hook {hook!r} array {name}: crc32c differs from marker")
-        return VerifyReport(len(todo), tuple(problems))
+                for name, digest in expected["shard_digest"].items():
+                    codec = self.shard_codec(hook, name)
+                    where = f"task {task} hook {hook!r} array {name}"
+                    try:
+                        blob = io.get_object(self._fs, self.shard_path(hook, name, task))
+                        codec.decode(blob, where)
+                        if codec.digest(blob, where) != digest:
+                            problems.append(f"{where}: shard differs from the one its task wrote")
+                    except FileNotFoundError:
+                        problems.append(f"{where}: shard object is missing")
+                    except StoreCorrupted as err:
+                        problems.append(str(err))
+            return problems
+
+        found = [p for task_problems in io.map_io(check, todo) for p in task_problems]
+        return VerifyReport(len(todo), tuple(found))
 
     def __repr__(self) -> str:
         state = "published" if self.published else f"{len(self.committed_tasks())}/{self.spec.n_tasks} tasks"

@@ -1,0 +1,62 @@
+"""The entrypoints run under ``ray job submit`` against a running head and as plain scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vsae.store import ActivationStore
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def job_env(tmp_path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # As with an activated environment: the job's `python` is the one that has vsae installed.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if (Path.home() / ".ray" / "auth_token").exists():
+        env["RAY_AUTH_MODE"] = "token"  # a head started with a token requires it of clients
+    return env
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """A separate Ray head (its own ports and temp dir) as on a cluster's head node."""
+    port, dashboard = free_port(), free_port()
+    env = job_env(tmp_path)
+    temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's socket paths have a length limit
+    cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
+           f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
+                       capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_synthetic_job_via_ray_job_submit(ray_head, tmp_path):
+    address, env = ray_head
+    store = tmp_path / "submitted.zarr"
+    cmd = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
+           "python", "pipelines/synthetic.py", "--config", "pipelines/configs/synthetic.toml",
+           "--store_uri", str(store), "--data.n_rows", "3000", "--images_per_task", "1000"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "3 written" in done.stdout and "all checksums match" in done.stdout
+    assert ActivationStore.open(store).manifest["hooks"]["synthetic"]["rows"] == 3000
