@@ -7,6 +7,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,11 @@ def ray_head(tmp_path):
     port, dashboard = free_port(), free_port()
     env = job_env(tmp_path)
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's socket paths have a length limit
-    cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}",
+    # Every listener on a free port: another Ray on this machine (the other tests') holds the defaults.
+    others = [f"--{flag}={free_port()}" for flag in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
+        "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
+    cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", *others,
            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
@@ -56,7 +61,12 @@ def test_synthetic_job_via_ray_job_submit(ray_head, tmp_path):
     cmd = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--",
            "python", "pipelines/synthetic.py", "--config", "pipelines/configs/synthetic.toml",
            "--store_uri", str(store), "--data.n_rows", "3000", "--images_per_task", "1000"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    deadline = time.monotonic() + 180
+    while True:  # a fresh head takes a while to start its job agent, and says so
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        if "No available agent to submit job" not in done.stderr + done.stdout or time.monotonic() > deadline:
+            break
+        time.sleep(3)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "3 written" in done.stdout and "all checksums match" in done.stdout
     assert ActivationStore.open(store).manifest["hooks"]["synthetic"]["rows"] == 3000
