@@ -173,6 +173,9 @@ def test_plain_zarr_reads_the_same_numbers(store_uri):
     np.testing.assert_array_equal(root["hooks/mixed/3x3/acts"][:], want.acts)
     np.testing.assert_array_equal(root["hooks/mixed/3x3/image_id"][:], want.image_id)
     assert root["hooks/blocks.0/resid_post/acts"].shape == (250, 16)
+    # A pooled hook's yx/prob shards are not stored; zarr reads their fill values, as specified.
+    assert (root["hooks/mixed/3x3/yx"][:] == -1).all() and (root["hooks/mixed/3x3/prob"][:] == 1).all()
+    np.testing.assert_array_equal(root["hooks/conv/prob"][:], expected_hook(spec, "conv").prob)
 
 
 def test_read_only_refuses_writes_and_spec_mismatch_is_refused(store_uri):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -21,13 +22,26 @@ from vsae.store import io
 from vsae.store.dtypes import decode_acts
 from vsae.store.layout import image_rows, row_image_ids, task_of_image, task_row_range
 from vsae.store.rows import HookRows
-from vsae.store.spec import ARRAY_NAMES, HookSpec, is_pooled
+from vsae.store.spec import ARRAY_NAMES, HookSpec, is_pooled, written_arrays
 
 SMALL_CACHE_BYTES = 256 << 20
 """Decoded small-array shards a reader keeps (about 28M rows of valid + yx + prob)."""
 
 if TYPE_CHECKING:
     from vsae.store.store import ActivationStore
+
+
+@contextmanager
+def _damage_report(where: str, path: str, task: int):
+    """Turn a missing or damaged shard into a :class:`StoreCorrupted` saying how to repair it."""
+    try:
+        yield
+    except FileNotFoundError as err:
+        raise StoreCorrupted(f"{where}: shard object {path} is missing although the task is "
+                             f"committed; rewrite task {task}") from err
+    except StoreCorrupted as err:
+        raise StoreCorrupted(f"{err}. Rewrite task {task} (write_task(..., overwrite=True), "
+                             "or delete its marker and re-run the job).") from err
 
 
 class HookReader:
@@ -97,7 +111,7 @@ class HookReader:
         if codec.chunk_rows == codec.shard_rows:  # small arrays: one chunk per shard, cached
             dest[...] = self._small_shard(name, shard, codec, path, where)[lo - base:hi - base]
             return
-        try:
+        with _damage_report(where, path, shard):
             if io.is_local(self.store._fs) and codec.zstd_level is None:
                 index = self._index(name, shard, codec, path, where)[first:last]
                 with open(path, "rb") as f:
@@ -112,12 +126,6 @@ class HookReader:
                 relative = index.copy()
                 relative[present, 0] -= start
                 codec.decode_chunks(io.get_object(self.store._fs, path, start, end), relative, where, dest, skip)
-        except FileNotFoundError as err:
-            raise StoreCorrupted(f"{where}: shard object {path} is missing although the task is "
-                                 "committed; rewrite the task") from err
-        except StoreCorrupted as err:
-            raise StoreCorrupted(f"{err}. Rewrite task {shard} (write_task(..., overwrite=True), "
-                                 "or delete its marker and re-run the job).") from err
 
     def _small_shard(self, name: str, shard: int, codec, path: str, where: str) -> np.ndarray:
         """A whole decoded shard of a small array (valid, yx, prob, image_id), kept in a bounded
@@ -127,14 +135,8 @@ class HookReader:
             if key in self._small:
                 self._small.move_to_end(key)
                 return self._small[key]
-        try:
+        with _damage_report(where, path, shard):
             values = codec.decode(io.get_object(self.store._fs, path), where)
-        except FileNotFoundError as err:
-            raise StoreCorrupted(f"{where}: shard object {path} is missing although the task is "
-                                 "committed; rewrite the task") from err
-        except StoreCorrupted as err:
-            raise StoreCorrupted(f"{err}. Rewrite task {shard} (write_task(..., overwrite=True), "
-                                 "or delete its marker and re-run the job).") from err
         with self._lock:
             self._small[key] = values
             self._small_bytes += values.nbytes
@@ -193,9 +195,9 @@ class HookReader:
         return rows.take(order)
 
     def read_task_stored(self, task: int) -> dict[str, np.ndarray]:
-        """A task's arrays exactly as stored (bfloat16 as bits), for verification."""
+        """A task's stored arrays exactly as stored (bfloat16 as bits)."""
         a, b = self._task_rows(task)
-        return {k: v[0] for k, v in self._read([(a, b)]).items()}
+        return {k: v[0] for k, v in self._read([(a, b)], written_arrays(self.hook)).items()}
 
     def _empty(self) -> HookRows:
         return HookRows(np.zeros((0, self.channels), np.float32), np.zeros(0, np.int64),

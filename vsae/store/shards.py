@@ -235,7 +235,7 @@ def hook_codecs(spec: StoreSpec, hook: HookSpec) -> dict[str, ShardCodec]:
         "acts": codec(chunk_rows, (hook.channels,), spec.stored_dtype.name, 0),
         "image_id": codec(shard_rows, (), "int64", -1),
         "yx": codec(shard_rows, (2,), "int16", -1),
-        "prob": codec(shard_rows, (), "float32", 0),
+        "prob": codec(shard_rows, (), "float32", 1),
         "valid": codec(shard_rows, (), "bool", False),
     }
 

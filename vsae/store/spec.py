@@ -60,6 +60,12 @@ def is_pooled(hook: HookSpec) -> bool:
     return hook.sampler in ("mean", "cls")
 
 
+def written_arrays(hook: HookSpec) -> tuple[str, ...]:
+    """Arrays whose shards a task writes. A pooled hook's yx and prob equal their fill values
+    (-1 and 1) everywhere, so, as zarr does with chunks of fill, their shards are not stored."""
+    return tuple(n for n in ARRAY_NAMES if not (is_pooled(hook) and n in ("yx", "prob")))
+
+
 @dataclass(frozen=True)
 class HookSpec:
     """One hook's arrays in the store."""

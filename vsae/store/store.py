@@ -39,7 +39,7 @@ from vsae.store import io
 from vsae.store.layout import task_image_range
 from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.rows import HookRows
-from vsae.store.spec import HookSpec, StoreSpec
+from vsae.store.spec import HookSpec, StoreSpec, written_arrays
 from vsae.store.writer import encode_task
 
 MANIFEST = "manifest.json"
@@ -227,7 +227,8 @@ class ActivationStore:
         image_range = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
         encoded = encode_task(self.spec, task, image_range, rows, where=self.uri)
         # Task t owns shard t of every array: encode and put each shard whole, concurrently.
-        objects = [(hook, name, values) for hook, arrays in encoded.items() for name, values in arrays.items()]
+        objects = [(hook, name, arrays[name]) for hook, arrays in encoded.items()
+                   for name in written_arrays(self.spec.hook(hook))]
 
         def put(obj: tuple[str, str, np.ndarray]) -> int:
             hook, name, values = obj
@@ -244,7 +245,7 @@ class ActivationStore:
                 hook: {
                     "rows": int(len(arrays["image_id"])),
                     "valid_rows": int(arrays["valid"].sum()),
-                    "shard_digest": {name: digests[hook, name] for name in arrays},
+                    "shard_digest": {name: digests[hook, name] for name in written_arrays(self.spec.hook(hook))},
                 }
                 for hook, arrays in encoded.items()
             },
