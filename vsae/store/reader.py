@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from contextlib import contextmanager
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,7 +22,7 @@ from vsae.store import io
 from vsae.store.dtypes import decode_acts
 from vsae.store.layout import image_rows, row_image_ids, task_of_image, task_row_range
 from vsae.store.rows import HookRows
-from vsae.store.spec import ARRAY_NAMES, HookSpec, is_pooled, written_arrays
+from vsae.store.spec import HookSpec, is_pooled, written_arrays
 
 SMALL_CACHE_BYTES = 256 << 20
 """Decoded small-array shards a reader keeps (about 28M rows of valid + yx + prob)."""
@@ -76,7 +76,7 @@ class HookReader:
                 f"{self.store.uri} hook {self.hook.name!r}: tasks {format_ranges(missing)} are not "
                 "committed yet, so their rows cannot be read", missing)
 
-    def _read(self, selections: Sequence[tuple[int, int]], names: Sequence[str] = ARRAY_NAMES) -> dict[str, list[np.ndarray]]:
+    def _read(self, selections: Sequence[tuple[int, int]], names: Sequence[str]) -> dict[str, list[np.ndarray]]:
         """Row slices of several arrays, as stored: ``{name: [values per slice]}``.
 
         Each slice's output is allocated once and every shard request decodes straight into
