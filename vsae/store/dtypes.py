@@ -57,8 +57,9 @@ def encode_acts(acts: np.ndarray, dtype: str, where: str) -> np.ndarray:
     if dtype == "bfloat16":
         stored = acts.view(np.uint16) if acts.dtype in (np.uint16, np.int16) else float_to_bf16_bits(acts)
     else:
-        if acts.dtype.kind not in "fiu":
-            raise TaskDataError(f"{where}: activations must be numeric, got dtype {acts.dtype}")
+        if acts.dtype.kind != "f":
+            raise TaskDataError(f"{where}: activations for a {dtype} store must be floating point, "
+                                f"got {acts.dtype} (integer bits are accepted by bfloat16 stores only)")
         with np.errstate(over="ignore", invalid="ignore"):  # reported below, with context
             stored = acts.astype(dtype, copy=False)
     stored = np.ascontiguousarray(stored)
