@@ -1,0 +1,196 @@
+"""Listing a dataset once into its manifest: one row per image, dense stable ``image_id``s.
+
+Sources (any fsspec URI):
+
+- ``imagenet_folder``: ``<root>/<wnid>/<file>.JPEG`` (the ILSVRC train layout; a ``val`` folder
+  arranged the same way works too);
+- ``webdataset``: ``<root>/*.tar`` shards whose samples are ``<key>.jpg|jpeg|png|webp`` plus
+  optional ``<key>.cls`` (label) / ``<key>.json`` (``{"wnid": ...}`` or ``{"caption": ...}``) /
+  ``<key>.txt`` (caption), as ImageNet WebDataset shards and img2dataset SBU output are.
+
+``wnid`` is an image's class (from its folder or its ``.json``); ``label`` is the integer the
+source gives (``.cls``), else -1, and is never renumbered, so rows stay stable as shards are
+added. Each row records where the image's bytes are (shard, offset, size), so a worker reads exactly
+its images with ranged reads, never re-scanning a tar. Ids follow sorted shard order, then
+order within the shard; relisting with the previous manifest keeps every existing id and puts
+images of new shards after them. Members that are not images are counted, not listed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import tarfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import fsspec
+import pyarrow as pa
+
+from vsae.errors import ConfigError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+KINDS = ("imagenet_folder", "webdataset")
+SCHEMA = pa.schema([
+    ("image_id", pa.int64()), ("shard", pa.string()), ("key", pa.string()),
+    ("offset", pa.int64()), ("size", pa.int64()), ("label", pa.int32()),
+    ("wnid", pa.string()), ("caption", pa.string()),
+])
+
+
+@dataclass
+class Listing:
+    """A dataset manifest and what listing it skipped."""
+
+    table: pa.Table
+    source_uri: str
+    kind: str
+    skipped: Counter = field(default_factory=Counter)
+
+    @property
+    def n_images(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def digest(self) -> str:
+        """sha256 over every row's identity (shard, key, byte range, label, caption)."""
+        h = hashlib.sha256(f"{self.kind}\n".encode())
+        cols = [self.table.column(c).to_pylist() for c in ("shard", "key", "offset", "size", "wnid", "caption")]
+        for row in zip(*cols):
+            h.update(json.dumps(row).encode())
+        return h.hexdigest()
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({w for w in self.table.column("wnid").to_pylist() if w})
+
+
+def _fs(uri: str):
+    fs, root = fsspec.core.url_to_fs(uri)
+    return fs, root.rstrip("/")
+
+
+def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
+    rows = []
+    for wnid_dir in sorted(fs.ls(root, detail=False)):
+        if not fs.isdir(wnid_dir):
+            skipped["not_a_class_folder"] += 1
+            continue
+        wnid = posixpath.basename(wnid_dir.rstrip("/"))
+        for info in sorted(fs.ls(wnid_dir, detail=True), key=lambda i: i["name"]):
+            name = info["name"]
+            if info.get("type") != "file" or not name.lower().endswith(IMAGE_EXTS):
+                skipped["non_image_file"] += 1
+                continue
+            rows.append(dict(shard=posixpath.relpath(name, root), key="", offset=0, size=int(info["size"]),
+                             label=-1, wnid=wnid, caption=None))
+    return rows
+
+
+def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
+    samples: dict[str, dict] = {}
+    order: list[str] = []
+    try:
+        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                base = posixpath.basename(member.name)
+                stem, dot, ext = base.partition(".")
+                key = posixpath.join(posixpath.dirname(member.name), stem)
+                ext = "." + ext.lower()
+                sample = samples.get(key)
+                if sample is None:
+                    sample = samples[key] = {}
+                    order.append(key)
+                if ext in IMAGE_EXTS:
+                    sample["image"] = (member.name, member.offset_data, member.size)
+                elif ext in (".cls", ".txt", ".json"):
+                    sample[ext] = tar.extractfile(member).read()
+                else:
+                    sample.setdefault("other", 0)
+                    sample["other"] += 1
+    except (tarfile.TarError, OSError) as err:
+        skipped[f"unreadable_shard:{type(err).__name__}"] += 1
+        return []
+    rows = []
+    shard = posixpath.relpath(path, root)
+    for key in order:
+        sample = samples[key]
+        if "image" not in sample:
+            skipped["non_image_member"] += 1
+            continue
+        name, offset, size = sample["image"]
+        label, wnid, caption = -1, None, None
+        if ".cls" in sample:
+            try:
+                label = int(sample[".cls"].decode().strip())
+            except ValueError:
+                skipped["bad_label"] += 1
+        if ".json" in sample:
+            try:
+                meta = json.loads(sample[".json"])
+                wnid = meta.get("wnid") or wnid
+                caption = meta.get("caption") or caption
+            except (ValueError, AttributeError):
+                skipped["bad_json"] += 1
+        if ".txt" in sample:
+            caption = sample[".txt"].decode("utf-8", errors="replace").strip()
+        rows.append(dict(shard=shard, key=name, offset=offset, size=size, label=label, wnid=wnid,
+                         caption=caption))
+    return rows
+
+
+def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) -> Listing:
+    """List ``source_uri`` into a manifest; with ``previous``, keep its ids and append new shards."""
+    if kind not in KINDS:
+        raise ConfigError(f"dataset kind {kind!r} is not one of {KINDS}")
+    fs, root = _fs(source_uri)
+    if not fs.exists(root):
+        raise ConfigError(f"dataset source {source_uri} does not exist")
+    skipped: Counter = Counter()
+    known = set(previous.table.column("shard").to_pylist()) if previous is not None else set()
+    if kind == "imagenet_folder":
+        rows = [r for r in _list_folder(fs, root, skipped) if r["shard"] not in known]
+    else:
+        tars = sorted(p for p in fs.find(root) if p.endswith(".tar"))
+        if not tars:
+            raise ConfigError(f"no .tar shards under {source_uri}")
+        rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
+    start = previous.n_images if previous is not None else 0
+    for i, row in enumerate(rows):
+        row["image_id"] = start + i
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    if previous is not None:
+        table = pa.concat_tables([previous.table, table])
+    if table.num_rows == 0:
+        raise ConfigError(f"no images found under {source_uri} ({dict(skipped) or 'empty'})")
+    return Listing(table, source_uri, kind, skipped)
+
+
+def write_listing(listing: Listing, uri: str) -> None:
+    """Save the manifest as parquet, with its source, kind and digest in the schema metadata."""
+    import pyarrow.parquet as pq
+
+    meta = {"vsae": json.dumps({"source_uri": listing.source_uri, "kind": listing.kind,
+                                "digest": listing.digest, "skipped": dict(listing.skipped)})}
+    table = listing.table.replace_schema_metadata(meta)
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    with fsspec.open(uri, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def read_listing(uri: str) -> Listing:
+    import pyarrow.parquet as pq
+
+    with fsspec.open(uri, "rb") as f:
+        table = pq.read_table(io.BytesIO(f.read()))
+    meta = json.loads(table.schema.metadata[b"vsae"])
+    listing = Listing(table.replace_schema_metadata(None), meta["source_uri"], meta["kind"],
+                      Counter(meta.get("skipped", {})))
+    if listing.digest != meta["digest"]:
+        raise ConfigError(f"dataset manifest {uri} does not match its recorded digest")
+    return listing
