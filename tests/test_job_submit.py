@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,7 +38,11 @@ def job_env(tmp_path) -> dict[str, str]:
 
 @pytest.fixture
 def ray_head(tmp_path):
-    """A separate Ray head (its own ports and temp dir) as on a cluster's head node."""
+    """A separate Ray head (its own ports and temp dir) as on a cluster's head node.
+
+    ``ray start --block`` keeps the head's processes in this fixture's process group, so teardown
+    stops exactly them (``ray stop`` would stop every Ray on the machine, the other tests' too).
+    """
     port, dashboard = free_port(), free_port()
     env = job_env(tmp_path)
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's socket paths have a length limit
@@ -43,15 +50,31 @@ def ray_head(tmp_path):
     others = [f"--{flag}={free_port()}" for flag in (
         "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port",
         "runtime-env-agent-port", "ray-client-server-port", "node-manager-port", "object-manager-port")]
-    cmd = [RAY, "start", "--head", f"--port={port}", f"--dashboard-port={dashboard}", *others,
+    cmd = [RAY, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dashboard}", *others,
            "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
            f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    head = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield f"http://127.0.0.1:{dashboard}", env
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{address}/api/version", timeout=5):
+                    break
+            except urllib.error.HTTPError:
+                break  # any answer means the dashboard is up (401 when token auth is on)
+            except OSError:
+                if head.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"the Ray head did not come up (exit code {head.poll()})")
+                time.sleep(1)
+        yield address, env
     finally:
-        subprocess.run([RAY, "stop", "--force"], env={**env, "RAY_ADDRESS": f"127.0.0.1:{port}"},
-                       capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
