@@ -13,6 +13,10 @@ class Resources:
 
     num_cpus_per_task: float = 1.0
     """CPUs Ray reserves for each store task."""
+    num_gpus_per_task: float = 0.0
+    """GPUs Ray reserves for each store task (fractions share a GPU); 0 on CPU-only clusters."""
+    batch_size: int = 32
+    """Images per forward pass (throughput only; results do not depend on it)."""
     max_in_flight: int = 16
     """Tasks submitted at once; bounds driver memory and lets progress reflect finished work."""
     max_retries: int = 3
@@ -21,6 +25,7 @@ class Resources:
     """CPUs of the embedded local Ray (0: all of this machine); ignored on a running cluster."""
 
     def __post_init__(self) -> None:
-        if self.num_cpus_per_task <= 0 or self.max_in_flight < 1 or self.max_retries < 0:
+        if (self.num_cpus_per_task <= 0 or self.num_gpus_per_task < 0 or self.batch_size < 1
+                or self.max_in_flight < 1 or self.max_retries < 0):
             raise ConfigError(f"invalid resources {self}: need num_cpus_per_task > 0, "
-                              "max_in_flight >= 1, max_retries >= 0")
+                              "num_gpus_per_task >= 0, batch_size >= 1, max_in_flight >= 1, max_retries >= 0")

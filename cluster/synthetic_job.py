@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 from dataclasses import dataclass, field
 
+from cluster.finish import finish
 from cluster.resources import Resources
 from cluster.runtime import init_ray
 from cluster.tasks import run_tasks
-from vsae import config
 from vsae.runner import RunReport
 from vsae.store import ActivationStore, io
 from vsae.synthetic import TRUTH_KEY, SyntheticConfig, SyntheticTasks, make_features, truth_bytes
@@ -49,18 +47,4 @@ def run(job: SyntheticJob, *, progress: bool = True) -> tuple[RunReport, Activat
     report = run_tasks(store.uri, SyntheticTasks(job.data, spec), missing, job.resources,
                        progress=progress)
     report.tasks_skipped += spec.n_tasks - len(missing)
-    if report.failed:
-        report.notes.append("store NOT published: re-run the same command to retry the failed tasks")
-        return report, None
-    manifest = store.publish()
-    report.notes.append(f"published      {manifest['n_tasks']} tasks, spec {spec.digest[:12]}")
-    if job.verify:
-        check = store.verify()
-        report.notes.append(f"verified       {check.tasks_checked} tasks: "
-                            + ("all checksums match" if check.ok else "; ".join(check.problems[:5])))
-        if not check.ok:
-            report.failed.update({-1: "verification failed"})
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    io.put_object(fs, f"{root}/_reports/synthetic-{stamp}.json", json.dumps(
-        {"job": config.to_dict(job), "report": vars(report)}, indent=1, default=str).encode())
-    return report, store
+    return finish(store, report, job, "synthetic", verify=job.verify)

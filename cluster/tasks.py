@@ -28,7 +28,7 @@ def run_tasks(uri: str, producer: Producer, tasks: Iterable[int], resources: Res
               overwrite: bool = False, progress: bool = True) -> RunReport:
     """Write ``tasks`` on Ray workers, at most ``resources.max_in_flight`` at once."""
     todo = list(tasks)
-    remote = _write_task.options(num_cpus=resources.num_cpus_per_task,
+    remote = _write_task.options(num_cpus=resources.num_cpus_per_task, num_gpus=resources.num_gpus_per_task,
                                  max_retries=resources.max_retries,
                                  retry_exceptions=[OSError])
     producer_ref = ray.put(producer)

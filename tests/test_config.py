@@ -25,8 +25,19 @@ def test_checked_in_config_loads_and_cli_overrides_it():
     assert config.from_dict(SyntheticJob, config.to_dict(job)) == job
 
 
-@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources])
+@pytest.mark.parametrize("name", ["demo", "inception_v1"])
+def test_checked_in_extraction_configs_load(name):
+    from cluster.extract_job import ExtractJob, check_job
+
+    job = config.load(ExtractJob, str(ROOT / f"pipelines/configs/{name}.toml"))
+    check_job(job)
+    assert job.hooks and all("=" in h for h in job.hooks)
+
+
+@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources, "ExtractJob"])
 def test_every_field_has_a_docstring(cls):
+    if cls == "ExtractJob":
+        from cluster.extract_job import ExtractJob as cls
     docs = config.field_docs(cls)
     assert {f.name for f in dataclasses.fields(cls)} <= set(docs)
 

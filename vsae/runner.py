@@ -1,7 +1,8 @@
 """Running store tasks: the producer protocol, the in-process runner, and the run report.
 
-A *producer* is a picklable callable ``task -> {hook: HookRows}``; a runner calls it for each
-task and hands the rows to :meth:`ActivationStore.write_task`. The in-process runner here is the
+A *producer* is a picklable callable ``task -> {hook: HookRows}`` (or ``(rows, info)`` where
+``info`` is plain JSON such as skipped inputs by reason); a runner calls it for each task and
+hands the rows to :meth:`ActivationStore.write_task`. The in-process runner here is the
 reference; ``cluster.tasks`` runs the very same function on Ray workers.
 """
 
@@ -9,15 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from vsae.store import ActivationStore, HookRows, TaskResult
 
-Producer = Callable[[int], dict[str, HookRows]]
+Producer = Callable[[int], "dict[str, HookRows] | tuple[dict[str, HookRows], dict]"]
 
 
 @lru_cache(maxsize=8)
@@ -28,14 +29,15 @@ def _writable(uri: str) -> ActivationStore:
 def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
     """Produce and write one task unless its marker exists (the unit every runner executes)."""
     store = _writable(uri)
-    if not overwrite and store.task_done(task):
-        return TaskResult(task, "skipped", *_counts(store.read_marker(task)))
-    return store.write_task(task, producer(task), overwrite=overwrite)
-
-
-def _counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
-    hooks = marker["hooks"]
-    return {h: c["rows"] for h, c in hooks.items()}, {h: c["valid_rows"] for h, c in hooks.items()}
+    if not overwrite:
+        marker = store.read_marker(task)
+        if marker is not None:
+            hooks = marker["hooks"]
+            return TaskResult(task, "skipped", {h: c["rows"] for h, c in hooks.items()},
+                              {h: c["valid_rows"] for h, c in hooks.items()}, marker.get("info", {}))
+    out = producer(task)
+    rows, info = out if isinstance(out, tuple) else (out, {})
+    return store.write_task(task, rows, overwrite=overwrite, info=info)
 
 
 @dataclass
@@ -48,10 +50,13 @@ class RunReport:
     rows_written: dict[str, int] = field(default_factory=dict)
     valid_rows_written: dict[str, int] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)
+    inputs: Counter = field(default_factory=Counter)
+    """Inputs converted or skipped, by reason, over all tasks (written or already done)."""
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     def add(self, result: TaskResult) -> None:
+        self.inputs.update(result.info.get("inputs", {}))
         if result.status == "skipped":
             self.tasks_skipped += 1
             return
@@ -69,6 +74,8 @@ class RunReport:
         ]
         for hook, n in sorted(self.rows_written.items()):
             lines.append(f"  {hook:<28} {n:>12,} rows, {self.valid_rows_written[hook]:,} valid")
+        if self.inputs:
+            lines.append("inputs         " + ", ".join(f"{k} {v}" for k, v in sorted(self.inputs.items())))
         for task, err in sorted(self.failed.items()):
             lines.append(f"  task {task} FAILED: {err}")
         lines.extend(self.notes)

@@ -96,6 +96,11 @@ class InceptionV1(nn.Module):
     hooks = HOOKS
     input_size = INPUT_SIZE
 
+    @staticmethod
+    def preprocess(images_bhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The model's input transform (see the module function :func:`preprocess`)."""
+        return preprocess(images_bhwc)
+
     def __init__(self) -> None:
         super().__init__()
         self._conv("conv2d0", 3, 64, 7, stride=2)

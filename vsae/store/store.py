@@ -57,6 +57,8 @@ class TaskResult:
     """``written``, or ``skipped`` when the task's marker already existed."""
     rows: dict[str, int] = field(default_factory=dict)
     valid_rows: dict[str, int] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the producer reported with the rows (e.g. skipped inputs by reason), kept in the marker."""
 
 
 @dataclass(frozen=True)
@@ -212,18 +214,20 @@ class ActivationStore:
         """Storage path of one shard object (zarr's chunk key for shard ``(shard, 0...)``)."""
         return f"{self._root}/{HOOKS_GROUP}/{hook}/{shard_key(name, shard, self.shard_codec(hook, name))}"
 
-    def write_task(self, task: int, rows: Mapping[str, HookRows], *, overwrite: bool = False) -> TaskResult:
+    def write_task(self, task: int, rows: Mapping[str, HookRows], *, overwrite: bool = False,
+                   info: dict[str, Any] | None = None) -> TaskResult:
         """Write every hook's rows of ``task`` as whole shards, then its completion marker.
 
         Skips a task whose marker exists unless ``overwrite``; rewriting the same data gives
-        byte-identical objects. ``rows`` must hold exactly the task's rows for every hook.
+        byte-identical objects. ``rows`` must hold exactly the task's rows for every hook;
+        ``info`` (plain JSON) is kept in the marker and returned by later skipped calls.
         """
         self._require_writable(f"write task {task}")
         self._check_task(task)
         if not overwrite:
             marker = self.read_marker(task)
             if marker is not None:
-                return TaskResult(task, "skipped", *_marker_counts(marker))
+                return TaskResult(task, "skipped", *_marker_counts(marker), marker.get("info", {}))
         image_range = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
         encoded = encode_task(self.spec, task, image_range, rows, where=self.uri)
         # Task t owns shard t of every array: encode and put each shard whole, concurrently.
@@ -241,6 +245,7 @@ class ActivationStore:
             "task": task,
             "spec_digest": self.spec.digest,
             "images": list(image_range),
+            "info": info or {},
             "hooks": {
                 hook: {
                     "rows": int(len(arrays["image_id"])),
@@ -252,7 +257,7 @@ class ActivationStore:
         }
         io.put_object(self._fs, self._marker_path(task), json.dumps(marker, sort_keys=True, indent=1).encode())
         self._committed = None
-        return TaskResult(task, "written", *_marker_counts(marker))
+        return TaskResult(task, "written", *_marker_counts(marker), marker["info"])
 
     def publish(self) -> dict[str, Any]:
         """Check every task marker and write ``manifest.json`` last (driver only).

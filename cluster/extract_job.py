@@ -1,0 +1,88 @@
+"""The extraction job: list the dataset, size the store, extract every task on Ray, publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cluster.finish import finish
+from cluster.resources import Resources
+from cluster.runtime import init_ray
+from cluster.tasks import run_tasks
+from vsae.data import list_dataset, read_listing, write_listing
+from vsae.data.demo import write_demo
+from vsae.errors import ConfigError
+from vsae.extract import ExtractTasks, hook_specs
+from vsae.models import apply_weights, build
+from vsae.runner import RunReport
+from vsae.store import ActivationStore, StoreSpec, io
+
+MANIFEST_KEY = "dataset.parquet"
+
+
+@dataclass(frozen=True)
+class ExtractJob:
+    """Extract activations of one model over one dataset into one store."""
+
+    store_uri: str = "runs/demo/inception_v1.zarr"
+    """Where the store goes: a local path or any fsspec URI."""
+    dataset_uri: str = "runs/demo/data/imagenet/train"
+    """The images: an ImageNet folder layout or a folder of WebDataset .tar shards."""
+    dataset_kind: str = "imagenet_folder"
+    """``imagenet_folder`` or ``webdataset`` (ImageNet shards or SBU img2dataset output)."""
+    demo_root: str = ""
+    """If set and empty, write the demo image set there first (dataset_uri should point into it)."""
+    demo_per_class: int = 20
+    """Images per class in the demo set."""
+    model_id: str = "inception_v1.lucid"
+    """Registered model id."""
+    weights: str = "random:0"
+    """URI of the model's state dict, or ``random:SEED`` (random weights, reported as such)."""
+    hooks: tuple[str, ...] = ("mixed4a=magnitude:16",)
+    """``HOOK=SAMPLER`` entries, e.g. ``mixed3a/3x3=magnitude:16`` or ``mixed5b=mean``."""
+    dtype: str = "float16"
+    """Stored activation dtype: float16, bfloat16 or float32."""
+    seed: int = 0
+    """Run seed for the samplers."""
+    images_per_task: int = 128
+    """Images per task; each task writes one shard per array."""
+    compression: str = "zstd:1"
+    """Chunk compression: zstd:1, zstd:3 or none."""
+    verify: bool = True
+    """Re-read every shard after publishing and check it against its task's marker."""
+    resources: Resources = field(default_factory=Resources)
+    """Cluster resources (not part of the store spec)."""
+
+
+def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, ActivationStore | None]:
+    init_ray(job.resources)
+    if job.demo_root:
+        fs, root = io.filesystem(job.demo_root)
+        if not fs.exists(root) or not fs.ls(root):
+            write_demo(job.demo_root, per_class=job.demo_per_class, include_bad=True)
+    if job.weights.startswith("random:"):
+        weights_digest = job.weights
+    else:
+        weights_digest = apply_weights(build(job.model_id), job.weights, job.model_id)
+    fs, root = io.filesystem(job.store_uri)
+    manifest_uri = job.store_uri.rstrip("/") + "/" + MANIFEST_KEY
+    listing = read_listing(manifest_uri) if fs.exists(f"{root}/{MANIFEST_KEY}") else \
+        list_dataset(job.dataset_uri, job.dataset_kind)
+    spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
+                     n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
+                     seed=job.seed, images_per_task=job.images_per_task, compression=job.compression)
+    store = ActivationStore.create(job.store_uri, spec)
+    if not fs.exists(f"{root}/{MANIFEST_KEY}"):
+        write_listing(listing, manifest_uri)
+    producer = ExtractTasks(spec, job.weights, job.dataset_uri, manifest_uri, job.resources.batch_size)
+    report = run_tasks(store.uri, producer, range(spec.n_tasks), job.resources, progress=progress)
+    if spec.weights.startswith("random:"):
+        report.notes.insert(0, f"WEIGHTS        {spec.weights}: RANDOM weights, not a pretrained model")
+    if listing.skipped:
+        report.inputs.update({f"listing:{k}": v for k, v in listing.skipped.items()})
+    return finish(store, report, job, "extract", verify=job.verify)
+
+
+def check_job(job: ExtractJob) -> None:
+    """Refuse a job whose settings cannot work, before anything starts."""
+    if job.dataset_kind not in ("imagenet_folder", "webdataset"):
+        raise ConfigError(f"dataset_kind {job.dataset_kind!r}: use imagenet_folder or webdataset")

@@ -1,0 +1,65 @@
+"""Extraction end to end on a local Ray with the loopback S3 endpoint (SPEC sections 3-6)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cluster.extract_job import MANIFEST_KEY, ExtractJob, run
+from cluster.resources import Resources
+from tests.helpers import snapshot
+from vsae.data.demo import write_demo
+from vsae.errors import ConfigError, UnknownHook
+from vsae.extract import ExtractTasks, hook_specs
+from vsae.store import ActivationStore
+
+HOOKS = ("conv2d0=magnitude:4", "mixed3a/3x3=magnitude:2", "mixed4a/5x5/pre_relu=all", "mixed5b=mean")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint):
+    data = write_demo("s3://vsae-test/extract-demo", per_class=1, shards=1, include_bad=True)
+    job = ExtractJob(store_uri="s3://vsae-test/extract/inception.zarr", dataset_uri=data["webdataset"],
+                     dataset_kind="webdataset", hooks=HOOKS, images_per_task=6,
+                     resources=Resources(batch_size=4, max_in_flight=2))
+    report, store = run(job, progress=False)
+    assert store is not None and not report.failed, report.summary()
+    spec = store.spec
+    assert spec.n_images == 15 and spec.n_tasks == 3 and spec.weights == "random:0"
+    assert report.tasks_written == 3 and report.rows_written["mixed4a/5x5/pre_relu"] == 15 * 196
+    assert dict(report.inputs) == {"corrupt": 1, "converted:CMYK": 1, "converted:L": 1, "converted:P": 1,
+                                   "too_small": 1, "listing:non_image_member": 1}
+    assert any("RANDOM weights" in n for n in report.notes)
+    # The store holds what a forward pass in this process gives for the same images.
+    torch.set_num_threads(1)
+    direct = ExtractTasks(spec, "random:0", data["webdataset"], f"{job.store_uri}/{MANIFEST_KEY}", batch_size=15)
+    reader = ActivationStore.open(job.store_uri)
+    for task in range(spec.n_tasks):
+        want, info = direct(task)
+        for hook in spec.hooks:
+            start = task * 6 * hook.rows_per_image
+            got = reader.hook(hook.name).read_rows(start, start + len(want[hook.name]))
+            np.testing.assert_array_equal(got.yx, want[hook.name].yx)
+            np.testing.assert_array_equal(got.valid, want[hook.name].valid)
+            np.testing.assert_allclose(got.acts, want[hook.name].acts.astype(np.float16), rtol=2e-3, atol=2e-3)
+    invalid = reader.hook("mixed5b").read_rows(0, 15)
+    assert invalid.valid.sum() == 13 and not invalid.acts[~invalid.valid].any()
+    before = snapshot(job.store_uri)
+    again, _ = run(job, progress=False)
+    assert (again.tasks_written, again.tasks_skipped) == (0, 3) and again.inputs == report.inputs
+    assert snapshot(job.store_uri) == before
+
+
+def test_hook_entries_are_checked():
+    specs = hook_specs("inception_v1.lucid", ("mixed4a=magnitude:16", "mixed4a/5x5=all", "conv2d0=mean"))
+    assert [(h.name, h.channels, h.rows_per_image) for h in specs] == [
+        ("mixed4a", 508, 16), ("mixed4a/5x5", 48, 196), ("conv2d0", 64, 1)]
+    with pytest.raises(ConfigError, match="must read HOOK=SAMPLER"):
+        hook_specs("inception_v1.lucid", ("mixed4a",))
+    with pytest.raises(UnknownHook, match="no hook 'mixed9'"):
+        hook_specs("inception_v1.lucid", ("mixed9=mean",))
+    with pytest.raises(ConfigError, match="needs token activations"):
+        hook_specs("inception_v1.lucid", ("mixed4a=cls",))
+    with pytest.raises(ConfigError, match="more than once"):
+        hook_specs("inception_v1.lucid", ("mixed4a=mean", "mixed4a=all"))

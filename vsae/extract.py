@@ -1,0 +1,97 @@
+"""Extraction of one task: read its images, one forward pass per batch, sample every hook.
+
+:class:`ExtractTasks` is the producer the runners call for each task (in process or on Ray
+workers). The model and the dataset manifest are loaded once per process and reused; many
+hooks come from the same forward pass. Images that cannot be read become invalid rows and are
+counted by reason in the task's marker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from vsae.data import read_images, read_listing
+from vsae.errors import ConfigError
+from vsae.models import apply_weights, build, capture, resolve_hooks
+from vsae.sampling import Sampler, sample
+from vsae.store import HookRows, HookSpec, StoreSpec
+from vsae.store.layout import task_image_range
+
+
+def parse_hook_samplers(entries: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``("mixed4a=magnitude:16", "conv2d0=mean")`` -> ``[("mixed4a", "magnitude:16"), ...]``."""
+    out = []
+    for entry in entries:
+        hook, eq, sampler = entry.partition("=")
+        if not eq or not hook or not sampler:
+            raise ConfigError(f"hook entry {entry!r} must read HOOK=SAMPLER, e.g. mixed4a=magnitude:16")
+        Sampler.parse(sampler)
+        out.append((hook.strip(), sampler.strip()))
+    names = [h for h, _ in out]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"hooks are listed more than once: {entries}")
+    return out
+
+
+def hook_specs(model_id: str, entries: tuple[str, ...]) -> tuple[HookSpec, ...]:
+    """Store hook specs from the model's hook table (widths, rows per image)."""
+    table = build(model_id).hooks
+    specs = []
+    for hook, sampler in parse_hook_samplers(entries):
+        (info,) = resolve_hooks(table, [hook], model_id)
+        rows = Sampler.parse(sampler).rows_per_image(info.layout, info.shape)
+        specs.append(HookSpec(hook, info.channels, sampler, rows))
+    return tuple(specs)
+
+
+@lru_cache(maxsize=2)
+def _model(model_id: str, weights: str, device: str) -> torch.nn.Module:
+    model = build(model_id).eval()
+    apply_weights(model, weights, model_id)
+    return model.to(device)
+
+
+@lru_cache(maxsize=2)
+def _listing(uri: str):
+    return read_listing(uri)
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ExtractTasks:
+    """Producer of an extraction store's tasks (picklable; heavy state cached per process)."""
+
+    spec: StoreSpec
+    weights_uri: str
+    """Where the weights are (the spec holds their digest), or ``random:SEED``."""
+    dataset_uri: str
+    listing_uri: str
+    batch_size: int = 32
+
+    def __call__(self, task: int) -> tuple[dict[str, HookRows], dict]:
+        start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
+        listing = _listing(self.listing_uri)
+        model = _model(self.spec.model_id, self.weights_uri, device())
+        images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
+                                             model.input_size)
+        infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
+        parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
+        ids = np.arange(start, stop, dtype=np.int64)
+        with torch.inference_mode(), capture(model, infos) as got:
+            for a in range(0, stop - start, self.batch_size):
+                b = min(a + self.batch_size, stop - start)
+                model(model.preprocess(images[a:b]).to(device()))
+                for hook in self.spec.hooks:
+                    info = model.hooks[hook.name]
+                    parts[hook.name].append(sample(got[hook.name], info.layout, hook.sampler,
+                                                   image_ids=ids[a:b], hook=hook.name,
+                                                   seed=self.spec.seed, valid=valid[a:b]))
+        rows = {h: HookRows.concat(p) for h, p in parts.items()}
+        return rows, {"inputs": dict(reasons)}
