@@ -25,7 +25,7 @@ def test_checked_in_config_loads_and_cli_overrides_it():
     assert config.from_dict(SyntheticJob, config.to_dict(job)) == job
 
 
-@pytest.mark.parametrize("name", ["demo", "inception_v1"])
+@pytest.mark.parametrize("name", ["demo", "inception_v1", "clip_vit"])
 def test_checked_in_extraction_configs_load(name):
     from cluster.extract_job import ExtractJob, check_job
 

@@ -55,11 +55,29 @@ def test_hook_entries_are_checked():
     specs = hook_specs("inception_v1.lucid", ("mixed4a=magnitude:16", "mixed4a/5x5=all", "conv2d0=mean"))
     assert [(h.name, h.channels, h.rows_per_image) for h in specs] == [
         ("mixed4a", 508, 16), ("mixed4a/5x5", 48, 196), ("conv2d0", 64, 1)]
+    vit = hook_specs("clip_vit_b32.openai", ("blocks.3/resid_post=cls", "blocks.3/mlp_post=magnitude:8",
+                                             "ln_pre=tokens", "blocks.0/resid_mid=mean"))
+    assert [(h.channels, h.rows_per_image) for h in vit] == [(768, 1), (3072, 8), (768, 50), (768, 1)]
     with pytest.raises(ConfigError, match="must read HOOK=SAMPLER"):
         hook_specs("inception_v1.lucid", ("mixed4a",))
     with pytest.raises(UnknownHook, match="no hook 'mixed9'"):
         hook_specs("inception_v1.lucid", ("mixed9=mean",))
     with pytest.raises(ConfigError, match="needs token activations"):
         hook_specs("inception_v1.lucid", ("mixed4a=cls",))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_vit_cls_extraction_on_sbu_shards(tmp_path):
+    data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
+    job = ExtractJob(store_uri=str(tmp_path / "vit.zarr"), dataset_uri=data["sbu"], dataset_kind="webdataset",
+                     model_id="clip_vit_b32.openai", hooks=("blocks.5/resid_post=cls", "blocks.11/mlp_post=magnitude:3"),
+                     images_per_task=5, resources=Resources(batch_size=5, max_in_flight=2))
+    report, store = run(job, progress=False)
+    assert store is not None and not report.failed
+    rows = ActivationStore.open(job.store_uri).hook("blocks.11/mlp_post").read_rows(0, 30)
+    assert rows.acts.shape == (30, 3072) and rows.valid.all() and (rows.yx >= 0).all()
+    assert (rows.prob > 0).all() and (rows.prob <= 1).all()
+    manifest = store.hook("blocks.5/resid_post").read_rows(0, 10)
+    assert manifest.acts.shape == (10, 768) and (manifest.yx == -1).all()
     with pytest.raises(ConfigError, match="more than once"):
         hook_specs("inception_v1.lucid", ("mixed4a=mean", "mixed4a=all"))

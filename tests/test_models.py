@@ -145,3 +145,71 @@ def test_registry_refuses_a_second_registration():
         register("inception_v1.lucid")(lambda: None)
     with pytest.raises(ConfigError, match="unknown model 'nope'; registered"):
         build("nope")
+
+
+@pytest.fixture(scope="module")
+def hf_clip(tmp_path_factory):
+    """A transformers CLIP ViT-B/32 vision tower with random weights, saved as a checkpoint dir."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                           image_size=224, patch_size=32, hidden_act="quick_gelu", projection_dim=512)
+    torch.manual_seed(0)
+    model = CLIPVisionModelWithProjection(cfg).eval()
+    with torch.no_grad():  # transformers initialises the class embedding and layer norms trivially
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    path = tmp_path_factory.mktemp("clip") / "clip-vit-b32"
+    model.save_pretrained(path)
+    return model, path
+
+
+def test_clip_vit_matches_transformers(hf_clip):
+    hf, path = hf_clip
+    ours = build("clip_vit_b32.openai").eval()
+    assert apply_weights(ours, str(path), ours.model_id).startswith("sha256:")
+    x = ours.preprocess(torch.randint(0, 256, (2, 224, 224, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1)))
+    with torch.no_grad():
+        theirs = hf(pixel_values=x, output_hidden_states=True)
+        with capture(ours, ours.hooks.values()) as got:
+            embeds = ours(x)
+    tol = dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["ln_pre"], theirs.hidden_states[0], **tol)
+    for i in range(12):
+        torch.testing.assert_close(got[f"blocks.{i}/resid_post"], theirs.hidden_states[i + 1], **tol)
+        torch.testing.assert_close(got[f"blocks.{i}/resid_pre"] + got[f"blocks.{i}/attn_out"], got[f"blocks.{i}/resid_mid"])
+    torch.testing.assert_close(got["ln_post"][:, 0], hf.vision_model.post_layernorm(theirs.last_hidden_state[:, 0]), **tol)
+    torch.testing.assert_close(embeds, theirs.image_embeds, **tol)
+
+
+def test_clip_vit_loads_open_clip_and_full_clip_checkpoints(hf_clip, tmp_path):
+    hf, _ = hf_clip
+    vision = {k: v for k, v in hf.state_dict().items()}
+    full = {**vision, "text_model.embeddings.token_embedding.weight": torch.zeros(3, 2), "logit_scale": torch.ones(())}
+    # The same weights written the way open_clip names them.
+    v = {k[len("vision_model."):]: t for k, t in vision.items() if k.startswith("vision_model.")}
+    oc = {"visual.class_embedding": v["embeddings.class_embedding"],
+          "visual.positional_embedding": v["embeddings.position_embedding.weight"],
+          "visual.conv1.weight": v["embeddings.patch_embedding.weight"],
+          "visual.proj": vision["visual_projection.weight"].t().contiguous()}
+    for ours_name, theirs in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
+        for p in ("weight", "bias"):
+            oc[f"visual.{theirs}.{p}"] = v[f"{ours_name}.{p}"]
+    for i in range(12):
+        src, dst = f"encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            oc[f"{dst}attn.in_proj_{p}"] = torch.cat([v[f"{src}self_attn.{n}_proj.{p}"] for n in "qkv"])
+            for ours_name, theirs in (("self_attn.out_proj", "attn.out_proj"), ("layer_norm1", "ln_1"),
+                                      ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+                oc[f"{dst}{theirs}.{p}"] = v[f"{src}{ours_name}.{p}"]
+    x = torch.randn(1, 3, 224, 224)
+    outputs = []
+    for name, state in (("full.pt", full), ("open_clip.pt", oc)):
+        torch.save(state, tmp_path / name)
+        model = build("clip_vit_b32.openai").eval()
+        apply_weights(model, str(tmp_path / name), model.model_id)
+        with torch.no_grad():
+            outputs.append(model(x))
+    with torch.no_grad():
+        torch.testing.assert_close(outputs[0], hf(pixel_values=x).image_embeds, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
 """Vision models with hook tables, registered by id (``arch.weights``)."""
 
-from vsae.models import inception_v1  # noqa: F401  (registers inception_v1.lucid)
+from vsae.models import clip_vit, inception_v1  # noqa: F401  (register their model ids)
 from vsae.models.hooks import HookInfo, HookPoint, capture, resolve_hooks
 from vsae.models.registry import build, model_ids, register
 from vsae.models.weights import apply_weights

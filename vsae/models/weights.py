@@ -1,6 +1,7 @@
 """Loading weights from any fsspec URI, recording their sha256, or seeding random weights.
 
-Weights are a state dict saved with ``torch.save`` or as safetensors. Random initialisation is
+Weights are a state dict saved with ``torch.save`` or as safetensors, or a ``transformers``
+checkpoint directory; a model may adapt foreign key names (``adapt_state_dict``). Random initialisation is
 only ever explicit (``random:SEED``) and is recorded as such wherever the weights are named.
 """
 
@@ -46,12 +47,20 @@ def apply_weights(model: nn.Module, weights: str, model_id: str) -> str:
                 param.copy_(torch.empty_like(param).uniform_(-bound, bound, generator=generator))
         return weights
     try:
-        with fsspec.open(weights, "rb") as f:
-            blob = f.read()
+        fs, path = fsspec.core.url_to_fs(weights)
+        if fs.isdir(path):  # a transformers checkpoint directory
+            names = [n for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(f"{path.rstrip('/')}/{n}")]
+            if not names:
+                raise FileNotFoundError(f"{weights} holds neither model.safetensors nor pytorch_model.bin")
+            path = f"{path.rstrip('/')}/{names[0]}"
+        blob = fs.cat_file(path)
     except FileNotFoundError as err:
         raise ConfigError(f"weights for {model_id} not found at {weights}; give a local path or "
                           "URI of the state dict, or random:SEED for random weights") from err
     state = load_state_dict_bytes(blob, weights)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if adapt is not None:
+        state = adapt(state)
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
