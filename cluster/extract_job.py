@@ -41,6 +41,9 @@ class ExtractJob:
     """``HOOK=SAMPLER`` entries, e.g. ``mixed3a/3x3=magnitude:16`` or ``mixed5b=mean``."""
     dtype: str = "float16"
     """Stored activation dtype: float16, bfloat16 or float32."""
+    compute_dtype: str = "float32"
+    """Forward-pass precision: float32, or bfloat16 (autocast; faster where the hardware has fast
+    bf16; its error against float32 is measured by bench/extract.py)."""
     seed: int = 0
     """Run seed for the samplers."""
     images_per_task: int = 128
@@ -69,7 +72,8 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
         list_dataset(job.dataset_uri, job.dataset_kind)
     spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
-                     seed=job.seed, images_per_task=job.images_per_task, compression=job.compression)
+                     seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,
+                     compute_dtype=job.compute_dtype)
     store = ActivationStore.create(job.store_uri, spec)
     if not fs.exists(f"{root}/{MANIFEST_KEY}"):
         write_listing(listing, manifest_uri)
@@ -77,6 +81,7 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
     report = run_tasks(store.uri, producer, range(spec.n_tasks), job.resources, progress=progress)
     if spec.weights.startswith("random:"):
         report.notes.insert(0, f"WEIGHTS        {spec.weights}: RANDOM weights, not a pretrained model")
+    report.notes.append(f"model          {spec.model_id}, forward in {spec.compute_dtype}, stored as {spec.dtype}")
     if listing.skipped:
         report.inputs.update({f"listing:{k}": v for k, v in listing.skipped.items()})
     return finish(store, report, job, "extract", verify=job.verify)

@@ -81,3 +81,22 @@ def test_vit_cls_extraction_on_sbu_shards(tmp_path):
     assert manifest.acts.shape == (10, 768) and (manifest.yx == -1).all()
     with pytest.raises(ConfigError, match="more than once"):
         hook_specs("inception_v1.lucid", ("mixed4a=mean", "mixed4a=all"))
+
+
+def test_bf16_compute_stays_close_to_fp32(tmp_path):
+    data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
+    from vsae.data import list_dataset, write_listing
+    from vsae.store import StoreSpec
+
+    listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
+    write_listing(listing, str(tmp_path / "m.parquet"))
+    rows = {}
+    for compute in ("float32", "bfloat16"):
+        spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
+                         hook_specs("inception_v1.lucid", ("mixed4a=mean", "mixed3b/5x5=mean")),
+                         images_per_task=10, compute_dtype=compute)
+        rows[compute], _ = ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet"))(0)
+    for hook in ("mixed4a", "mixed3b/5x5"):
+        a, b = rows["float32"][hook].acts, rows["bfloat16"][hook].acts
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03
+        assert not np.array_equal(a, b)  # bf16 really ran

@@ -116,6 +116,8 @@ def test_publish_refuses_missing_tasks_and_readers_refuse_unpublished(store_uri)
     assert sum(len(b) for b in reader.iter_batches(16)) == 5 * 8 * 4  # five full tasks
     store.write_task(3, task_data(spec, 3))
     store.write_task(6, task_data(spec, 6))
+    with pytest.raises(StoreIncomplete, match="all 7 tasks written but is not published yet"):
+        ActivationStore.open(store_uri)
     manifest = store.publish()
     assert manifest["hooks"]["conv"] == {"rows": 200, "valid_rows": 200}
     assert ActivationStore.open(store_uri).published

@@ -52,7 +52,14 @@ def hook_specs(model_id: str, entries: tuple[str, ...]) -> tuple[HookSpec, ...]:
 def _model(model_id: str, weights: str, device: str) -> torch.nn.Module:
     model = build(model_id).eval()
     apply_weights(model, weights, model_id)
-    return model.to(device)
+    model = model.to(device)
+    if _is_conv(model):
+        model = model.to(memory_format=torch.channels_last)  # faster convs on CPU and GPU alike
+    return model
+
+
+def _is_conv(model: torch.nn.Module) -> bool:
+    return all(h.layout == "nchw" for h in model.hooks.values())
 
 
 @lru_cache(maxsize=2)
@@ -84,10 +91,13 @@ class ExtractTasks:
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
         parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
         ids = np.arange(start, stop, dtype=np.int64)
-        with torch.inference_mode(), capture(model, infos) as got:
+        bf16 = self.spec.compute_dtype == "bfloat16"
+        with torch.inference_mode(), capture(model, infos) as got, \
+                torch.autocast(device().split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             for a in range(0, stop - start, self.batch_size):
                 b = min(a + self.batch_size, stop - start)
-                model(model.preprocess(images[a:b]).to(device()))
+                x = model.preprocess(images[a:b]).to(device())
+                model(x.contiguous(memory_format=torch.channels_last) if _is_conv(model) else x)
                 for hook in self.spec.hooks:
                     info = model.hooks[hook.name]
                     parts[hook.name].append(sample(got[hook.name], info.layout, hook.sampler,

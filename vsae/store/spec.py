@@ -119,6 +119,8 @@ class StoreSpec:
     """Target size of an inner chunk of ``acts`` (the unit of reading), before compression."""
     compression: str = "zstd:1"
     """Compression of chunks: ``zstd:1``, ``zstd:3`` or ``none`` (checksums are always on)."""
+    compute_dtype: str = "float32"
+    """Precision of the forward pass that produced the activations: float32 or bfloat16."""
     schema_version: int = SCHEMA_VERSION
     """Version of this layout; readers refuse newer versions."""
 
@@ -126,6 +128,8 @@ class StoreSpec:
         object.__setattr__(self, "hooks", tuple(self.hooks))
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {DTYPES}")
+        if self.compute_dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not float32 or bfloat16")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
         for name, value in (("n_images", self.n_images), ("images_per_task", self.images_per_task),

@@ -138,6 +138,11 @@ class ActivationStore:
                     manifest=manifest, storage_options=storage_options)
         if mode == "r" and manifest is None and not committed_only:
             missing = store.missing_tasks()
+            if not missing:
+                raise StoreIncomplete(
+                    f"store {uri} has all {spec.n_tasks} tasks written but is not published yet: "
+                    "publish it (ActivationStore.open(uri, mode='a').publish(), or re-run the job), "
+                    "or open with committed_only=True.")
             raise StoreIncomplete(
                 f"store {uri} is not published ({len(missing)} of {spec.n_tasks} tasks missing: "
                 f"{format_ranges(missing)}). Finish and publish the job, or open with "
