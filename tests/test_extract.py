@@ -51,6 +51,29 @@ def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint
     assert snapshot(job.store_uri) == before
 
 
+@pytest.mark.usefixtures("ray_local")
+def test_extraction_survives_a_worker_dying_mid_task(tmp_path):
+    from cluster.tasks import run_tasks
+    from tests.helpers import FaultyProducer
+    from vsae.data import list_dataset, write_listing
+    from vsae.store import StoreSpec
+
+    data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
+    listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
+    write_listing(listing, str(tmp_path / "m.parquet"))
+    spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
+                     hook_specs("inception_v1.lucid", ("mixed3a=magnitude:4",)), images_per_task=4)
+    uri = ActivationStore.create(tmp_path / "s.zarr", spec).uri
+    producer = FaultyProducer(ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet")),
+                              {1}, "exit", str(tmp_path))
+    report = run_tasks(uri, producer, range(spec.n_tasks), Resources(max_retries=2), progress=False)
+    assert not report.failed and report.tasks_written == spec.n_tasks == 3
+    assert (tmp_path / "attempted-1").exists()  # the worker running task 1 died once
+    store = ActivationStore.open(uri, mode="a")
+    store.publish()
+    assert store.verify().ok and store.manifest["hooks"]["mixed3a"]["valid_rows"] == 10 * 4
+
+
 def test_hook_entries_are_checked():
     specs = hook_specs("inception_v1.lucid", ("mixed4a=magnitude:16", "mixed4a/5x5=all", "conv2d0=mean"))
     assert [(h.name, h.channels, h.rows_per_image) for h in specs] == [
