@@ -109,6 +109,26 @@ def test_decode_resizes_shorter_side_and_centre_crops():
     assert out[:, 50].mean() > 200 and out[:, 5].mean() < 10
 
 
+def test_decode_uses_the_models_resampling_filter():
+    from vsae.models import build
+
+    img = make_image_for_resample()
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    for model_id, resample in (("clip_vit_b32.openai", Image.BICUBIC), ("inception_v1.lucid", Image.BILINEAR)):
+        model = build(model_id)
+        out, _ = decode(buf.getvalue(), model.input_size, model.resample)
+        s = model.input_size / min(img.size)
+        ref = img.resize((round(img.width * s), round(img.height * s)), resample)
+        left = (ref.width - model.input_size) // 2
+        np.testing.assert_array_equal(out, np.asarray(ref.crop((left, 0, left + model.input_size, model.input_size))))
+
+
+def make_image_for_resample() -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (100, 160, 3), dtype=np.uint8), "RGB")
+
+
 def test_demo_classes_differ_more_than_images_within_a_class(demo):
     listing = list_dataset(demo["imagenet_folder"], "imagenet_folder")
     images, valid, _ = read_images(listing.table, demo["imagenet_folder"], 64)

@@ -87,7 +87,7 @@ class ExtractTasks:
         listing = _listing(self.listing_uri)
         model = _model(self.spec.model_id, self.weights_uri, device())
         images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
-                                             model.input_size)
+                                             model.input_size, model.resample)
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
         parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
         ids = np.arange(start, stop, dtype=np.int64)

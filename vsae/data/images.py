@@ -24,9 +24,12 @@ MIN_SIDE = 8
 MAX_PIXELS = 80_000_000
 
 
-def decode(blob: bytes, size: int) -> tuple[np.ndarray | None, str | None]:
-    """``[size, size, 3]`` uint8 RGB (shorter side resized to ``size``, centre crop), or None,
-    and the reason (None when the image was RGB and fine)."""
+RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def decode(blob: bytes, size: int, resample: str = "bilinear") -> tuple[np.ndarray | None, str | None]:
+    """``[size, size, 3]`` uint8 RGB (shorter side resized to ``size`` with the model's filter,
+    centre crop), or None, and the reason (None when the image was RGB and fine)."""
     try:
         with Image.open(io.BytesIO(blob)) as img:
             w, h = img.size
@@ -40,7 +43,7 @@ def decode(blob: bytes, size: int) -> tuple[np.ndarray | None, str | None]:
                 reason = f"converted:{img.mode}"
                 img = img.convert("RGBA").convert("RGB") if img.mode in ("P", "PA", "LA") else img.convert("RGB")
             scale = size / min(w, h)
-            resized = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
+            resized = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), RESAMPLE[resample])
             left = (resized.width - size) // 2
             top = (resized.height - size) // 2
             return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8), reason
@@ -48,7 +51,8 @@ def decode(blob: bytes, size: int) -> tuple[np.ndarray | None, str | None]:
         return None, "corrupt"
 
 
-def read_images(rows: pa.Table, source_uri: str, size: int) -> tuple[np.ndarray, np.ndarray, Counter]:
+def read_images(rows: pa.Table, source_uri: str, size: int,
+                resample: str = "bilinear") -> tuple[np.ndarray, np.ndarray, Counter]:
     """Fetch and decode the images of manifest ``rows``: ``(images [n, size, size, 3], valid [n],
     reasons)``. Each image is one ranged read; reads run concurrently."""
     fs, root = fsspec.core.url_to_fs(source_uri)
@@ -70,7 +74,7 @@ def read_images(rows: pa.Table, source_uri: str, size: int) -> tuple[np.ndarray,
         if blob is None:
             reasons["unreadable_shard"] += 1
             continue
-        image, reason = decode(blob, size)
+        image, reason = decode(blob, size, resample)
         if reason:
             reasons[reason] += 1
         if image is not None:

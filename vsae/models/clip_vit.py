@@ -97,6 +97,7 @@ class ClipViT(nn.Module):
     model_id = MODEL_ID
     hooks = HOOKS
     input_size = SIZE
+    resample = "bicubic"  # CLIP's own preprocessing
 
     def __init__(self) -> None:
         super().__init__()

@@ -95,6 +95,7 @@ class InceptionV1(nn.Module):
     model_id = MODEL_ID
     hooks = HOOKS
     input_size = INPUT_SIZE
+    resample = "bilinear"
 
     @staticmethod
     def preprocess(images_bhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
