@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Any, TypeVar
 
 import fsspec
-import numpy as np
 import zarr
 from zarr.storage import FsspecStore, LocalStore
 

@@ -315,7 +315,7 @@ class ActivationStore:
         """Tasks a reader may return: all of a published store, else the committed ones."""
         if self.published:
             return tuple(range(self.spec.n_tasks))
-        return self.committed_tasks(refresh=False) if self._committed is not None else self.committed_tasks()
+        return self.committed_tasks(refresh=False)  # lists the markers once, then keeps that snapshot
 
     def verify(self, tasks: list[int] | None = None) -> VerifyReport:
         """Re-read every shard of the given (default: committed) tasks: each chunk must match its
