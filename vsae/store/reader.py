@@ -205,33 +205,49 @@ class HookReader:
 
     def iter_batches(self, batch_rows: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
                      window_chunks: int = 8, tasks: Sequence[int] | None = None,
-                     drop_invalid: bool = True, drop_last: bool = False) -> Iterator[HookRows]:
+                     drop_invalid: bool = True, drop_last: bool = False, start_batch: int = 0,
+                     row_stop: int | None = None) -> Iterator[HookRows]:
         """Batches for training: every (valid) row of the chosen tasks exactly once per epoch.
 
         Chunks are visited in a seeded random order, ``window_chunks`` at a time; rows within a
         window are shuffled together, so batches mix images from many tasks while each read is
-        a whole chunk. The same (seed, epoch) gives the same batches.
+        a whole chunk. The same (seed, epoch) gives the same batches. The batches are
+        consecutive slices of one stream, so ``start_batch`` resumes a stream where a previous
+        reader stopped; the windows before it are not read (only their ``valid`` flags, to
+        count rows). ``row_stop`` leaves rows from there on out (a held-out tail).
         """
-        if batch_rows < 1:
-            raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+        if batch_rows < 1 or start_batch < 0:
+            raise ValueError(f"need batch_rows >= 1 and start_batch >= 0, got {batch_rows}, {start_batch}")
         chosen = list(self.store.readable_tasks() if tasks is None else tasks)
         self._require_readable(chosen)
+        stop = self.n_rows if row_stop is None else row_stop
         units = []
         step = self._acts_chunk_rows
         for task in chosen:
             a, b = self._task_rows(task)
-            units.extend((r, min(r + step, b)) for r in range(a, b, step))
+            units.extend((r, min(r + step, b, stop)) for r in range(a, min(b, stop), step))
         rng = np.random.default_rng([seed, epoch])
         if shuffle:
             units = [units[i] for i in rng.permutation(len(units))]
+        skip = start_batch * batch_rows
         carry: HookRows | None = None
         for w in range(0, len(units), window_chunks):
             window = units[w:w + window_chunks]
+            if skip:
+                n = (sum(int(v.sum()) for v in self._read(window, ("valid",))["valid"]) if drop_invalid
+                     else sum(b - a for a, b in window))
+                if n <= skip:
+                    if shuffle:
+                        rng.permutation(n)  # keeps the generator where a full read leaves it
+                    skip -= n
+                    continue
             rows = self._rows(window)
             if drop_invalid:
                 rows = rows.take(rows.valid)
             if shuffle:
                 rows = rows.take(rng.permutation(len(rows)))
+            if skip:
+                rows, skip = rows.take(slice(skip, None)), 0
             if carry is not None and len(carry):
                 rows = HookRows.concat([carry, rows])
             n_full = len(rows) // batch_rows * batch_rows

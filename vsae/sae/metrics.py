@@ -1,0 +1,47 @@
+"""Scores of an SAE: reconstruction (MSE, FVU), sparsity (L0, dead, dense) and feature recovery."""
+
+from __future__ import annotations
+
+import torch
+
+DENSE_ABOVE = 0.1  # a latent active on more than this fraction of rows is dense (SPEC 7)
+
+
+@torch.no_grad()
+def reconstruction_stats(sae, batches) -> dict[str, float]:
+    """MSE (per element, input units), FVU, L0 and the dense fraction over ``batches`` of raw rows."""
+    sq_err = total_sq = 0.0
+    n = 0
+    l0_sum = 0.0
+    sum_x = None
+    fires = torch.zeros(sae.d_sae, dtype=torch.float64)
+    sq_x = 0.0
+    for x in batches:
+        x = x.float()
+        latents = sae.latents(x)
+        recon = sae.decode(latents)
+        sq_err += float((recon - x).pow(2).sum())
+        sq_x += float(x.pow(2).sum())
+        s = x.sum(0).double()
+        sum_x = s if sum_x is None else sum_x + s
+        active = latents > 0
+        l0_sum += float(active.sum())
+        fires += active.sum(0).double().cpu()
+        n += x.shape[0]
+    if n == 0:
+        return {"rows": 0}
+    total_sq = sq_x - float((sum_x.pow(2)).sum()) / n   # Σ||x - mean||²
+    return {
+        "rows": n,
+        "mse": sq_err / (n * sae.d_in),
+        "fvu": sq_err / max(total_sq, 1e-12),
+        "l0": l0_sum / n,
+        "dense_frac": float((fires / n > DENSE_ABOVE).double().mean()),
+    }
+
+
+def mmcs(true_fd: torch.Tensor, learned_sd: torch.Tensor) -> float:
+    """Mean over true features of the best cosine similarity with any learned direction."""
+    a = true_fd.float() / true_fd.float().norm(dim=1, keepdim=True)
+    b = learned_sd.float() / learned_sd.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return float((a @ b.T).max(dim=1).values.mean())

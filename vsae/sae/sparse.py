@@ -1,0 +1,138 @@
+"""Sparse latent codes and the two products an SAE step needs, with their gradients.
+
+Once an SAE is sparse (a TopK SAE always is: k of thousands of latents per row), most of a
+dense training step multiplies zeros: of the five [batch x d_sae x d_in] products only the
+encoder's forward pass needs every latent (to choose the active ones). Everything else works on
+the support, the (row, latent) pairs that are active:
+
+- :class:`GatherPre` returns the pre-activations at the support and, backwards, sends gradients
+  to the encoder weights, encoder bias and the centred input through sparse products;
+- :class:`SparseDecode` sums the active decoder rows (``embedding_bag``) and, backwards, computes
+  the gradient of each active value by a sampled product (SDDMM) and of the decoder rows by a
+  sparse-transposed product.
+
+Both are exact: tests compare their gradients with plain dense autograd.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
+
+
+@dataclass
+class Support:
+    """The active (row, latent) pairs of a batch in CSR order (rows ascending, latents ascending
+    within a row), plus the same pairs in CSR order of the transpose."""
+
+    n_rows: int
+    n_latents: int
+    crow: torch.Tensor   # [n_rows + 1]
+    col: torch.Tensor    # [nnz] latent of each pair
+    row: torch.Tensor    # [nnz] row of each pair
+    order_t: torch.Tensor  # permutation sorting pairs by (latent, row)
+    crow_t: torch.Tensor   # [n_latents + 1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col.numel())
+
+    @classmethod
+    def from_mask(cls, mask_bs: torch.Tensor) -> Support:
+        rows, cols = mask_bs.nonzero(as_tuple=True)
+        return cls.from_pairs(rows, cols, *mask_bs.shape)
+
+    @classmethod
+    def from_topk(cls, idx_bk: torch.Tensor, n_latents: int) -> Support:
+        n, k = idx_bk.shape
+        cols = idx_bk.sort(dim=1).values.reshape(-1)
+        rows = torch.arange(n, device=idx_bk.device).repeat_interleave(k)
+        return cls.from_pairs(rows, cols, n, n_latents)
+
+    @classmethod
+    def from_pairs(cls, rows: torch.Tensor, cols: torch.Tensor, n_rows: int, n_latents: int) -> Support:
+        """Pairs already sorted by row, then latent."""
+        rows, cols = rows.long(), cols.long()
+        crow = _offsets(rows, n_rows)
+        order_t = torch.argsort(cols * n_rows + rows)
+        crow_t = _offsets(cols, n_latents)
+        return cls(n_rows, n_latents, crow, cols, rows, order_t, crow_t)
+
+    def csr(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow, self.col, values, (self.n_rows, self.n_latents))
+
+    def csr_t(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.sparse_csr_tensor(self.crow_t, self.row[self.order_t], values[self.order_t],
+                                       (self.n_latents, self.n_rows))
+
+    def dense(self, values: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros(self.n_rows, self.n_latents, dtype=values.dtype, device=values.device)
+        out[self.row, self.col] = values
+        return out
+
+
+def _offsets(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:
+    counts = torch.bincount(sorted_ids, minlength=n)
+    return torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+
+
+class GatherPre(torch.autograd.Function):
+    """``pre[row, col]`` for ``pre = xc @ W_enc.T + b_enc``, given those values already computed."""
+
+    @staticmethod
+    def forward(ctx, xc, w_enc, b_enc, values, support: Support):  # noqa: D102
+        ctx.save_for_backward(xc, w_enc)
+        ctx.support = support
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        xc, w_enc = ctx.saved_tensors
+        s: Support = ctx.support
+        grad = grad.float()
+        g_xc = g_w = g_b = None
+        if ctx.needs_input_grad[0]:
+            g_xc = torch.sparse.mm(s.csr(grad), w_enc.float())
+        if ctx.needs_input_grad[1]:
+            g_w = torch.sparse.mm(s.csr_t(grad), xc.float())
+        if ctx.needs_input_grad[2]:
+            g_b = torch.zeros(s.n_latents, dtype=grad.dtype, device=grad.device).index_add_(0, s.col, grad)
+        return g_xc, g_w, g_b, None, None
+
+
+class SparseDecode(torch.autograd.Function):
+    """``sum over active latents of value * W_dec[latent]`` per row (no bias)."""
+
+    @staticmethod
+    def forward(ctx, values, w_dec, support: Support):  # noqa: D102
+        ctx.save_for_backward(values, w_dec)
+        ctx.support = support
+        return F.embedding_bag(support.col, w_dec, support.crow[:-1], mode="sum",
+                               per_sample_weights=values.to(w_dec.dtype))
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102
+        values, w_dec = ctx.saved_tensors
+        s: Support = ctx.support
+        grad_out = grad_out.float().contiguous()
+        g_values = g_w = None
+        if ctx.needs_input_grad[0]:
+            pattern = s.csr(torch.zeros(s.nnz, dtype=grad_out.dtype, device=grad_out.device))
+            g_values = torch.sparse.sampled_addmm(pattern, grad_out, w_dec.float().t(), beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            g_w = torch.sparse.mm(s.csr_t(values.float()), grad_out)
+        return g_values, g_w, None
+
+
+def gather_pre(xc, w_enc, b_enc, values, support: Support) -> torch.Tensor:
+    return GatherPre.apply(xc, w_enc, b_enc, values, support)
+
+
+def sparse_decode(values, w_dec, support: Support) -> torch.Tensor:
+    return SparseDecode.apply(values, w_dec, support)

@@ -1,0 +1,28 @@
+"""ReLU SAE with the decoder-norm-weighted penalty (seed 001; Conerly et al. 2024).
+
+The decoder is unconstrained; the penalty ``λ Σ_k f_k ||d_k||`` keeps the SAE from shrinking
+latents by growing decoder rows. Reported feature activations are ``f_k ||d_k||``, the size of
+each feature's contribution to the reconstruction.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsae.sae.base import SparseAutoencoder, register
+from vsae.sae.sparse import Support
+
+
+@register
+class ReluL1ScaledSAE(SparseAutoencoder):
+    variant = "relu_l1_scaled"
+    init_decoder_norm = 0.1  # Conerly et al.: small random decoder rows, W_enc = W_dec^T
+
+    def select(self, pre_bs: torch.Tensor) -> Support:
+        return Support.from_mask(pre_bs > 0)
+
+    def penalty(self, acts: torch.Tensor, support: Support, n_rows: int) -> torch.Tensor:
+        return (acts * self.W_dec.norm(dim=1)[support.col]).sum() / n_rows
+
+    def report_scale(self) -> torch.Tensor:
+        return self.W_dec.detach().norm(dim=1)

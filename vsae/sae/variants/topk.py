@@ -1,0 +1,42 @@
+"""TopK SAE: exactly k latents per row, with the AuxK loss for dead latents (Gao et al. 2024).
+
+No sparsity penalty: the top-k selection is the sparsity. Dead latents (silent for
+``dead_window_rows`` training rows) get a gradient from the AuxK loss, which asks the top
+``aux_k`` of them to reconstruct what the live latents missed; it is normalised by the
+residual's variance and weighted by ``aux_coeff``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from vsae.sae.base import SparseAutoencoder, register
+from vsae.sae.sparse import Support, gather_pre, sparse_decode
+
+
+@register
+class TopKSAE(SparseAutoencoder):
+    variant = "topk"
+
+    def select(self, pre_bs: torch.Tensor) -> Support:
+        return Support.from_topk(pre_bs.topk(self.cfg.k, dim=1).indices, self.d_sae)
+
+    def inference_mask(self, pre_bs: torch.Tensor) -> torch.Tensor:
+        idx = pre_bs.topk(self.cfg.k, dim=1).indices
+        return torch.zeros_like(pre_bs, dtype=torch.bool).scatter_(1, idx, True)
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+    def aux_loss(self, xc, pre_bs, residual, dead) -> torch.Tensor:
+        if dead is None or not bool(dead.any()) or self.cfg.aux_coeff == 0:
+            return residual.new_zeros(())
+        k = min(self.cfg.resolved_aux_k(self.d_in), int(dead.sum()))
+        masked = pre_bs.masked_fill(~dead, float("-inf"))
+        support = Support.from_topk(masked.topk(k, dim=1).indices, self.d_sae)
+        values = gather_pre(xc, self.W_enc, self.b_enc, pre_bs[support.row, support.col].float(), support)
+        recon = sparse_decode(F.relu(values), self.W_dec, support)
+        var = (residual - residual.mean(0)).pow(2).sum(1).mean().clamp_min(1e-12)
+        return self.cfg.aux_coeff * (recon - residual).pow(2).sum(1).mean() / var

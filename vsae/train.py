@@ -1,0 +1,415 @@
+"""Training sparse autoencoders on a published activation store (SPEC section 7).
+
+One pass over a hook's shuffled rows trains several SAEs at once (every config given for the
+hook sees the same batches), so the store is read once however many SAEs are swept. The loop is
+four small functions, :func:`step`, :func:`evaluate`, :func:`checkpoint` and :func:`log`, around
+a prefetching batch stream; everything a resumed run needs (weights, Adam moments, the
+dead-latent tracker, the stream position) is checkpointed in one object, so a killed trainer
+continues from its last checkpoint on the same batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from vsae.errors import ConfigError, VsaeError
+from vsae.sae import checkpoint as ckpt
+from vsae.sae.base import Losses, SparseAutoencoder, make_sae
+from vsae.sae.config import SAEConfig
+from vsae.sae.metrics import reconstruction_stats
+from vsae.store import ActivationStore, HookReader
+
+log_ = logging.getLogger(__name__)
+
+
+class TrainingDiverged(VsaeError, FloatingPointError):
+    """A loss or gradient became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How SAEs are trained (shared by every SAE trained in one pass over a hook)."""
+
+    batch_rows: int = 4096
+    """Rows per optimiser step."""
+    steps: int = 0
+    """Optimiser steps; 0 derives them from ``epochs``."""
+    epochs: float = 1.0
+    """Passes over the training rows (when ``steps`` is 0)."""
+    lr_warmup_steps: int = 100
+    """Linear learning-rate warm-up from 0."""
+    lr_decay_frac: float = 0.2
+    """The learning rate decays linearly to 0 over this final fraction of training."""
+    l1_warmup_frac: float = 0.05
+    """The sparsity weight λ rises linearly from 0 over this first fraction of training."""
+    grad_clip: float = 1.0
+    """Maximum gradient norm (0: no clipping)."""
+    eval_rows: int = 16384
+    """Held-out rows at the end of the store; evaluated, never trained on."""
+    normaliser_rows: int = 65536
+    """Rows used to fit the input scale (E||x||² = d_in) and initial decoder bias."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (and evaluations); the last step always checkpoints."""
+    log_every: int = 100
+    """Steps between log lines."""
+    compute_dtype: str = "auto"
+    """float32, bfloat16 (autocast, fp32 master weights), or auto: bfloat16 where the device
+    multiplies bf16 much faster than fp32."""
+    window_chunks: int = 8
+    """Store chunks shuffled together into batches."""
+    prefetch: int = 4
+    """Batches read ahead on a background thread."""
+    seed: int = 0
+    """Data-order seed."""
+
+    def __post_init__(self) -> None:
+        if self.batch_rows < 1 or self.steps < 0 or self.epochs <= 0 or self.checkpoint_every < 1:
+            raise ConfigError(f"need batch_rows >= 1, steps >= 0, epochs > 0, checkpoint_every >= 1 in {self}")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise ConfigError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if not (0 <= self.lr_decay_frac <= 1 and 0 <= self.l1_warmup_frac <= 1):
+            raise ConfigError("lr_decay_frac and l1_warmup_frac must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
+class SAERun:
+    """One SAE to train on one hook; ``name`` (default: the config's) names its folder."""
+
+    hook: str
+    sae: SAEConfig = field(default_factory=SAEConfig)
+    name: str = ""
+
+    @property
+    def folder(self) -> str:
+        return f"{hook_folder(self.hook)}/{self.name or self.sae.name}"
+
+
+def hook_folder(hook: str) -> str:
+    """A hook name as one path segment (``mixed3a/3x3`` -> ``mixed3a.3x3``)."""
+    return hook.replace("/", ".")
+
+
+# ---- precision ------------------------------------------------------------------------------
+
+_FAST_BF16: dict[str, bool] = {}
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are much (>1.5x) faster than fp32 here; measured once per process."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type not in _FAST_BF16:
+        a = torch.randn(1024, 1024)
+        times = {}
+        for dt in (torch.float32, torch.bfloat16):
+            x = a.to(dt)
+            x @ x
+            t0 = time.perf_counter()
+            for _ in range(3):
+                x @ x
+            times[dt] = time.perf_counter() - t0
+        _FAST_BF16[device.type] = times[torch.bfloat16] * 1.5 < times[torch.float32]
+    return _FAST_BF16[device.type]
+
+
+def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    if cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "auto" and fast_bf16(device)):
+        return torch.bfloat16
+    return torch.float32
+
+
+# ---- one SAE being trained ------------------------------------------------------------------
+
+@dataclass
+class Member:
+    """An SAE with its optimiser and trainer state."""
+
+    run: SAERun
+    uri: str
+    sae: SparseAutoencoder
+    opt: torch.optim.Adam
+    since_fired: torch.Tensor          # [d_sae] rows since each latent last fired
+    gen: torch.Generator               # resampling draws
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    rows_seen: int = 0
+    resumed_from: int | None = None
+    n_resampled: int = 0
+    last: dict[str, float] = field(default_factory=dict)
+
+    def dead(self, window: int | None = None) -> torch.Tensor:
+        window = min(window or self.run.sae.dead_window_rows, max(self.rows_seen, 1))
+        return self.since_fired >= window
+
+
+def _state_tensors(m: Member) -> dict[str, torch.Tensor]:
+    out = {f"model.{k}": v for k, v in m.sae.state_dict().items()}
+    for name, p in m.sae.named_parameters():
+        st = m.opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in st:
+                out[f"opt.{name}.{key}"] = st[key]
+    out["since_fired"] = m.since_fired
+    out["gen"] = m.gen.get_state()
+    return out
+
+
+def _restore(m: Member, tensors: dict[str, torch.Tensor], meta: dict[str, Any], device) -> None:
+    m.sae.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    for name, p in m.sae.named_parameters():
+        if f"opt.{name}.exp_avg" in tensors:
+            m.opt.state[p] = {"step": torch.tensor(float(meta["step"])),
+                              "exp_avg": tensors[f"opt.{name}.exp_avg"].to(device),
+                              "exp_avg_sq": tensors[f"opt.{name}.exp_avg_sq"].to(device)}
+    m.since_fired = tensors["since_fired"].to(device)
+    m.gen.set_state(tensors["gen"])
+    m.step, m.epoch, m.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+    m.rows_seen, m.n_resampled, m.resumed_from = meta["rows_seen"], meta["n_resampled"], meta["step"]
+
+
+def make_member(run: SAERun, uri: str, d_in: int, device: torch.device, store: ActivationStore,
+                cfg: TrainConfig, sample: torch.Tensor | None) -> Member:
+    """A fresh member (normaliser fitted on ``sample``) or one restored from its checkpoint."""
+    sae = make_sae(run.sae, d_in).to(device)
+    opt = torch.optim.Adam(sae.parameters(), lr=run.sae.lr, betas=(0.9, 0.999))
+    m = Member(run, uri, sae, opt, torch.zeros(sae.d_sae, dtype=torch.long, device=device),
+               torch.Generator().manual_seed(run.sae.seed))
+    saved = ckpt.read_state(uri)
+    if saved is not None:
+        _restore(m, *saved, device)
+        return m
+    assert sample is not None, "a fresh member needs the normaliser sample"
+    scale = sae.set_normaliser(sample.to(device))
+    ckpt.write_config(uri, ckpt.CheckpointInfo(
+        sae=run.sae, d_in=d_in, hook=run.hook, store_spec_digest=store.spec.digest,
+        model_id=store.spec.model_id, scale=scale, train=asdict(cfg)))
+    return m
+
+
+# ---- the four steps -------------------------------------------------------------------------
+
+def schedule(cfg: TrainConfig, step_i: int, total: int) -> tuple[float, float]:
+    """(learning-rate factor, sparsity-weight factor) at step ``step_i`` of ``total``."""
+    lr = min(1.0, (step_i + 1) / cfg.lr_warmup_steps) if cfg.lr_warmup_steps else 1.0
+    decay_from = total * (1 - cfg.lr_decay_frac)
+    if cfg.lr_decay_frac and step_i >= decay_from:
+        lr *= max(0.0, (total - step_i) / (total - decay_from))
+    warm = cfg.l1_warmup_frac * total
+    l1 = min(1.0, (step_i + 1) / warm) if warm >= 1 else 1.0
+    return lr, l1
+
+
+def step(m: Member, x: torch.Tensor, cfg: TrainConfig, total: int, dtype: torch.dtype) -> Losses:
+    """One optimiser step of ``m`` on the raw batch ``x``."""
+    sae, sae_cfg = m.sae, m.run.sae
+    lr_f, l1_f = schedule(cfg, m.step, total)
+    for group in m.opt.param_groups:
+        group["lr"] = sae_cfg.lr * lr_f
+    xn = x * sae.scale
+    dead = m.dead() if m.rows_seen >= sae_cfg.dead_window_rows else None
+    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        losses = sae.loss(xn, l1_weight=sae_cfg.l1 * l1_f, dead=dead)
+    if not torch.isfinite(losses.total):
+        raise TrainingDiverged(f"{m.run.hook} / {m.run.name or sae_cfg.name}: loss is {float(losses.total)} "
+                               f"at step {m.step} (mse {float(losses.mse)}); lower the learning rate "
+                               f"(lr={sae_cfg.lr}) or check the store for extreme values")
+    m.opt.zero_grad(set_to_none=True)
+    losses.total.backward()
+    sae.before_step()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    m.opt.step()
+    sae.after_step()
+    m.since_fired += x.shape[0]
+    m.since_fired[losses.fired] = 0
+    m.rows_seen += x.shape[0]
+    m.step += 1
+    if (sae_cfg.resample_every and m.step % sae_cfg.resample_every == 0
+            and m.step <= sae_cfg.resample_until * total):
+        _resample(m, xn, losses)
+    m.last = {"loss": float(losses.total.detach()), "mse": float(losses.mse), "l0": losses.l0, "aux": float(losses.aux)}
+    return losses
+
+
+def _resample(m: Member, xn: torch.Tensor, losses: Losses) -> None:
+    idx = m.sae.resample(m.dead(m.run.sae.resample_every * xn.shape[0]), xn, losses.row_sq_err, m.gen)
+    if len(idx):
+        for p in (m.sae.W_enc, m.sae.W_dec, m.sae.b_enc):
+            st = m.opt.state.get(p)
+            if st:
+                st["exp_avg"][idx] = 0
+                st["exp_avg_sq"][idx] = 0
+        m.since_fired[idx] = 0
+        m.n_resampled += len(idx)
+
+
+def evaluate(m: Member, eval_x: torch.Tensor, batch_rows: int) -> dict[str, Any]:
+    """Held-out reconstruction and sparsity, plus the training-side dead fraction."""
+    m.sae.eval()
+    stats = reconstruction_stats(m.sae, eval_x.split(batch_rows))
+    m.sae.train()
+    return {**stats, "dead_frac": float(m.dead().float().mean()), "step": m.step, "rows_seen": m.rows_seen,
+            "hook": m.run.hook, "name": m.run.name or m.run.sae.name, "variant": m.run.sae.variant,
+            "d_in": m.sae.d_in, "d_sae": m.sae.d_sae, "n_resampled": m.n_resampled,
+            "resumed_from": m.resumed_from, "train": m.last, "uri": m.uri}
+
+
+def checkpoint(m: Member, metrics: dict[str, Any], total: int) -> None:
+    """Weights and metrics for readers, then the resumable state (written last)."""
+    done = m.step >= total
+    ckpt.write_weights(m.uri, m.sae, {**metrics, "total_steps": total, "done": done})
+    ckpt.write_state(m.uri, _state_tensors(m), {
+        "step": m.step, "epoch": m.epoch, "batch_in_epoch": m.batch_in_epoch, "rows_seen": m.rows_seen,
+        "n_resampled": m.n_resampled, "total_steps": total, "done": done})
+
+
+def log(m: Member, bar: tqdm | None) -> None:
+    line = (f"{m.run.hook} {m.run.name or m.run.sae.name} step {m.step}: loss {m.last['loss']:.4g} "
+            f"mse {m.last['mse']:.4g} L0 {m.last['l0']:.1f} dead {float(m.dead().float().mean()):.1%}")
+    if bar is not None and not bar.disable:
+        bar.set_postfix_str(line[:120])
+    log_.info(line)
+
+
+# ---- the pass over a hook --------------------------------------------------------------------
+
+def _stream(reader: HookReader, cfg: TrainConfig, epoch: int, start_batch: int, row_stop: int,
+            device: torch.device) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """(epoch, batch index, float32 batch on device), epochs without end, read ahead."""
+    def produce(out: queue.Queue, stop: threading.Event) -> None:
+        try:
+            e, b0 = epoch, start_batch
+            while not stop.is_set():
+                for i, rows in enumerate(reader.iter_batches(
+                        cfg.batch_rows, seed=cfg.seed, epoch=e, window_chunks=cfg.window_chunks,
+                        start_batch=b0, row_stop=row_stop), start=b0):
+                    x = torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
+                    out.put((e, i, x))
+                    if stop.is_set():
+                        return
+                e, b0 = e + 1, 0
+        except BaseException as err:  # handed to the consumer, which re-raises it
+            out.put(err)
+
+    q: queue.Queue = queue.Queue(maxsize=max(1, cfg.prefetch))
+    stop = threading.Event()
+    thread = threading.Thread(target=produce, args=(q, stop), daemon=True, name="vsae-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            e, i, x = item
+            yield e, i, x.to(device, non_blocking=True)
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def _held_out(reader: HookReader, cfg: TrainConfig) -> tuple[int, torch.Tensor]:
+    n = reader.n_rows
+    if cfg.eval_rows * 2 > n:
+        raise ConfigError(f"eval_rows={cfg.eval_rows} would hold out more than half of the "
+                          f"{n} rows of hook {reader.hook.name!r}; lower train.eval_rows")
+    start = n - cfg.eval_rows
+    rows = reader.read_rows(start, n) if cfg.eval_rows else reader.read_rows(n, n)
+    rows = rows.take(rows.valid)
+    return start, torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
+
+
+def _normaliser_sample(reader: HookReader, cfg: TrainConfig, row_stop: int) -> torch.Tensor:
+    parts, got = [], 0
+    for rows in reader.iter_batches(min(cfg.normaliser_rows, 65536), seed=cfg.seed + 1, row_stop=row_stop):
+        parts.append(np.asarray(rows.acts, dtype=np.float32))
+        got += len(rows)
+        if got >= cfg.normaliser_rows:
+            break
+    if not got:
+        raise ConfigError(f"hook {reader.hook.name!r} has no valid training rows")
+    return torch.from_numpy(np.concatenate(parts)[:cfg.normaliser_rows])
+
+
+def total_steps(cfg: TrainConfig, train_rows: int) -> int:
+    return cfg.steps or max(1, math.ceil(cfg.epochs * train_rows / cfg.batch_rows))
+
+
+def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfig, *,
+               device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+    """Train every SAE in ``runs`` (all on one hook) in one pass; resume those with checkpoints.
+
+    Each SAE's checkpoint goes to ``{out_uri}/{run.folder}``. Returns each SAE's final metrics;
+    SAEs whose checkpoint is already final are left alone (a rerun is a no-op).
+    """
+    hooks = {r.hook for r in runs}
+    assert len(hooks) == 1, f"train_hook takes SAEs of one hook, got {sorted(hooks)}"
+    folders = [r.folder for r in runs]
+    if len(set(folders)) != len(folders):
+        raise ConfigError(f"two SAEs of hook {runs[0].hook!r} share a name: {folders}; give them distinct names")
+    device = torch.device(device)
+    store = ActivationStore.open(store_uri)
+    reader = store.hook(runs[0].hook)
+    row_stop, eval_x = _held_out(reader, cfg)
+    total = total_steps(cfg, row_stop)
+    dtype = compute_dtype(cfg, device)
+    sample = None
+    members = []
+    for r in runs:
+        uri = f"{out_uri.rstrip('/')}/{r.folder}"
+        if ckpt.read_state(uri) is None and sample is None:
+            sample = _normaliser_sample(reader, cfg, row_stop)
+        members.append(make_member(r, uri, reader.channels, device, store, cfg, sample))
+    results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= total}
+    todo = [m for m in members if m.step < total]
+    if todo:
+        _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, progress, results)
+    return [results[id(m)] for m in members]
+
+
+def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, row_stop: int,
+         eval_x: torch.Tensor, device: torch.device, dtype: torch.dtype, progress: bool,
+         results: dict[int, dict]) -> None:
+    first = min(todo, key=lambda m: m.step)
+    position = first.step
+    desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
+    bar = tqdm(total=total, initial=position, desc=desc, unit="step", disable=not progress)
+    started, start_pos = time.perf_counter(), position
+    for e, i, x in _stream(reader, cfg, first.epoch, first.batch_in_epoch, row_stop, device):
+        for m in todo:
+            if m.step != position or m.step >= total:
+                continue  # already past this batch (checkpointed later than the others)
+            step(m, x, cfg, total, dtype)
+            m.epoch, m.batch_in_epoch = (e, i + 1)
+            if m.step % cfg.log_every == 0:
+                log(m, bar)
+            if m.step % cfg.checkpoint_every == 0 or m.step == total:
+                metrics = evaluate(m, eval_x, cfg.batch_rows)
+                metrics["steps_per_s"] = (m.step - start_pos) / max(time.perf_counter() - started, 1e-9)
+                metrics["compute_dtype"] = str(dtype).removeprefix("torch.")
+                checkpoint(m, metrics, total)
+                results[id(m)] = {**metrics, "total_steps": total, "done": m.step >= total}
+        position += 1
+        bar.update(1)
+        if position >= total:
+            break
+    bar.close()
+
+
+__all__ = ["Member", "SAERun", "TrainConfig", "TrainingDiverged", "checkpoint", "compute_dtype", "evaluate",
+           "hook_folder", "log", "make_member", "schedule", "step", "total_steps", "train_hook"]
