@@ -299,3 +299,28 @@ def test_every_valid_row_exactly_once_per_epoch(batch_store, batch, window, seed
     assert len(keys) == len(set(keys)) == len(want_images) * 4
     assert sorted(set(got.image_id.tolist())) == want_images
     assert got.valid.all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(batch=st.integers(1, 100), window=st.integers(1, 6), seed=st.integers(0, 2**32 - 1),
+       start=st.integers(0, 40), drop_invalid=st.booleans())
+def test_a_stream_resumed_at_a_batch_continues_with_the_same_batches(batch_store, batch, window, seed, start,
+                                                                      drop_invalid):
+    reader = batch_store[0].hook("conv")
+    kw = dict(seed=seed, window_chunks=window, drop_invalid=drop_invalid)
+    full = list(reader.iter_batches(batch, **kw))
+    resumed = list(reader.iter_batches(batch, start_batch=start, **kw))
+    assert len(resumed) == max(0, len(full) - start)
+    for a, b in zip(full[start:], resumed):
+        np.testing.assert_array_equal(a.image_id, b.image_id)
+        np.testing.assert_array_equal(a.acts, b.acts)
+
+
+@pytest.mark.parametrize("row_stop", [0, 1, 37, 100, 180])
+def test_row_stop_holds_out_the_tail(batch_store, row_stop):
+    store, spec = batch_store
+    reader = store.hook("conv")
+    batches = list(reader.iter_batches(16, row_stop=row_stop, drop_invalid=False))
+    ids = sorted(np.concatenate([b.image_id for b in batches]).tolist()) if batches else []
+    assert len(ids) == min(row_stop, reader.n_rows)  # rows per image: 4
+    assert sorted(set(ids)) == list(range(-(-row_stop // 4)))

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -102,25 +102,20 @@ def hook_folder(hook: str) -> str:
 
 # ---- precision ------------------------------------------------------------------------------
 
-_FAST_BF16: dict[str, bool] = {}
-
-
 def fast_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls are much (>1.5x) faster than fp32 here; measured once per process."""
+    """Whether this device multiplies bf16 much faster than fp32: CUDA cards that support bf16,
+    and CPUs with AVX512-BF16 or AMX (on such a 2-core CPU a bf16 matmul ran ~4x fp32). A
+    hardware flag, not a timing, so the choice is the same on every run on the same machine."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type not in _FAST_BF16:
-        a = torch.randn(1024, 1024)
-        times = {}
-        for dt in (torch.float32, torch.bfloat16):
-            x = a.to(dt)
-            x @ x
-            t0 = time.perf_counter()
-            for _ in range(3):
-                x @ x
-            times[dt] = time.perf_counter() - t0
-        _FAST_BF16[device.type] = times[torch.bfloat16] * 1.5 < times[torch.float32]
-    return _FAST_BF16[device.type]
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -222,7 +217,7 @@ def step(m: Member, x: torch.Tensor, cfg: TrainConfig, total: int, dtype: torch.
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
         losses = sae.loss(xn, l1_weight=sae_cfg.l1 * l1_f, dead=dead)
     if not torch.isfinite(losses.total):
-        raise TrainingDiverged(f"{m.run.hook} / {m.run.name or sae_cfg.name}: loss is {float(losses.total)} "
+        raise TrainingDiverged(f"{m.run.hook} / {m.run.name or sae_cfg.name}: loss is {float(losses.total.detach())} "
                                f"at step {m.step} (mse {float(losses.mse)}); lower the learning rate "
                                f"(lr={sae_cfg.lr}) or check the store for extreme values")
     m.opt.zero_grad(set_to_none=True)
@@ -275,10 +270,10 @@ def checkpoint(m: Member, metrics: dict[str, Any], total: int) -> None:
         "n_resampled": m.n_resampled, "total_steps": total, "done": done})
 
 
-def log(m: Member, bar: tqdm | None) -> None:
+def log(m: Member, bar: Any) -> None:
     line = (f"{m.run.hook} {m.run.name or m.run.sae.name} step {m.step}: loss {m.last['loss']:.4g} "
             f"mse {m.last['mse']:.4g} L0 {m.last['l0']:.1f} dead {float(m.dead().float().mean()):.1%}")
-    if bar is not None and not bar.disable:
+    if hasattr(bar, "set_postfix_str") and not getattr(bar, "disable", False):
         bar.set_postfix_str(line[:120])
     log_.info(line)
 
@@ -351,11 +346,13 @@ def total_steps(cfg: TrainConfig, train_rows: int) -> int:
 
 
 def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfig, *,
-               device: str | torch.device = "cpu", progress: bool = True) -> list[dict[str, Any]]:
+               device: str | torch.device = "cpu", progress: bool = True,
+               make_bar: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
     """Train every SAE in ``runs`` (all on one hook) in one pass; resume those with checkpoints.
 
     Each SAE's checkpoint goes to ``{out_uri}/{run.folder}``. Returns each SAE's final metrics;
-    SAEs whose checkpoint is already final are left alone (a rerun is a no-op).
+    SAEs whose checkpoint is already final are left alone (a rerun is a no-op). ``make_bar(total,
+    desc)`` makes the progress bar (default: tqdm; Ray actors pass Ray's driver-side bars).
     """
     hooks = {r.hook for r in runs}
     assert len(hooks) == 1, f"train_hook takes SAEs of one hook, got {sorted(hooks)}"
@@ -378,17 +375,21 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
     results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= total}
     todo = [m for m in members if m.step < total]
     if todo:
-        _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, progress, results)
+        desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
+        bar = (make_bar or _tqdm_bar(progress))(total=total, desc=desc)
+        try:
+            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results)
+        finally:
+            bar.close()
     return [results[id(m)] for m in members]
 
 
 def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, row_stop: int,
-         eval_x: torch.Tensor, device: torch.device, dtype: torch.dtype, progress: bool,
+         eval_x: torch.Tensor, device: torch.device, dtype: torch.dtype, bar: Any,
          results: dict[int, dict]) -> None:
     first = min(todo, key=lambda m: m.step)
     position = first.step
-    desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
-    bar = tqdm(total=total, initial=position, desc=desc, unit="step", disable=not progress)
+    bar.update(position)
     started, start_pos = time.perf_counter(), position
     for e, i, x in _stream(reader, cfg, first.epoch, first.batch_in_epoch, row_stop, device):
         for m in todo:
@@ -408,7 +409,10 @@ def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, r
         bar.update(1)
         if position >= total:
             break
-    bar.close()
+
+
+def _tqdm_bar(progress: bool) -> Callable[..., Any]:
+    return lambda total, desc: tqdm(total=total, desc=desc, unit="step", disable=not progress)
 
 
 __all__ = ["Member", "SAERun", "TrainConfig", "TrainingDiverged", "checkpoint", "compute_dtype", "evaluate",

@@ -22,8 +22,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
-warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 @dataclass
@@ -65,16 +63,22 @@ class Support:
         return cls(n_rows, n_latents, crow, cols, rows, order_t, crow_t)
 
     def csr(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow, self.col, values, (self.n_rows, self.n_latents))
+        return _csr(self.crow, self.col, values, (self.n_rows, self.n_latents))
 
     def csr_t(self, values: torch.Tensor) -> torch.Tensor:
-        return torch.sparse_csr_tensor(self.crow_t, self.row[self.order_t], values[self.order_t],
-                                       (self.n_latents, self.n_rows))
+        return _csr(self.crow_t, self.row[self.order_t], values[self.order_t], (self.n_latents, self.n_rows))
 
     def dense(self, values: torch.Tensor) -> torch.Tensor:
         out = torch.zeros(self.n_rows, self.n_latents, dtype=values.dtype, device=values.device)
         out[self.row, self.col] = values
         return out
+
+
+def _csr(crow, col, values, size) -> torch.Tensor:
+    # Built from a Support, whose invariants hold by construction; torch warns that CSR is beta.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
 def _offsets(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:

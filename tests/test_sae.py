@@ -1,0 +1,206 @@
+"""SAE variants: the SPEC 7 formulas, their invariants, the sparse path's exactness, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.conftest import ROOT
+from vsae.errors import ConfigError, SchemaVersionError, StoreNotFound
+from vsae.sae import SEED001_TABLE1, VARIANTS, SAEConfig, load_sae, make_sae, mmcs, seed001
+from vsae.sae import checkpoint as ckpt
+from vsae.sae.sparse import Support
+
+
+def fitted(variant: str, d_in: int = 32, expansion: int = 4, seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    sae = make_sae(SAEConfig(variant=variant, expansion=expansion, k=4, **kw), d_in)
+    x = torch.randn(256, d_in).abs() * 3
+    sae.set_normaliser(x)
+    with torch.no_grad():  # move off the symmetric init so both paths see a generic SAE
+        sae.W_enc.add_(0.05 * torch.randn_like(sae.W_enc))
+        sae.b_enc.add_(0.1 * torch.randn_like(sae.b_enc))
+    return sae, x
+
+
+def reference_loss(sae, xn, l1_weight, mask):
+    """SPEC 7 written out with dense tensors and no help from the SAE's own code paths."""
+    pre = (xn - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    f = F.relu(pre) * mask
+    recon = f @ sae.W_dec + sae.b_dec
+    mse = (xn - recon).pow(2).sum(1).mean()
+    if sae.variant == "relu_l1":
+        penalty = f.sum(1).mean()
+    elif sae.variant == "relu_l1_scaled":
+        penalty = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
+    else:
+        penalty = torch.zeros(())
+    return mse + l1_weight * penalty, mse, penalty
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("path", ["dense", "sparse"])
+def test_loss_and_gradients_equal_the_formula(variant, path):
+    sae, x = fitted(variant)
+    xn = x * sae.scale
+    with torch.no_grad():
+        support = sae.select((xn - sae.b_dec) @ sae.W_enc.T + sae.b_enc)
+    mask = support.dense(torch.ones(support.nnz))
+    total_ref, mse_ref, pen_ref = reference_loss(sae, xn, 0.3, mask)
+    total_ref.backward()
+    ref_grads = [p.grad.clone() for p in sae.parameters()]
+    sae.zero_grad()
+    losses = sae.loss(xn, l1_weight=0.3, path=path)
+    losses.total.backward()
+    assert torch.allclose(losses.mse, mse_ref, rtol=1e-5)
+    assert torch.allclose(losses.sparsity, pen_ref, rtol=1e-5, atol=1e-6)
+    for name, (p, g) in zip([n for n, _ in sae.named_parameters()], zip(sae.parameters(), ref_grads)):
+        assert torch.allclose(p.grad, g, rtol=1e-4, atol=1e-5 * g.abs().max()), (variant, path, name)
+
+
+def test_sparse_support_orders_pairs_for_both_products():
+    mask = torch.rand(40, 70) < 0.1
+    s = Support.from_mask(mask)
+    vals = torch.randn(s.nnz)
+    assert torch.equal(s.csr(vals).to_dense(), s.dense(vals))
+    assert torch.equal(s.csr_t(vals).to_dense(), s.dense(vals).T)
+
+
+def test_relu_l1_keeps_unit_decoder_rows_and_removes_parallel_gradients():
+    sae, x = fitted("relu_l1")
+    opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+    for _ in range(5):
+        opt.zero_grad()
+        sae.loss(x * sae.scale, l1_weight=1.0).total.backward()
+        sae.before_step()
+        parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
+        assert parallel.abs().max() < 1e-5
+        opt.step()
+        sae.after_step()
+        assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(sae.d_sae), atol=1e-5)
+
+
+def test_relu_l1_scaled_reports_activations_times_decoder_norms():
+    sae, x = fitted("relu_l1_scaled")
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(sae.d_sae, 1) * 3)
+    norms = sae.W_dec.norm(dim=1)
+    latents = sae.latents(x)
+    assert torch.allclose(sae.feature_acts(x), latents * norms)
+    # the penalty is λ Σ_k f_k ||d_k||, so doubling a row's norm doubles its share
+    assert sae.init_decoder_norm == 0.1
+
+
+def test_topk_has_exactly_k_actives():
+    sae, x = fitted("topk")
+    xn = x * sae.scale
+    with torch.no_grad():
+        support = sae.select(sae.pre_acts(xn))
+    assert torch.equal(support.crow.diff(), torch.full((len(x),), 4))
+    active = (sae.latents(x) > 0).sum(1)
+    assert int(active.max()) <= 4 and int(active.min()) >= 1
+    assert sae.loss(xn, l1_weight=0).l0 == pytest.approx(float((sae.latents(x) > 0).sum(1).float().mean()))
+
+
+def test_batchtopk_keeps_k_per_row_on_average_and_learns_a_threshold():
+    sae, x = fitted("batchtopk")
+    xn = x * sae.scale
+    with torch.no_grad():
+        pre = sae.pre_acts(xn)
+        support = sae.select(pre)
+    assert support.nnz == 4 * len(x)
+    assert support.crow.diff().max() > support.crow.diff().min()  # rows differ
+    sae.loss(xn, l1_weight=0)
+    assert float(sae.threshold) == pytest.approx(float(pre[support.row, support.col].min()))
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_auxk_trains_only_dead_latents(variant):
+    sae, x = fitted(variant)
+    xn = x * sae.scale
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[::3] = True
+    with_aux = sae.loss(xn, l1_weight=0, dead=dead)
+    assert float(with_aux.aux) > 0
+    sae.zero_grad()
+    with torch.no_grad():
+        pre = sae.pre_acts(xn)
+    sae.aux_loss(xn - sae.b_dec, pre, torch.randn_like(xn), dead).backward()
+    rows_with_grad = sae.W_dec.grad.abs().sum(1) > 0
+    assert rows_with_grad.any() and not (rows_with_grad & ~dead).any()
+
+
+def test_resampling_repoints_dead_latents_at_badly_reconstructed_inputs():
+    sae, x = fitted("relu_l1")
+    xn = x * sae.scale
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[:10] = True
+    err = torch.zeros(len(x))
+    err[7] = 1.0  # only row 7 is badly reconstructed, so every dead latent points at it
+    idx = sae.resample(dead, xn, err, torch.Generator().manual_seed(0))
+    assert idx.tolist() == list(range(10))
+    target = (xn[7] - sae.b_dec) / (xn[7] - sae.b_dec).norm()
+    assert torch.allclose(sae.W_dec[:10], target.expand(10, -1), atol=1e-6)
+    assert torch.all(sae.b_enc[:10] == 0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_checkpoint_round_trip_gives_identical_outputs(variant, any_store_uri):
+    sae, x = fitted(variant)
+    if variant == "batchtopk":
+        sae.loss(x * sae.scale, l1_weight=0)  # sets the inference threshold
+    info = ckpt.CheckpointInfo(sae=sae.cfg, d_in=sae.d_in, hook="mixed3a/3x3", store_spec_digest="ab" * 32,
+                               model_id="inception_v1.lucid", scale=float(sae.scale))
+    ckpt.write_config(any_store_uri, info)
+    ckpt.write_weights(any_store_uri, sae, {"fvu": 0.5})
+    loaded, info2 = load_sae(any_store_uri)
+    assert info2 == info
+    assert torch.equal(loaded(x), sae.eval()(x))
+    assert torch.equal(loaded.feature_acts(x), sae.feature_acts(x))
+    assert ckpt.read_metrics(any_store_uri) == {"fvu": 0.5}
+
+
+def test_checkpoint_refuses_unknown_schema_and_missing_folders(tmp_path):
+    sae, _ = fitted("topk")
+    uri = str(tmp_path / "sae")
+    ckpt.write_config(uri, ckpt.CheckpointInfo(sae=sae.cfg, d_in=32, hook="h"))
+    with pytest.raises(StoreNotFound, match="sae.safetensors"):
+        load_sae(uri)
+    cfg = json.loads((tmp_path / "sae/cfg.json").read_text())
+    cfg["schema_version"] = 99
+    (tmp_path / "sae/cfg.json").write_text(json.dumps(cfg))
+    with pytest.raises(SchemaVersionError, match="99"):
+        load_sae(uri)
+    with pytest.raises(StoreNotFound, match="no SAE checkpoint"):
+        load_sae(str(tmp_path / "nowhere"))
+
+
+def test_config_errors_name_the_valid_choices():
+    with pytest.raises(ConfigError, match="relu_l1, relu_l1_scaled, topk, batchtopk"):
+        SAEConfig(variant="gated")
+    with pytest.raises(ConfigError, match="resampling applies to relu_l1 only"):
+        SAEConfig(variant="topk", resample_every=100)
+    assert SAEConfig(variant="topk", k=16, expansion=4).name == "topk-x4-k16"
+
+
+def test_seed001_defaults_follow_table_1_and_the_checked_in_config():
+    assert seed001("conv2d0") == SAEConfig(variant="relu_l1_scaled", l1=1e-7, expansion=2)
+    assert seed001("mixed3a") == seed001("mixed3a/3x3")
+    assert seed001("mixed3b").expansion == 8 and seed001("mixed3b").l1 == 3.5e-6
+    with pytest.raises(ConfigError, match="conv2d0"):
+        seed001("mixed5b")
+    cfg = tomllib.loads((ROOT / "pipelines/configs/inception_v1_train.toml").read_text())
+    table = {s["hook"]: (s["sae"]["l1"], s["sae"]["expansion"]) for s in cfg["saes"]}
+    assert table == SEED001_TABLE1
+    assert all(s["sae"]["variant"] == "relu_l1_scaled" for s in cfg["saes"])
+
+
+def test_mmcs_is_one_for_the_true_directions_and_low_for_random_ones():
+    true = torch.randn(50, 16)
+    learned = torch.cat([true * 3, torch.randn(20, 16)])[torch.randperm(70)]
+    assert mmcs(true, learned) == pytest.approx(1.0, abs=1e-6)
+    assert mmcs(true, torch.randn(50, 16)) < 0.9
