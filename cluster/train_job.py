@@ -21,7 +21,9 @@ from cluster.resources import Resources
 from cluster.runtime import init_ray
 from vsae import config
 from vsae.errors import ConfigError
+from vsae.sae import load_sae
 from vsae.store import ActivationStore, io
+from vsae.synthetic import recovery, store_truth
 from vsae.train import SAERun, TrainConfig, train_hook
 
 
@@ -78,7 +80,7 @@ def check_job(job: TrainJob) -> ActivationStore:
 
 def run(job: TrainJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train every configured SAE; returns the per-SAE metrics and the saved run report."""
-    check_job(job)
+    spec = check_job(job).spec
     init_ray(job.resources)
     by_hook: dict[str, list[SAERun]] = defaultdict(list)
     for r in job.saes:
@@ -99,7 +101,11 @@ def run(job: TrainJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         except (ray.exceptions.RayError, OSError, ValueError) as err:
             cause = getattr(err, "cause", None) or err
             failed[hook] = f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
-    report = {"job": config.to_dict(job), "out_uri": out_uri, "seconds": time.perf_counter() - started,
+    truth = store_truth(job.store_uri)
+    if truth is not None:  # a synthetic store: score every SAE by how well it found the true features
+        for r in results:
+            r["mmcs"] = recovery(truth, load_sae(r["uri"])[0].directions().numpy())
+    report = {"job": config.to_dict(job), "out_uri": out_uri, "model_id": spec.model_id, "weights": spec.weights, "seconds": time.perf_counter() - started,
               "saes": results, "failed": failed}
     fs, root = io.filesystem(out_uri)
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -109,14 +115,22 @@ def run(job: TrainJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
 
 def summary(results: list[dict[str, Any]], report: dict[str, Any]) -> str:
     """The run as a table: hook, SAE, width, FVU, L0, dead and dense fractions, steps/s."""
-    head = f"{'hook':<16} {'sae':<30} {'d_sae':>6} {'FVU':>7} {'L0':>7} {'dead%':>6} {'dense%':>6} {'steps/s':>8}"
-    lines = [head, "-" * len(head)]
+    mmcs = any("mmcs" in r for r in results)
+    head = (f"{'hook':<16} {'sae':<30} {'d_sae':>6} {'FVU':>7} {'L0':>7} {'dead%':>6} {'dense%':>6} "
+            f"{'steps/s':>8}" + (f" {'MMCS':>6}" if mmcs else ""))
+    lines = []
+    if report["weights"].startswith("random:"):
+        lines.append(f"WEIGHTS        the store's model {report['model_id']} ran with {report['weights']}: "
+                     "RANDOM weights, not a pretrained model")
+    lines += [head, "-" * len(head)]
     for r in results:
         lines.append(f"{r['hook']:<16} {r['name']:<30} {r['d_sae']:>6} {r['fvu']:>7.4f} {r['l0']:>7.1f} "
                      f"{100 * r['dead_frac']:>6.1f} {100 * r['dense_frac']:>6.1f} "
-                     f"{r.get('steps_per_s', float('nan')):>8.1f}")
+                     f"{r.get('steps_per_s', float('nan')):>8.1f}" + (f" {r['mmcs']:>6.3f}" if mmcs else ""))
     for hook, why in report["failed"].items():
         lines.append(f"{hook:<16} FAILED: {why}")
     lines.append(f"checkpoints    {report['out_uri']}/<hook>/<sae>/ (cfg.json, sae.safetensors, metrics.json)")
+    if mmcs:
+        lines.append("MMCS           recovery of the store's true features (mean best cosine; 1 = all found)")
     lines.append(f"took           {report['seconds']:.1f} s")
     return "\n".join(lines)

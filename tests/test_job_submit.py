@@ -104,3 +104,36 @@ def test_jobs_via_ray_job_submit(ray_head, tmp_path, name):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "all checksums match" in done.stdout
     assert ActivationStore.open(store).manifest["hooks"][hook]["rows"] == rows
+    if name == "synthetic":  # and SAEs trained on it, by the training job under the same head
+        train = [RAY, "job", "submit", f"--address={address}", "--working-dir", str(ROOT), "--", "python",
+                 "pipelines/train.py", "--config", "pipelines/configs/synthetic_train.toml", "--store_uri",
+                 str(store), "--train.steps", "4", "--train.batch_rows", "256", "--train.eval_rows", "512",
+                 "--train.normaliser_rows", "1024"]
+        done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "topk-x8-k32" in done.stdout and "relu_l1_scaled-x8-l1_2" in done.stdout and "MMCS" in done.stdout
+        assert (store / "saes/recovery/synthetic/topk-x8-k32/sae.safetensors").exists()
+
+
+def readme_main_command() -> list[list[str]]:
+    """The README's first command, minus the setup step, as argument lists."""
+    from tests.test_architecture import readme_commands
+
+    steps = [part.split() for part in readme_commands()[0].split("&&")]
+    return [[sys.executable if a == ".venv/bin/python" else a for a in step] for step in steps
+            if "setup.sh" not in " ".join(step)]
+
+
+def test_readme_main_command_runs_extract_then_train(tmp_path):
+    """The main job as the README gives it, in a fresh directory (its ``runs/`` land there)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    outputs = []
+    for step in readme_main_command():
+        args = [str(ROOT / a) if a.startswith("pipelines/") else a for a in step]
+        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        outputs.append(done.stdout)
+    assert "all checksums match" in outputs[0] and "RANDOM weights" in outputs[0]
+    assert "FVU" in outputs[-1] and "mixed3b/5x5" in outputs[-1] and "RANDOM weights" in outputs[-1]
+    saes = sorted(p.parent.name for p in (tmp_path / "runs/demo").rglob("sae.safetensors"))
+    assert len(saes) == 3, saes

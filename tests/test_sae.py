@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from tests.conftest import ROOT
 from vsae.errors import ConfigError, SchemaVersionError, StoreNotFound
-from vsae.sae import SEED001_TABLE1, VARIANTS, SAEConfig, load_sae, make_sae, mmcs, seed001
+from vsae.sae import (
+    SEED001_TABLE1,
+    VARIANTS,
+    SAEConfig,
+    load_sae,
+    make_sae,
+    mmcs,
+    seed001,
+)
 from vsae.sae import checkpoint as ckpt
 from vsae.sae.sparse import Support
 

@@ -126,6 +126,22 @@ def load_truth(blob: bytes) -> tuple[SyntheticConfig, np.ndarray]:
 
 
 
+def store_truth(store_uri: str) -> np.ndarray | None:
+    """The true directions saved beside a synthetic store, or None for any other store."""
+    from vsae.store import io
+
+    fs, root = io.filesystem(io.resolve_uri(store_uri))
+    path = f"{root}/{TRUTH_KEY}"
+    return load_truth(io.get_object(fs, path))[1] if fs.exists(path) else None
+
+
+def recovery(features: np.ndarray, directions: np.ndarray) -> float:
+    """MMCS: mean over true features of the best cosine with any learned direction."""
+    a = features / np.linalg.norm(features, axis=1, keepdims=True)
+    b = directions / np.maximum(np.linalg.norm(directions, axis=1, keepdims=True), 1e-12)
+    return float((a @ b.T).max(axis=1).mean())
+
+
 @lru_cache(maxsize=4)
 def cached_features(cfg: SyntheticConfig) -> np.ndarray:
     return make_features(cfg)
@@ -143,4 +159,4 @@ class SyntheticTasks:
 
 
 __all__ = ["HOOK", "TRUTH_KEY", "SyntheticConfig", "SyntheticTasks", "load_truth", "make_features",
-           "make_rows", "task_rows", "truth_bytes"]
+           "make_rows", "recovery", "store_truth", "task_rows", "truth_bytes"]

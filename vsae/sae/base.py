@@ -22,8 +22,9 @@ from torch import nn
 from vsae.sae.config import SAEConfig
 from vsae.sae.sparse import Support, gather_pre, sparse_decode
 
-# Above this fraction of active latents the dense path is faster on CPU and GPU alike.
-SPARSE_BELOW = 0.05
+# Above this fraction of active latents the dense path is faster (measured on CPU: the sparse
+# step was 2.9x faster at 1.6% active, 1.6x at 5%, 0.94x at 10%).
+SPARSE_BELOW = 0.08
 
 _VARIANTS: dict[str, type[SparseAutoencoder]] = {}
 
@@ -78,9 +79,19 @@ class SparseAutoencoder(nn.Module):
         """The active (row, latent) pairs of a batch during training."""
         raise NotImplementedError
 
-    def penalty(self, acts: torch.Tensor, support: Support, n_rows: int) -> torch.Tensor:
-        """Sparsity penalty (per row, before λ) of the active values."""
-        return acts.new_zeros(())
+    def density(self, pre_bs: torch.Tensor) -> float:
+        """Fraction of latents the batch will activate (decides the sparse or dense path)."""
+        return self.cfg.k / self.d_sae
+
+    def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
+        """Latent values [b, d_sae] from the differentiable pre-activations ``pre_g`` (dense path)."""
+        support = self.select(pre_bs)
+        self.observe(pre_bs, support)
+        return F.relu(pre_g) * support.dense(torch.ones(support.nnz, dtype=torch.bool, device=pre_g.device))
+
+    def penalty(self, latent_sums: torch.Tensor, n_rows: int) -> torch.Tensor:
+        """Sparsity penalty per row, before λ, from each latent's activation summed over the batch."""
+        return latent_sums.new_zeros(())
 
     def aux_loss(self, xc, pre_bs, residual, dead) -> torch.Tensor:
         return residual.new_zeros(())
@@ -104,12 +115,17 @@ class SparseAutoencoder(nn.Module):
 
     # ---- shared --------------------------------------------------------------------------------
     def set_normaliser(self, sample_bd: torch.Tensor) -> float:
-        """Fit ``scale`` so that E||scale * x||² = d_in on a sample; b_dec starts at its mean."""
+        """Fit ``scale`` so that E||scale * x||² = d_in on a sample.
+
+        ``b_dec`` starts at zero, not at the data mean: codes are non-negative, and centring
+        the inputs on their mean asks latents to explain negative deviations too. On the
+        synthetic benchmark a mean-initialised ReLU SAE ended with higher L0 (68 vs 56) and FVU
+        (0.20 vs 0.19) after the same 300 steps.
+        """
         sample = sample_bd.float()
         scale = (self.d_in / sample.pow(2).sum(1).mean().clamp_min(1e-12)).sqrt()
         with torch.no_grad():
             self.scale.copy_(scale)
-            self.b_dec.copy_((sample * scale).mean(0))
         return float(scale)
 
     def pre_acts(self, xn: torch.Tensor) -> torch.Tensor:
@@ -145,26 +161,41 @@ class SparseAutoencoder(nn.Module):
         xc = xn - self.b_dec
         with torch.no_grad():
             pre = F.linear(xc, self.W_enc, self.b_enc)
-        support = self.select(pre)
-        self.observe(pre, support)
-        density = support.nnz / max(1, pre.numel())
-        if path == "sparse" or (path == "auto" and density < SPARSE_BELOW):
+        if path == "sparse" or (path == "auto" and self.density(pre) < SPARSE_BELOW):
+            support = self.select(pre)
+            self.observe(pre, support)
             values = gather_pre(xc, self.W_enc, self.b_enc, pre[support.row, support.col].float(), support)
             acts = F.relu(values)
             recon = sparse_decode(acts, self.W_dec, support) + self.b_dec
+            latent_sums = torch.zeros(self.d_sae, device=xn.device).index_add(0, support.col, acts)
+            active = acts > 0
+            fired = torch.zeros(self.d_sae, dtype=torch.bool, device=xn.device)
+            fired[support.col[active]] = True
         else:
-            pre_g = F.linear(xc, self.W_enc, self.b_enc)
-            acts = F.relu(pre_g[support.row, support.col].float())
-            recon = support.dense(acts) @ self.W_dec + self.b_dec
+            acts = self.dense_latents(F.linear(xc, self.W_enc, self.b_enc), pre)
+            recon = acts @ self.W_dec + self.b_dec
+            latent_sums = acts.sum(0, dtype=torch.float32)
+            active = acts > 0
+            fired = active.any(0)
         err = (recon.float() - xn).pow(2).sum(1)
         mse = err.mean()
-        sparsity = self.penalty(acts, support, xn.shape[0])
+        sparsity = self.penalty(latent_sums, xn.shape[0])
         aux = self.aux_loss(xc, pre, (xn - recon.float()).detach(), dead)
-        active = acts > 0
-        fired = torch.zeros(self.d_sae, dtype=torch.bool, device=xn.device)
-        fired[support.col[active]] = True
         return Losses(total=mse + l1_weight * sparsity + aux, mse=mse.detach(), sparsity=sparsity.detach(),
                       aux=aux.detach(), fired=fired, l0=float(active.sum()) / xn.shape[0],
                       row_sq_err=err.detach())
 
 
+
+
+class ReluSAE(SparseAutoencoder):
+    """The ReLU variants: a latent is active where its pre-activation is positive."""
+
+    def select(self, pre_bs: torch.Tensor) -> Support:
+        return Support.from_mask(pre_bs > 0)
+
+    def density(self, pre_bs: torch.Tensor) -> float:
+        return float((pre_bs > 0).float().mean())
+
+    def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
+        return F.relu(pre_g)

@@ -42,6 +42,6 @@ def reconstruction_stats(sae, batches) -> dict[str, float]:
 
 def mmcs(true_fd: torch.Tensor, learned_sd: torch.Tensor) -> float:
     """Mean over true features of the best cosine similarity with any learned direction."""
-    a = true_fd.float() / true_fd.float().norm(dim=1, keepdim=True)
-    b = learned_sd.float() / learned_sd.float().norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return float((a @ b.T).max(dim=1).values.mean())
+    from vsae.synthetic import recovery
+
+    return recovery(true_fd.detach().float().cpu().numpy(), learned_sd.detach().float().cpu().numpy())

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 
-
 @dataclass
 class Support:
     """The active (row, latent) pairs of a batch in CSR order (rows ascending, latents ascending

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from vsae.sae.base import register
 from vsae.sae.sparse import Support
 from vsae.sae.variants.topk import TopKSAE
-from vsae.sae.base import register
 
 _MOMENTUM = 0.99
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from vsae.sae.base import SparseAutoencoder, register
-from vsae.sae.sparse import Support
+from vsae.sae.base import ReluSAE, register
 
 
 @register
-class ReluL1SAE(SparseAutoencoder):
+class ReluL1SAE(ReluSAE):
     variant = "relu_l1"
 
-    def select(self, pre_bs: torch.Tensor) -> Support:
-        return Support.from_mask(pre_bs > 0)
-
-    def penalty(self, acts: torch.Tensor, support: Support, n_rows: int) -> torch.Tensor:
-        return acts.sum() / n_rows
+    def penalty(self, latent_sums: torch.Tensor, n_rows: int) -> torch.Tensor:
+        return latent_sums.sum() / n_rows
 
     @torch.no_grad()
     def before_step(self) -> None:

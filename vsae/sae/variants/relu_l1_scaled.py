@@ -9,20 +9,16 @@ from __future__ import annotations
 
 import torch
 
-from vsae.sae.base import SparseAutoencoder, register
-from vsae.sae.sparse import Support
+from vsae.sae.base import ReluSAE, register
 
 
 @register
-class ReluL1ScaledSAE(SparseAutoencoder):
+class ReluL1ScaledSAE(ReluSAE):
     variant = "relu_l1_scaled"
     init_decoder_norm = 0.1  # Conerly et al.: small random decoder rows, W_enc = W_dec^T
 
-    def select(self, pre_bs: torch.Tensor) -> Support:
-        return Support.from_mask(pre_bs > 0)
-
-    def penalty(self, acts: torch.Tensor, support: Support, n_rows: int) -> torch.Tensor:
-        return (acts * self.W_dec.norm(dim=1)[support.col]).sum() / n_rows
+    def penalty(self, latent_sums: torch.Tensor, n_rows: int) -> torch.Tensor:
+        return (latent_sums * self.W_dec.norm(dim=1)).sum() / n_rows
 
     def report_scale(self) -> torch.Tensor:
         return self.W_dec.detach().norm(dim=1)

@@ -27,6 +27,12 @@ class TopKSAE(SparseAutoencoder):
         return torch.zeros_like(pre_bs, dtype=torch.bool).scatter_(1, idx, True)
 
     @torch.no_grad()
+    def before_step(self) -> None:
+        g, w = self.W_dec.grad, self.W_dec
+        if g is not None:
+            g -= (g * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
     def after_step(self) -> None:
         self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
