@@ -5,15 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from cluster.finish import finish
+from cluster.pipeline import run_pipeline
 from cluster.resources import Resources
 from cluster.runtime import init_ray
-from cluster.tasks import run_tasks
 from vsae.data import list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
 from vsae.errors import ConfigError
 from vsae.extract import ExtractTasks, hook_specs
 from vsae.models import apply_weights, build
-from vsae.runner import RunReport
+from vsae.runner import RunReport, finished_result
 from vsae.store import ActivationStore, StoreSpec, io
 
 MANIFEST_KEY = "dataset.parquet"
@@ -78,13 +78,23 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
     if not fs.exists(f"{root}/{MANIFEST_KEY}"):
         write_listing(listing, manifest_uri)
     producer = ExtractTasks(spec, job.weights, job.dataset_uri, manifest_uri, job.resources.batch_size)
-    report = run_tasks(store.uri, producer, range(spec.n_tasks), job.resources, progress=progress)
+    missing = store.missing_tasks()
+    report = run_pipeline(store.uri, producer, missing, job.resources, progress=progress)
+    _count_finished(store, spec.n_tasks, missing, report)
     if spec.weights.startswith("random:"):
         report.notes.insert(0, f"WEIGHTS        {spec.weights}: RANDOM weights, not a pretrained model")
     report.notes.append(f"model          {spec.model_id}, forward in {spec.compute_dtype}, stored as {spec.dtype}")
     if listing.skipped:
         report.inputs.update({f"listing:{k}": v for k, v in listing.skipped.items()})
     return finish(store, report, job, "extract", verify=job.verify)
+
+
+def _count_finished(store: ActivationStore, n_tasks: int, missing: list[int], report: RunReport) -> None:
+    """Tasks finished by an earlier run count as skipped, with their rows and skipped inputs."""
+    todo = set(missing)
+    for task in range(n_tasks):
+        if task not in todo:
+            report.add(finished_result(task, store.read_marker(task)))
 
 
 def check_job(job: ExtractJob) -> None:

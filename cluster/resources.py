@@ -19,6 +19,9 @@ class Resources:
     """Images per forward pass (throughput only; results do not depend on it)."""
     max_in_flight: int = 16
     """Tasks submitted at once; bounds driver memory and lets progress reflect finished work."""
+    model_actors: int = 1
+    """Most model actors of the extraction pipeline (each with ``num_cpus_per_task`` CPUs and
+    ``num_gpus_per_task`` GPUs); Ray Data scales the pool between 1 and this."""
     max_retries: int = 3
     """Retries of a task whose worker died or that hit a storage error (OSError)."""
     local_num_cpus: int = 0
@@ -26,6 +29,7 @@ class Resources:
 
     def __post_init__(self) -> None:
         if (self.num_cpus_per_task <= 0 or self.num_gpus_per_task < 0 or self.batch_size < 1
-                or self.max_in_flight < 1 or self.max_retries < 0):
+                or self.max_in_flight < 1 or self.max_retries < 0 or self.model_actors < 1):
             raise ConfigError(f"invalid resources {self}: need num_cpus_per_task > 0, "
-                              "num_gpus_per_task >= 0, batch_size >= 1, max_in_flight >= 1, max_retries >= 0")
+                              "num_gpus_per_task >= 0, batch_size >= 1, max_in_flight >= 1, max_retries >= 0, "
+                              "model_actors >= 1")

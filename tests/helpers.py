@@ -81,3 +81,29 @@ class FaultyProducer:
                 os._exit(1)
             raise OSError(f"injected storage failure on task {task}")
         return rows
+
+
+class FaultyStages:
+    """Wraps an extraction producer's two stages; the first ``forward`` of each task in ``fail``
+    misbehaves: ``exit`` kills the model actor's process, ``bad`` returns wrong shapes (every
+    attempt). Attempts are counted in files so they survive the process."""
+
+    def __init__(self, inner, fail: set[int], mode: str, state_dir: str):
+        self.inner, self.fail, self.mode, self.state_dir = inner, set(fail), mode, state_dir
+
+    def decode(self, task: int):
+        return self.inner.decode(task)
+
+    def forward(self, task: int, decoded):
+        import os
+
+        rows, info = self.inner.forward(task, decoded)
+        if task not in self.fail:
+            return rows, info
+        if self.mode == "bad":
+            return {h: r.take(slice(0, 1)) for h, r in rows.items()}, info
+        flag = os.path.join(self.state_dir, f"forward-{task}")
+        if not os.path.exists(flag):
+            open(flag, "w").close()
+            os._exit(1)
+        return rows, info

@@ -74,6 +74,54 @@ def test_extraction_survives_a_worker_dying_mid_task(tmp_path):
     assert store.verify().ok and store.manifest["hooks"]["mixed3a"]["valid_rows"] == 10 * 4
 
 
+def small_extraction(tmp_path, images_per_task=4):
+    from vsae.data import list_dataset, write_listing
+    from vsae.store import StoreSpec
+
+    data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
+    listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
+    write_listing(listing, str(tmp_path / "m.parquet"))
+    spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
+                     hook_specs("inception_v1.lucid", ("mixed3a=magnitude:4",)), images_per_task=images_per_task)
+    uri = ActivationStore.create(tmp_path / "s.zarr", spec).uri
+    return uri, spec, ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet"))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_pipeline_survives_a_model_actor_dying_mid_task(tmp_path):
+    from cluster.pipeline import run_pipeline
+    from tests.helpers import FaultyStages
+
+    uri, spec, producer = small_extraction(tmp_path)
+    report = run_pipeline(uri, FaultyStages(producer, {1}, "exit", str(tmp_path)), range(spec.n_tasks),
+                          Resources(max_retries=2), progress=False)
+    assert not report.failed, report.failed
+    assert report.tasks_written == spec.n_tasks == 3
+    assert (tmp_path / "forward-1").exists()  # the actor running task 1 died once
+    store = ActivationStore.open(uri, mode="a")
+    store.publish()
+    assert store.verify().ok and store.manifest["hooks"]["mixed3a"]["valid_rows"] == 10 * 4
+    # Every task written exactly once, and equal to an in-process extraction.
+    reader = store.hook("mixed3a")
+    for task in range(spec.n_tasks):
+        want, _ = producer(task)
+        got = reader.read_rows(task * 16, task * 16 + len(want["mixed3a"]))
+        np.testing.assert_array_equal(got.yx, want["mixed3a"].yx)
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_pipeline_fails_a_task_with_bad_data_alone(tmp_path):
+    from cluster.pipeline import run_pipeline
+    from tests.helpers import FaultyStages
+
+    uri, spec, producer = small_extraction(tmp_path)
+    report = run_pipeline(uri, FaultyStages(producer, {2}, "bad", str(tmp_path)), range(spec.n_tasks),
+                          Resources(max_retries=1), progress=False)
+    assert list(report.failed) == [2] and "TaskDataError" in report.failed[2]
+    assert report.tasks_written == 2
+    assert ActivationStore.open(uri, committed_only=True).missing_tasks() == [2]
+
+
 def test_hook_entries_are_checked():
     specs = hook_specs("inception_v1.lucid", ("mixed4a=magnitude:16", "mixed4a/5x5=all", "conv2d0=mean"))
     assert [(h.name, h.channels, h.rows_per_image) for h in specs] == [

@@ -83,11 +83,23 @@ class ExtractTasks:
     batch_size: int = 32
 
     def __call__(self, task: int) -> tuple[dict[str, HookRows], dict]:
+        return self.forward(task, self.decode(task))
+
+    def decode(self, task: int) -> DecodedTask:
+        """Read and decode the task's images (CPU work; the first stage of a pipeline)."""
         start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
         listing = _listing(self.listing_uri)
-        model = _model(self.spec.model_id, self.weights_uri, device())
+        size, resample = _input_format(self.spec.model_id)
         images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
-                                             model.input_size, model.resample)
+                                             size, resample)
+        return DecodedTask(task, images, valid, dict(reasons))
+
+    def forward(self, task: int, decoded: DecodedTask) -> tuple[dict[str, HookRows], dict]:
+        """One forward pass per batch of decoded images; every hook sampled from the same pass."""
+        assert decoded.task == task, (decoded.task, task)
+        start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
+        model = _model(self.spec.model_id, self.weights_uri, device())
+        images, valid = decoded.images, decoded.valid
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
         parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
         ids = np.arange(start, stop, dtype=np.int64)
@@ -104,4 +116,21 @@ class ExtractTasks:
                                                    image_ids=ids[a:b], hook=hook.name,
                                                    seed=self.spec.seed, valid=valid[a:b]))
         rows = {h: HookRows.concat(p) for h, p in parts.items()}
-        return rows, {"inputs": dict(reasons)}
+        return rows, {"inputs": dict(decoded.reasons)}
+
+
+@dataclass(frozen=True)
+class DecodedTask:
+    """A task's images, decoded and resized to the model's input (uint8 [n, h, w, 3])."""
+
+    task: int
+    images: np.ndarray
+    valid: np.ndarray
+    reasons: dict[str, int]
+
+
+@lru_cache(maxsize=4)
+def _input_format(model_id: str) -> tuple[int, str]:
+    """The model's input size and resize filter, without building its weights."""
+    model = build(model_id)
+    return model.input_size, model.resample

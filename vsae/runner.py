@@ -26,15 +26,20 @@ def _writable(uri: str) -> ActivationStore:
     return ActivationStore.open(uri, mode="a")
 
 
+def finished_result(task: int, marker: dict) -> TaskResult:
+    """The result of a task an earlier run finished, from its completion marker."""
+    hooks = marker["hooks"]
+    return TaskResult(task, "skipped", {h: c["rows"] for h, c in hooks.items()},
+                      {h: c["valid_rows"] for h, c in hooks.items()}, marker.get("info", {}))
+
+
 def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
     """Produce and write one task unless its marker exists (the unit every runner executes)."""
     store = _writable(uri)
     if not overwrite:
         marker = store.read_marker(task)
         if marker is not None:
-            hooks = marker["hooks"]
-            return TaskResult(task, "skipped", {h: c["rows"] for h, c in hooks.items()},
-                              {h: c["valid_rows"] for h, c in hooks.items()}, marker.get("info", {}))
+            return finished_result(task, marker)
     out = producer(task)
     rows, info = out if isinstance(out, tuple) else (out, {})
     return store.write_task(task, rows, overwrite=overwrite, info=info)
