@@ -92,11 +92,37 @@ def vsae_run(tmp: Path, data_uri: str, listing, compute: str, batch: int, per_ta
     return listing.n_images / report.seconds, uri
 
 
+def ray_runs(tmp: Path, data_uri: str, listing, batch: int, per_task: int) -> dict[str, float]:
+    """images/s of the Ray Data pipeline and of one Ray task per store task, on a local Ray."""
+    from cluster.pipeline import run_pipeline
+    from cluster.resources import Resources
+    from cluster.runtime import init_ray
+    from cluster.tasks import run_tasks
+
+    init_ray(Resources())
+    out = {}
+    for name, runner in (("ray_tasks", run_tasks), ("ray_data_pipeline", run_pipeline),
+                         ("ray_tasks_again", run_tasks), ("ray_data_pipeline_again", run_pipeline)):
+        spec = StoreSpec(model_id="inception_v1.lucid", weights="random:0", dataset=listing.digest,
+                         n_images=listing.n_images, hooks=hook_specs("inception_v1.lucid", HOOKS),
+                         images_per_task=per_task, compute_dtype="bfloat16")
+        uri = str(tmp / f"store-{name}.zarr")
+        ActivationStore.create(uri, spec)
+        producer = ExtractTasks(spec, "random:0", data_uri, str(tmp / "dataset.parquet"), batch)
+        report = runner(uri, producer, range(spec.n_tasks), Resources(batch_size=batch), progress=False)
+        assert not report.failed, report.failed
+        out[name] = listing.n_images / report.seconds
+        emit(bench="extract", impl=name, images_per_s=round(out[name], 2), tasks=spec.n_tasks,
+             note="local Ray, bf16, model built in each worker/actor (included)")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=192, help="images (rounded to the demo's 10 classes)")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--ray", action="store_true", help="also time the Ray runners (pipeline vs tasks)")
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vsae-bench-"))
     try:
@@ -130,6 +156,12 @@ def main() -> None:
             diff = np.linalg.norm(xa - ya) / max(np.linalg.norm(xa), 1e-12)
             errors[hook.name] = {"rel_l2": round(float(diff), 4), "same_positions": round(float(same.mean()), 3)}
         emit(bench="extract", event="bf16_error", hooks=errors)
+        if args.ray:
+            ray_ips = ray_runs(tmp, data["imagenet_folder"], listing, args.batch, 32)
+            emit(bench="extract", event="ratio", ray_data_pipeline_vs_ray_tasks=round(
+                (ray_ips["ray_data_pipeline"] + ray_ips["ray_data_pipeline_again"])
+                / (ray_ips["ray_tasks"] + ray_ips["ray_tasks_again"]), 3),
+                 ray_pipeline_vs_in_process_bf16=round(ray_ips["ray_data_pipeline_again"] / e2e16, 3))
         emit(bench="extract", event="ratio", vsae_fp32_vs_forward_fp32=round(e2e32 / fwd32, 3),
              vsae_bf16_vs_naive_fp32=round(e2e16 / slow, 3), vsae_fp32_vs_naive_fp32=round(e2e32 / slow, 3),
              forward_bf16_vs_fp32=round(fwd16 / fwd32, 3))

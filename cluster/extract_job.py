@@ -8,6 +8,7 @@ from cluster.finish import finish
 from cluster.pipeline import run_pipeline
 from cluster.resources import Resources
 from cluster.runtime import init_ray
+from cluster.tasks import run_tasks
 from vsae.data import list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
 from vsae.errors import ConfigError
@@ -78,9 +79,12 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
     if not fs.exists(f"{root}/{MANIFEST_KEY}"):
         write_listing(listing, manifest_uri)
     producer = ExtractTasks(spec, job.weights, job.dataset_uri, manifest_uri, job.resources.batch_size)
-    missing = store.missing_tasks()
-    report = run_pipeline(store.uri, producer, missing, job.resources, progress=progress)
-    _count_finished(store, spec.n_tasks, missing, report)
+    if job.resources.uses_pipeline:
+        missing = store.missing_tasks()
+        report = run_pipeline(store.uri, producer, missing, job.resources, progress=progress)
+        _count_finished(store, spec.n_tasks, missing, report)
+    else:
+        report = run_tasks(store.uri, producer, range(spec.n_tasks), job.resources, progress=progress)
     if spec.weights.startswith("random:"):
         report.notes.insert(0, f"WEIGHTS        {spec.weights}: RANDOM weights, not a pretrained model")
     report.notes.append(f"model          {spec.model_id}, forward in {spec.compute_dtype}, stored as {spec.dtype}")

@@ -8,7 +8,11 @@ shards). Three stages stream tasks through:
    batch of images with every hook captured, then the samplers;
 3. ``write`` (Ray tasks, CPU): encode and put the task's shards, then its completion marker.
 
-So decoding the next task overlaps the forward pass of this one, and writing overlaps both.
+So decoding the next task overlaps the forward pass of this one, and writing overlaps both: the
+shape for GPU clusters, where the forward pass runs on GPU actors and decoding on the CPUs beside
+them. On CPU-only machines every stage competes for the same cores and one Ray task per store
+task is faster (measured on 2 cores: 45 images/s against 23), so ``Resources.runner`` picks
+the pipeline only when GPUs are requested.
 Storage errors in the decode and write stages are retried with backoff (``max_retries``). Ray
 Data restarts dead actors and retries their calls; retries may arrive out of order, which is
 harmless because a task's write is idempotent and its marker is written last. A task whose data

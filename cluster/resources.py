@@ -19,6 +19,10 @@ class Resources:
     """Images per forward pass (throughput only; results do not depend on it)."""
     max_in_flight: int = 16
     """Tasks submitted at once; bounds driver memory and lets progress reflect finished work."""
+    runner: str = "auto"
+    """How extraction runs on Ray: ``pipeline`` (Ray Data: decode tasks, a model actor pool, write
+    tasks), ``tasks`` (one Ray task decodes, runs and writes each store task), or ``auto``: the
+    pipeline when ``num_gpus_per_task`` > 0, tasks otherwise (faster on CPU-only machines)."""
     model_actors: int = 1
     """Most model actors of the extraction pipeline (each with ``num_cpus_per_task`` CPUs and
     ``num_gpus_per_task`` GPUs); Ray Data scales the pool between 1 and this."""
@@ -28,8 +32,14 @@ class Resources:
     """CPUs of the embedded local Ray (0: all of this machine); ignored on a running cluster."""
 
     def __post_init__(self) -> None:
+        if self.runner not in ("auto", "pipeline", "tasks"):
+            raise ConfigError(f"runner must be auto, pipeline or tasks, got {self.runner!r}")
         if (self.num_cpus_per_task <= 0 or self.num_gpus_per_task < 0 or self.batch_size < 1
                 or self.max_in_flight < 1 or self.max_retries < 0 or self.model_actors < 1):
             raise ConfigError(f"invalid resources {self}: need num_cpus_per_task > 0, "
                               "num_gpus_per_task >= 0, batch_size >= 1, max_in_flight >= 1, max_retries >= 0, "
                               "model_actors >= 1")
+
+    @property
+    def uses_pipeline(self) -> bool:
+        return self.runner == "pipeline" or (self.runner == "auto" and self.num_gpus_per_task > 0)

@@ -18,11 +18,12 @@ HOOKS = ("conv2d0=magnitude:4", "mixed3a/3x3=magnitude:2", "mixed4a/5x5/pre_relu
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint):
-    data = write_demo("s3://vsae-test/extract-demo", per_class=1, shards=1, include_bad=True)
-    job = ExtractJob(store_uri="s3://vsae-test/extract/inception.zarr", dataset_uri=data["webdataset"],
+@pytest.mark.parametrize("runner", ["tasks", "pipeline"])
+def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint, runner):
+    data = write_demo(f"s3://vsae-test/extract-demo-{runner}", per_class=1, shards=1, include_bad=True)
+    job = ExtractJob(store_uri=f"s3://vsae-test/extract-{runner}/inception.zarr", dataset_uri=data["webdataset"],
                      dataset_kind="webdataset", hooks=HOOKS, images_per_task=6,
-                     resources=Resources(batch_size=4, max_in_flight=2))
+                     resources=Resources(batch_size=4, max_in_flight=2, runner=runner))
     report, store = run(job, progress=False)
     assert store is not None and not report.failed, report.summary()
     spec = store.spec
