@@ -78,8 +78,9 @@ def test_sparse_support_orders_pairs_for_both_products():
     assert torch.equal(s.csr_t(vals).to_dense(), s.dense(vals).T)
 
 
-def test_relu_l1_keeps_unit_decoder_rows_and_removes_parallel_gradients():
-    sae, x = fitted("relu_l1")
+@pytest.mark.parametrize("variant", ["relu_l1", "topk", "batchtopk"])
+def test_unit_norm_variants_keep_unit_decoder_rows_and_remove_parallel_gradients(variant):
+    sae, x = fitted(variant)
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(5):
         opt.zero_grad()

@@ -199,3 +199,18 @@ class ReluSAE(SparseAutoencoder):
 
     def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
         return F.relu(pre_g)
+
+
+class UnitNormDecoder:
+    """Mixin for variants whose decoder rows stay unit vectors: the gradient component parallel
+    to each row is removed before the optimiser steps, and rows are renormalised after it."""
+
+    @torch.no_grad()
+    def before_step(self) -> None:
+        g, w = self.W_dec.grad, self.W_dec
+        if g is not None:
+            g -= (g * w).sum(1, keepdim=True) * w
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -9,25 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from vsae.sae.base import ReluSAE, register
+from vsae.sae.base import ReluSAE, UnitNormDecoder, register
 
 
 @register
-class ReluL1SAE(ReluSAE):
+class ReluL1SAE(UnitNormDecoder, ReluSAE):
     variant = "relu_l1"
 
     def penalty(self, latent_sums: torch.Tensor, n_rows: int) -> torch.Tensor:
         return latent_sums.sum() / n_rows
-
-    @torch.no_grad()
-    def before_step(self) -> None:
-        g, w = self.W_dec.grad, self.W_dec
-        if g is not None:
-            g -= (g * w).sum(1, keepdim=True) * w
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @torch.no_grad()
     def resample(self, dead: torch.Tensor, xn_bd: torch.Tensor, row_sq_err: torch.Tensor,

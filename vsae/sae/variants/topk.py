@@ -1,6 +1,7 @@
 """TopK SAE: exactly k latents per row, with the AuxK loss for dead latents (Gao et al. 2024).
 
-No sparsity penalty: the top-k selection is the sparsity. Dead latents (silent for
+No sparsity penalty: the top-k selection is the sparsity. Decoder rows are unit vectors (the
+parallel gradient removed, rows renormalised after each step), as Gao et al. train them. Dead latents (silent for
 ``dead_window_rows`` training rows) get a gradient from the AuxK loss, which asks the top
 ``aux_k`` of them to reconstruct what the live latents missed; it is normalised by the
 residual's variance and weighted by ``aux_coeff``.
@@ -11,12 +12,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vsae.sae.base import SparseAutoencoder, register
+from vsae.sae.base import SparseAutoencoder, UnitNormDecoder, register
 from vsae.sae.sparse import Support, gather_pre, sparse_decode
 
 
 @register
-class TopKSAE(SparseAutoencoder):
+class TopKSAE(UnitNormDecoder, SparseAutoencoder):
     variant = "topk"
 
     def select(self, pre_bs: torch.Tensor) -> Support:
@@ -25,16 +26,6 @@ class TopKSAE(SparseAutoencoder):
     def inference_mask(self, pre_bs: torch.Tensor) -> torch.Tensor:
         idx = pre_bs.topk(self.cfg.k, dim=1).indices
         return torch.zeros_like(pre_bs, dtype=torch.bool).scatter_(1, idx, True)
-
-    @torch.no_grad()
-    def before_step(self) -> None:
-        g, w = self.W_dec.grad, self.W_dec
-        if g is not None:
-            g -= (g * w).sum(1, keepdim=True) * w
-
-    @torch.no_grad()
-    def after_step(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     def aux_loss(self, xc, pre_bs, residual, dead) -> torch.Tensor:
         if dead is None or not bool(dead.any()) or self.cfg.aux_coeff == 0:
