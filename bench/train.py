@@ -4,8 +4,8 @@
 
 One fixed synthetic dataset in the style of seed 002 (d_in 512, 2048 true unit features, 32
 active per row, noise 0.01; ``--rows`` rows written to a local vsae store), SAEs with 8x expansion
-trained for ``--steps`` steps of ``--batch`` rows at the same learning rate (per variant; 4e-3
-for TopK was the best of 1e-3..1e-2 for both vsae and SAELens here), no warm-up or decay, no
+trained for ``--steps`` steps of ``--batch`` rows at the same learning rate (per variant; 3e-3
+for TopK, near the best of 1e-3..1e-2 for both vsae and SAELens here), no warm-up or decay, no
 gradient clipping, b_dec starting at zero, inputs scaled so that E||x||² = d_in:
 
 - ``vsae``: ``vsae.train.train_hook`` on the store (its real path: the store reader, prefetch,
@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument("--expansion", type=int, default=8)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--l1", type=float, default=2.0, help="λ of the L1 variants (chosen for L0 near k)")
-    p.add_argument("--lr-topk", type=float, default=4e-3, help="learning rate of the TopK SAEs")
+    p.add_argument("--lr-topk", type=float, default=3e-3, help="learning rate of the TopK SAEs")
     p.add_argument("--lr-l1", type=float, default=1e-3, help="learning rate of the L1 SAEs")
     p.add_argument("--variants", default="topk,relu_l1_scaled")
     p.add_argument("--saelens-python", default="", help="python of an environment with sae-lens installed")

@@ -61,6 +61,7 @@ class SparseAutoencoder(nn.Module):
 
     variant: ClassVar[str]
     init_decoder_norm: ClassVar[float] = 1.0
+    init_encoder_scale: ClassVar[float] = 1.0  # W_enc starts as this times W_dec
 
     def __init__(self, cfg: SAEConfig, d_in: int):
         super().__init__()
@@ -69,7 +70,7 @@ class SparseAutoencoder(nn.Module):
         w = torch.randn(self.d_sae, d_in, generator=gen)
         w *= self.init_decoder_norm / w.norm(dim=1, keepdim=True)
         self.W_dec = nn.Parameter(w)
-        self.W_enc = nn.Parameter(w.clone())
+        self.W_enc = nn.Parameter(w * self.init_encoder_scale)
         self.b_enc = nn.Parameter(torch.zeros(self.d_sae))
         self.b_dec = nn.Parameter(torch.zeros(d_in))
         self.register_buffer("scale", torch.ones(()))

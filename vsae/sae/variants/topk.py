@@ -19,6 +19,9 @@ from vsae.sae.sparse import Support, gather_pre, sparse_decode
 @register
 class TopKSAE(UnitNormDecoder, SparseAutoencoder):
     variant = "topk"
+    # A small encoder moves faster relative to its size under Adam. Measured on the synthetic
+    # benchmark (300 steps, lr 3e-3): FVU 0.135 against 0.140 with W_enc = W_dec.
+    init_encoder_scale = 0.1
 
     def select(self, pre_bs: torch.Tensor) -> Support:
         return Support.from_topk(pre_bs.topk(self.cfg.k, dim=1).indices, self.d_sae)
