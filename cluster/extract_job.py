@@ -9,7 +9,7 @@ from cluster.pipeline import run_pipeline
 from cluster.resources import Resources
 from cluster.runtime import init_ray
 from cluster.tasks import run_tasks
-from vsae.data import list_dataset, read_listing, write_listing
+from vsae.data import LISTING_NAME, list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
 from vsae.errors import ConfigError
 from vsae.extract import ExtractTasks, hook_specs
@@ -17,7 +17,7 @@ from vsae.models import apply_weights, build
 from vsae.runner import RunReport, finished_result
 from vsae.store import ActivationStore, StoreSpec, io
 
-MANIFEST_KEY = "dataset.parquet"
+MANIFEST_KEY = LISTING_NAME
 
 
 @dataclass(frozen=True)

@@ -81,3 +81,35 @@ def ray_local(s3_endpoint):
     init_ray(Resources(local_num_cpus=2))
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, ray_local):
+    """A small demo store (InceptionV1, random weights), two SAEs trained on it, analysed."""
+    from cluster.analysis_job import AnalyzeJob
+    from cluster.analysis_job import run as analyze
+    from cluster.extract_job import ExtractJob
+    from cluster.extract_job import run as extract
+    from cluster.resources import Resources
+    from cluster.train_job import TrainJob
+    from cluster.train_job import run as train
+    from vsae.analysis.stats import AnalysisConfig
+    from vsae.sae import SAEConfig
+    from vsae.train import SAERun, TrainConfig
+
+    root = tmp_path_factory.mktemp("analysis")
+    store = str(root / "store.zarr")
+    res = Resources(max_in_flight=2)
+    extract(ExtractJob(store_uri=store, dataset_uri=str(root / "data/imagenet/train"), demo_root=str(root / "data"),
+                       demo_per_class=5, hooks=("mixed3b/5x5=magnitude:8", "mixed5b=mean"), images_per_task=16,
+                       resources=res), progress=False)
+    saes = (SAERun("mixed3b/5x5", SAEConfig(variant="topk", k=8, expansion=2, lr=1e-3)),
+            SAERun("mixed5b", SAEConfig(variant="relu_l1", l1=1.0, expansion=2)))
+    _, trained = train(TrainJob(store_uri=store, run="r1", saes=saes, resources=res,
+                                train=TrainConfig(batch_rows=32, steps=40, eval_rows=16, normaliser_rows=64,
+                                                  lr_warmup_steps=5)))
+    assert not trained["failed"], trained["failed"]
+    job = AnalyzeJob(store_uri=store, run="r1", analysis=AnalysisConfig(top_k=5, per_interval=3), resources=res)
+    report = analyze(job, progress=False)
+    assert not report["failed"], report["failed"]
+    return store, job, report

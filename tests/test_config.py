@@ -34,10 +34,23 @@ def test_checked_in_extraction_configs_load(name):
     assert job.hooks and all("=" in h for h in job.hooks)
 
 
-@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources, "ExtractJob"])
+@pytest.mark.parametrize("name", ["demo_analyze", "inception_v1_analyze"])
+def test_checked_in_analysis_configs_load_and_round_trip(name):
+    from cluster.analysis_job import AnalyzeJob
+
+    job = config.load(AnalyzeJob, str(ROOT / f"pipelines/configs/{name}.toml"))
+    assert job.analysis.intervals == 10 and job.run
+    assert config.from_dict(AnalyzeJob, config.to_dict(job)) == job
+
+
+@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources, "ExtractJob", "AnalyzeJob", "AnalysisConfig"])
 def test_every_field_has_a_docstring(cls):
     if cls == "ExtractJob":
         from cluster.extract_job import ExtractJob as cls
+    elif cls == "AnalyzeJob":
+        from cluster.analysis_job import AnalyzeJob as cls
+    elif cls == "AnalysisConfig":
+        from vsae.analysis.stats import AnalysisConfig as cls
     docs = config.field_docs(cls)
     assert {f.name for f in dataclasses.fields(cls)} <= set(docs)
 

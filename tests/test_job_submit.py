@@ -124,7 +124,7 @@ def readme_main_command() -> list[list[str]]:
             if "setup.sh" not in " ".join(step)]
 
 
-def test_readme_main_command_runs_extract_then_train(tmp_path):
+def test_readme_main_command_runs_extract_train_and_analyze(tmp_path):
     """The main job as the README gives it, in a fresh directory (its ``runs/`` land there)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     outputs = []
@@ -134,6 +134,10 @@ def test_readme_main_command_runs_extract_then_train(tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         outputs.append(done.stdout)
     assert "all checksums match" in outputs[0] and "RANDOM weights" in outputs[0]
-    assert "FVU" in outputs[-1] and "mixed3b/5x5" in outputs[-1] and "RANDOM weights" in outputs[-1]
+    assert "FVU" in outputs[1] and "mixed3b/5x5" in outputs[1] and "RANDOM weights" in outputs[1]
     saes = sorted(p.parent.name for p in (tmp_path / "runs/demo").rglob("sae.safetensors"))
     assert len(saes) == 3, saes
+    report = outputs[2]  # the analysis: mono of features against neurons, then a client query
+    assert "RANDOM weights" in report and "most monosemantic" in report and "neurons" in report
+    assert "client.top_examples(" in report and "example query" in report
+    assert (tmp_path / "runs/demo/inception_v1.zarr/analysis/demo/analysis.json").exists()

@@ -5,4 +5,12 @@ from vsae.store import ActivationStore, HookReader, HookRows, HookSpec, StoreSpe
 
 __version__ = "0.1.0"
 
-__all__ = ["ActivationStore", "HookReader", "HookRows", "HookSpec", "StoreSpec", "errors"]
+__all__ = ["ActivationStore", "Client", "HookReader", "HookRows", "HookSpec", "StoreSpec", "errors"]
+
+
+def __getattr__(name: str):
+    if name == "Client":  # imported on first use: it pulls in torch and the SAE code
+        from vsae.client import Client
+
+        return Client
+    raise AttributeError(f"module 'vsae' has no attribute {name!r}")

@@ -54,6 +54,17 @@ class UnknownHook(VsaeError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class UnknownRun(VsaeError, KeyError):
+    """An SAE run, SAE name or analysis that does not exist under the store."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownFeature(VsaeError, IndexError):
+    """A feature or neuron index outside the SAE's or hook's width."""
+
+
 class TaskDataError(VsaeError, ValueError):
     """Data handed to a task writer has the wrong hooks, shapes, dtypes or values."""
 

@@ -48,6 +48,23 @@ def hook_specs(model_id: str, entries: tuple[str, ...]) -> tuple[HookSpec, ...]:
     return tuple(specs)
 
 
+def hook_positions(model_id: str, hook: str) -> int:
+    """Spatial positions (or patch tokens) of one image's activations at ``hook``: the ``n`` of
+    the inverse-probability mean of ``magnitude:K`` rows."""
+    (info,) = resolve_hooks(build(model_id).hooks, [hook], model_id)
+    return Sampler.parse("all").rows_per_image(info.layout, info.shape)
+
+
+@lru_cache(maxsize=16)
+def _hook_grid(model_id: str, hook: str) -> int | None:
+    """Side of the square position grid at ``hook`` (for crops), None for pooled layouts."""
+    (info,) = resolve_hooks(build(model_id).hooks, [hook], model_id)
+    if info.layout == "nchw":
+        return info.shape[1]
+    side = int(round((info.shape[0] - 1) ** 0.5))
+    return side if side * side == info.shape[0] - 1 else None
+
+
 @lru_cache(maxsize=2)
 def _model(model_id: str, weights: str, device: str) -> torch.nn.Module:
     model = build(model_id).eval()

@@ -29,6 +29,7 @@ from vsae.sae.base import Losses, SparseAutoencoder, make_sae
 from vsae.sae.config import SAEConfig
 from vsae.sae.metrics import reconstruction_stats
 from vsae.store import ActivationStore, HookReader
+from vsae.store.layout import hook_folder
 
 log_ = logging.getLogger(__name__)
 
@@ -93,11 +94,6 @@ class SAERun:
     @property
     def folder(self) -> str:
         return f"{hook_folder(self.hook)}/{self.name or self.sae.name}"
-
-
-def hook_folder(hook: str) -> str:
-    """A hook name as one path segment (``mixed3a/3x3`` -> ``mixed3a.3x3``)."""
-    return hook.replace("/", ".")
 
 
 # ---- precision ------------------------------------------------------------------------------

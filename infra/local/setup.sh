@@ -15,4 +15,15 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".${extras}"
+# WordNet 3.0 for the analysis job's class tree (ImageNet classes are WordNet noun synsets): an
+# nltk copy if there is one, else the system's (Debian/Ubuntu: wordnet-base + wordnet-sense-index,
+# installed here when missing and permitted), else nltk.download; it lands in .venv/nltk_data.
+if ! .venv/bin/python -m vsae.analysis.wordnet install --download >/dev/null 2>&1; then
+    sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo -n"
+    if command -v apt-get >/dev/null; then
+        $sudo apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1 \
+            || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q wordnet-base wordnet-sense-index >/dev/null 2>&1; } || true
+    fi
+    .venv/bin/python -m vsae.analysis.wordnet install   # prints how to get WordNet if it is still missing
+fi
 echo "vsae installed in .venv ($(.venv/bin/python -c 'import torch, zarr, ray; print(f"torch {torch.__version__}, zarr {zarr.__version__}, ray {ray.__version__}")'))"

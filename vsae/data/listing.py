@@ -31,6 +31,8 @@ import pyarrow as pa
 
 from vsae.errors import ConfigError
 
+LISTING_NAME = "dataset.parquet"
+"""The dataset manifest's name in a store root (image ids there index this listing)."""
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 KINDS = ("imagenet_folder", "webdataset")
 SCHEMA = pa.schema([
@@ -168,6 +170,11 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) ->
     if table.num_rows == 0:
         raise ConfigError(f"no images found under {source_uri} ({dict(skipped) or 'empty'})")
     return Listing(table, source_uri, kind, skipped)
+
+
+def store_listing_uri(store_uri: str) -> str:
+    """Where a store keeps the listing its image ids refer to."""
+    return f"{store_uri.rstrip('/')}/{LISTING_NAME}"
 
 
 def write_listing(listing: Listing, uri: str) -> None:

@@ -120,3 +120,17 @@ def load_sae(uri: str, device: str | torch.device = "cpu") -> tuple[SparseAutoen
     sae = make_sae(info.sae, info.d_in)
     sae.load_state_dict(st_load(io.get_object(fs, path)))
     return sae.to(device).eval(), info
+
+
+def find_saes(run_uri: str) -> list[tuple[str, str, CheckpointInfo]]:
+    """Every SAE with saved weights under a run folder (``{run}/{hook}/{name}/``), sorted: a list
+    of (checkpoint URI, SAE name, its ``cfg.json``)."""
+    fs, root = _fs(run_uri)
+    found = []
+    for cfg_path in sorted(fs.glob(f"{root}/*/*/{CFG}")):
+        folder = cfg_path.rsplit("/", 1)[0]
+        if not fs.exists(f"{folder}/{WEIGHTS}"):
+            continue  # a run that never checkpointed
+        uri = f"{run_uri.rstrip('/')}/{folder[len(root.rstrip('/')) + 1:]}"
+        found.append((uri, folder.rsplit("/", 1)[1], read_info(uri)))
+    return found

@@ -1,0 +1,239 @@
+"""Analysis reductions (SPEC 8): image-level activations, mergeable statistics, mono, interval
+examples; and the analysis job end to end on a demo store with trained SAEs, on local Ray."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from scipy import stats as sps
+
+from cluster.analysis_job import AnalyzeJob, summary
+from cluster.analysis_job import run as analyze
+from vsae.analysis.examples import IntervalSample, draw_keys, interval_of
+from vsae.analysis.stats import AnalysisConfig, UnitStats, image_level, mono
+from vsae.data import read_listing, store_listing_uri
+from vsae.sae import load_sae
+from vsae.sampling import weighted_mean
+from vsae.store import ActivationStore
+
+
+# -- mono -------------------------------------------------------------------------------------
+def line_tree_d(n: int) -> np.ndarray:
+    """D of classes on a path graph: class i and j are |i - j| edges apart."""
+    i = np.arange(n)
+    return np.abs(i[:, None] - i[None, :])
+
+
+def test_mono_is_zero_for_a_one_class_feature_and_grows_as_it_spreads():
+    d = line_tree_d(8)
+    one = np.eye(8)[[3]]
+    assert mono(one, d)[0] == 0.0
+    assert mono(one * 7.5, d)[0] == 0.0  # the scale of a feature does not matter
+    near = np.zeros((1, 8))
+    near[0, [3, 4]] = 1
+    far = np.zeros((1, 8))
+    far[0, [0, 7]] = 1
+    spread = np.ones((1, 8))
+    scores = mono(np.concatenate([one, near, far, spread]), d)
+    assert scores[0] < scores[1] < scores[2]  # one class < two close classes < two distant classes
+    assert scores[1] < scores[3]
+    # written out: f^T D f / ||f||^2
+    f = np.random.default_rng(0).random((5, 8))
+    expected = [(x @ d @ x) / (x @ x) for x in f]
+    np.testing.assert_allclose(mono(f, d), expected)
+    assert np.isnan(mono(np.zeros((1, 8)), d)[0])
+
+
+def test_mono_on_the_wordnet_tree_ranks_dog_breeds_below_dog_and_car():
+    from vsae.analysis.wordnet import class_distances
+
+    wnids = ["n02085620", "n02085782", "n04285008"]  # Chihuahua, Japanese spaniel, sports car
+    _, d = class_distances(wnids)
+    dogs, dog_and_car = np.array([[1.0, 1.0, 0.0]]), np.array([[1.0, 0.0, 1.0]])
+    assert 0 < mono(dogs, d)[0] < mono(dog_and_car, d)[0]
+
+
+# -- image-level activations and statistics ---------------------------------------------------
+def test_image_level_means_are_the_inverse_probability_estimate_and_the_max():
+    rng = np.random.default_rng(1)
+    n, k, s, positions = 6, 4, 5, 49
+    acts = rng.random((n * k, s)).astype(np.float32)
+    prob = rng.uniform(0.01, 0.1, n * k).astype(np.float32)
+    valid = np.ones(n * k, bool)
+    valid[4:8] = False  # image 1 unreadable
+    level = image_level(torch.from_numpy(acts), prob, valid, k, positions, magnitude=True)
+    expected = weighted_mean(acts, prob, positions, k)  # the sampler module's own estimator
+    ok = level.valid_n
+    assert ok.tolist() == [True, False, True, True, True, True]
+    np.testing.assert_allclose(level.mean_ns.numpy()[ok], expected[ok], rtol=1e-5)
+    np.testing.assert_array_equal(level.max_ns.numpy(), acts.reshape(n, k, s).max(1))
+    pooled = image_level(torch.from_numpy(acts), prob, valid, k, k, magnitude=False)
+    np.testing.assert_allclose(pooled.mean_ns.numpy(), acts.reshape(n, k, s).mean(1), rtol=1e-6)
+
+
+def batch_stats(acts, ids, classes, k, n_classes, top_k, splits):
+    """UnitStats over images split at ``splits``, merged."""
+    parts = []
+    for a, b in zip([0, *splits], [*splits, len(ids)]):
+        st = UnitStats.empty(acts.shape[1], n_classes, top_k)
+        rows = torch.from_numpy(acts[a * k:b * k])
+        valid = np.ones((b - a) * k, bool)
+        level = image_level(rows, np.ones((b - a) * k, np.float32), valid, k, k, magnitude=False)
+        yx = np.stack(np.meshgrid(np.arange(b - a), np.arange(k), indexing="ij"), -1).astype(np.int16)
+        st.update(level, rows, valid, ids[a:b], classes[a:b], yx)
+        parts.append(st)
+    out = parts[0]
+    for p in parts[1:]:
+        out.merge(p)
+    return out
+
+
+def test_statistics_of_any_split_merge_to_the_same_result():
+    rng = np.random.default_rng(2)
+    n, k, s, c = 40, 3, 7, 4
+    acts = np.maximum(rng.normal(size=(n * k, s)), 0).astype(np.float32)
+    ids = np.arange(100, 100 + n)
+    classes = rng.integers(-1, c, n)
+    whole = batch_stats(acts, ids, classes, k, c, 5, [])
+    split = batch_stats(acts, ids, classes, k, c, 5, [7, 8, 30])
+    for name in ("class_sums", "class_counts", "total", "fired_images", "active_rows", "top_act", "top_image"):
+        np.testing.assert_allclose(getattr(whole, name), getattr(split, name), rtol=1e-12, err_msg=name)
+    # against NumPy directly
+    means = acts.reshape(n, k, s).mean(1)
+    for cls in range(c):
+        np.testing.assert_allclose(whole.class_means()[:, cls], means[classes == cls].mean(0), rtol=1e-6)
+    maxes = acts.reshape(n, k, s).max(1)
+    top = np.sort(maxes, axis=0)[::-1][:5]
+    np.testing.assert_allclose(whole.top_act, top)
+    assert whole.top_image[0].tolist() == (ids[maxes.argmax(0)]).tolist()
+    assert whole.fired_images.tolist() == (maxes > 0).sum(0).tolist()
+
+
+# -- interval examples ------------------------------------------------------------------------
+def offer(maxes: np.ndarray, ids: np.ndarray, maximum: np.ndarray, seed: int, per: int, splits=()):
+    out = None
+    for a, b in zip([0, *splits], [*splits, len(ids)]):
+        part = IntervalSample.empty(maxes.shape[1], 10, per, seed)
+        level = image_level(torch.from_numpy(maxes[a:b]), np.ones(b - a, np.float32), np.ones(b - a, bool),
+                            1, 1, magnitude=False)
+        part.update(level, ids[a:b], maximum, np.full((b - a, 1, 2), -1, np.int16))
+        out = part if out is None else out.merge(part)
+    return out
+
+
+def test_interval_samples_lie_in_their_interval_and_cover_every_non_empty_one():
+    rng = np.random.default_rng(3)
+    n, s = 3000, 6
+    maxes = (rng.random((n, s)) ** 3 * (rng.random((n, s)) < 0.4)).astype(np.float32)
+    maxes[:, 5] = 0
+    maxes[:10, 5] = [0.05, 0.9, 1.0, 0.92, 0.95, 0.04, 0, 0, 0, 0]  # intervals 0 and 8/9 only
+    ids = np.arange(n) * 3
+    maximum = maxes.max(0)
+    sample = offer(maxes, ids, maximum, seed=0, per=4)
+    lo = sample.interval * maximum[sample.feature] / 10
+    hi = (sample.interval + 1) * maximum[sample.feature] / 10
+    assert ((sample.activation > lo) & (sample.activation <= hi * (1 + 1e-6))).all()
+    np.testing.assert_array_equal(sample.activation, maxes[sample.image_id // 3, sample.feature])
+    for f in range(s):
+        v = maxes[:, f][maxes[:, f] > 0]
+        counts = np.bincount(interval_of(v, np.full(len(v), maximum[f]), 10), minlength=10)
+        assert sample.counts[f].tolist() == counts.tolist()
+        got = np.bincount(sample.interval[sample.feature == f], minlength=10)
+        assert got.tolist() == np.minimum(counts, 4).tolist()  # every non-empty interval, up to 4 each
+    assert sorted(set(sample.interval[sample.feature == 5].tolist())) == [0, 8, 9]
+
+
+def test_interval_samples_are_the_same_for_any_split_and_uniform():
+    rng = np.random.default_rng(4)
+    maxes = rng.random((500, 3)).astype(np.float32)
+    ids = np.arange(500)
+    maximum = maxes.max(0)
+    whole = offer(maxes, ids, maximum, seed=7, per=3)
+    split = offer(maxes, ids, maximum, seed=7, per=3, splits=(13, 250, 251))
+    assert sorted(zip(whole.feature, whole.image_id)) == sorted(zip(split.feature, split.image_id))
+    # Uniform within an interval: with one draw per seed, 20 candidates are chosen about equally.
+    candidates = np.arange(20, dtype=np.int64)
+    chosen = [int(np.argmin(draw_keys(seed, candidates, np.zeros(20)))) for seed in range(4000)]
+    assert sps.chisquare(np.bincount(chosen, minlength=20)).pvalue > 1e-3
+
+
+# -- the job end to end -----------------------------------------------------------------------
+def test_the_job_writes_every_table_and_reports_features_against_neurons(demo_run):
+    store, _, report = demo_run
+    assert not report["failed"] and report["n_classes"] == 10
+    units = {(u["hook"], u["unit"]) for u in report["units"]}
+    assert units == {("mixed3b/5x5", "neurons"), ("mixed3b/5x5", "topk-x2-k8"),
+                     ("mixed5b", "neurons"), ("mixed5b", "relu_l1-x2-l1_1")}
+    base = f"{store}/analysis/r1"
+    for hook, unit in units:
+        folder = f"{base}/{hook.replace('/', '.')}/{unit}"
+        files = {"features", "class_means", "examples", "class_features"}
+        if unit != "neurons":
+            files |= {"feature_neurons", "neuron_features"}
+        for name in files:
+            assert pq.read_table(f"{folder}/{name}.parquet").num_rows > 0, (folder, name)
+    text = summary(report)
+    assert "RANDOM weights" in text and "mono p10" in text and "most monosemantic" in text
+
+
+def test_class_means_of_the_job_equal_a_numpy_groupby_over_the_same_rows(demo_run):
+    """Independent recomputation: every row read back, encoded, averaged per image with the
+    sampler module's estimator, grouped by the listing's wnids with NumPy."""
+    from vsae.extract import hook_positions
+
+    store_uri, _, _ = demo_run
+    store = ActivationStore.open(store_uri)
+    listing = read_listing(store_listing_uri(store.uri)).table
+    wnids = np.array(listing["wnid"].to_pylist(), dtype=object)
+    for hook, unit in (("mixed3b/5x5", "topk-x2-k8"), ("mixed5b", "relu_l1-x2-l1_1"), ("mixed3b/5x5", "neurons")):
+        reader = store.hook(hook)
+        rows = reader.read_rows(0, reader.n_rows)
+        acts = rows.acts.astype(np.float32)
+        if unit != "neurons":
+            sae = load_sae(f"{store_uri}/saes/r1/{hook.replace('/', '.')}/{unit}")[0]
+            with torch.no_grad():
+                acts = sae.feature_acts(torch.from_numpy(acts)).numpy()
+        k = reader.rows_per_image
+        if reader.hook.sampler.startswith("magnitude"):
+            per_image = weighted_mean(acts, rows.prob, hook_positions(store.spec.model_id, hook), k)
+        else:
+            per_image = acts.reshape(-1, k, acts.shape[1]).mean(1)
+        ok = rows.valid.reshape(-1, k).all(1)
+        classes = sorted(set(wnids[ok]))
+        expected = np.stack([per_image[ok & (wnids == w)].mean(0) for w in classes], axis=1)  # [S, C]
+        table = pq.read_table(f"{store_uri}/analysis/r1/{hook.replace('/', '.')}/{unit}/class_means.parquet")
+        got = np.stack(table["freq"].to_numpy(zero_copy_only=False))
+        np.testing.assert_allclose(got, expected, rtol=2e-4, atol=1e-6)
+        features = pq.read_table(f"{store_uri}/analysis/r1/{hook.replace('/', '.')}/{unit}/features.parquet")
+        np.testing.assert_allclose(features["max"].to_numpy(), np.maximum(acts[rows.valid].max(0), 0), rtol=1e-5)
+
+
+def test_skipped_images_are_left_out_and_counted_per_class(demo_run):
+    store_uri, _, _ = demo_run
+    classes = pq.read_table(f"{store_uri}/analysis/r1/classes.parquet")
+    store = ActivationStore.open(store_uri)
+    valid = store.hook("mixed5b").read_rows(0, store.spec.n_images).valid
+    assert classes["n_images"].to_numpy().sum() == valid.sum() < store.spec.n_images  # the demo's bad files
+    d = np.stack(classes["d"].to_numpy(zero_copy_only=False))
+    assert d.shape == (10, 10) and np.array_equal(d, d.T) and not np.diag(d).any()
+
+
+def test_a_rerun_with_the_same_inputs_does_nothing(demo_run):
+    store, job, report = demo_run
+    before = pq.read_metadata(f"{store}/analysis/r1/mixed5b/neurons/features.parquet")
+    again = analyze(job, progress=False)
+    assert again["skipped"] and again["inputs_digest"] == report["inputs_digest"]
+    assert "already analysed" in summary(again)
+    assert pq.read_metadata(f"{store}/analysis/r1/mixed5b/neurons/features.parquet").equals(before)
+
+
+def test_unknown_hooks_and_runs_give_clear_errors(demo_run):
+    from vsae.errors import ConfigError, UnknownHook
+
+    store, job, _ = demo_run
+    with pytest.raises(UnknownHook, match="stored hooks"):
+        analyze(AnalyzeJob(store_uri=store, run="r1", hooks=("mixed9z",)), progress=False)
+    with pytest.raises(ConfigError, match="no SAEs found"):
+        analyze(AnalyzeJob(store_uri=store, run="nope"), progress=False)

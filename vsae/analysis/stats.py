@@ -1,0 +1,190 @@
+"""Image-level activations and the mergeable per-feature statistics of an analysis pass (SPEC 8).
+
+A "unit" is what is analysed at a hook: the model's own neurons (the channels) or the features of
+one SAE. Each store task reduces its images to a :class:`UnitStats` (class sums and counts,
+per-feature totals, firing counts and the top-k images); partials from any split of the images
+merge into the same result, so the job fans out over tasks and adds up on the driver.
+
+Image-level activation of an image (SPEC 8): for ``magnitude:K`` rows, the inverse-probability
+weighted mean ``(1/K) Σ_j f(x_j) / (n p_j)`` over its K rows (an unbiased estimate of the mean
+over its n positions) and the max over its rows; for every other sampler, the plain mean over its
+rows (one row for ``mean``/``cls``) and their max.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vsae.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What an analysis computes; resources (CPUs, GPUs, tasks in flight) live elsewhere."""
+
+    top_k: int = 16
+    """Top examples kept per feature (images by their max activation)."""
+    intervals: int = 10
+    """Equal activation intervals between 0 and each feature's max (seed 001 uses ten)."""
+    per_interval: int = 4
+    """Examples drawn uniformly at random within each interval."""
+    class_features: int = 20
+    """Features listed per class (those with the largest class mean)."""
+    map_top: int = 8
+    """Neurons listed per SAE feature by decoder weight, and features per neuron."""
+    seed: int = 0
+    """Seed of the interval draws; the same seed gives the same examples on any split of tasks."""
+    batch_elements: int = 1 << 24
+    """Row x feature values encoded at once (bounds memory; results do not depend on it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("top_k", "intervals", "per_interval", "class_features", "map_top", "batch_elements"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"analysis {name} must be a positive int, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class ImageActs:
+    """Image-level activations of a batch of images: ``mean_ns``/``max_ns`` [n, S]; ``argmax_ns``
+    is the row (0..K-1) of each max; ``valid_n`` marks images that were read."""
+
+    mean_ns: torch.Tensor
+    max_ns: torch.Tensor
+    argmax_ns: torch.Tensor
+    valid_n: np.ndarray
+
+
+def image_level(acts_bs: torch.Tensor, prob_b: np.ndarray, valid_b: np.ndarray, rows_per_image: int,
+                n_positions: int, magnitude: bool) -> ImageActs:
+    """Image-level activations from an image-aligned block of rows (image i owns rows iK..iK+K-1)."""
+    k = rows_per_image
+    n, s = acts_bs.shape[0] // k, acts_bs.shape[1]
+    acts = acts_bs.reshape(n, k, s)
+    valid = valid_b.reshape(n, k).all(axis=1)
+    if magnitude:
+        w = 1.0 / (n_positions * k * prob_b.astype(np.float64)).reshape(n, k)
+        w[~valid] = 0.0
+    else:
+        w = np.full((n, k), 1.0 / k)
+    weights = torch.as_tensor(w, dtype=torch.float32, device=acts.device)
+    mean = torch.einsum("nk,nks->ns", weights, acts)
+    mx, arg = acts.max(dim=1)
+    return ImageActs(mean, mx, arg, valid)
+
+
+@dataclass
+class UnitStats:
+    """Statistics of one unit over some images; ``merge`` adds another split's statistics."""
+
+    n_images: int
+    n_rows: int
+    class_sums: np.ndarray
+    """[C, S] float64: per class, the sum of image-level means of its images."""
+    class_counts: np.ndarray
+    """[C] int64: valid images per class."""
+    total: np.ndarray
+    """[S] float64: sum of image-level means over all valid images."""
+    fired_images: np.ndarray
+    """[S] int64: images where the feature is positive at one of their rows at least."""
+    active_rows: np.ndarray
+    """[S] int64: valid rows where the feature is positive."""
+    top_act: np.ndarray
+    """[k, S] float32, descending (-inf where fewer than k images): the largest image maxima."""
+    top_image: np.ndarray
+    """[k, S] int64 image ids of ``top_act`` (-1 for padding)."""
+    top_yx: np.ndarray
+    """[k, S, 2] int16 position of each top image's max (-1 for pooled rows)."""
+
+    @classmethod
+    def empty(cls, n_features: int, n_classes: int, top_k: int) -> UnitStats:
+        s = n_features
+        return cls(0, 0, np.zeros((n_classes, s)), np.zeros(n_classes, np.int64), np.zeros(s),
+                   np.zeros(s, np.int64), np.zeros(s, np.int64), np.full((top_k, s), -np.inf, np.float32),
+                   np.full((top_k, s), -1, np.int64), np.full((top_k, s, 2), -1, np.int16))
+
+    @property
+    def n_features(self) -> int:
+        return self.total.shape[0]
+
+    @property
+    def max(self) -> np.ndarray:
+        """[S] largest image-level max (0 for a feature never positive, as nothing exceeded 0)."""
+        return np.maximum(self.top_act[0], 0.0)
+
+    def update(self, acts: ImageActs, acts_bs: torch.Tensor, valid_b: np.ndarray, image_ids: np.ndarray,
+               image_class: np.ndarray, yx_nk2: np.ndarray) -> None:
+        """Add one batch: image-level ``acts`` of ``image_ids`` (classes ``image_class``, -1 for
+        none), the rows they came from and their positions ``[n, K, 2]``."""
+        keep = acts.valid_n
+        if not keep.any():
+            return
+        dev = acts.mean_ns.device
+        keep_t = torch.as_tensor(keep, device=dev)
+        mean = acts.mean_ns[keep_t].double()
+        mx = acts.max_ns[keep_t]
+        self.n_images += int(keep.sum())
+        self.n_rows += int(valid_b.sum())
+        self.total += mean.sum(0).cpu().numpy()
+        self.fired_images += (mx > 0).sum(0).cpu().numpy()
+        rows_ok = torch.as_tensor(valid_b, device=dev)
+        self.active_rows += (acts_bs[rows_ok] > 0).sum(0).cpu().numpy()
+        cls = image_class[keep]
+        labelled = cls >= 0
+        if labelled.any() and self.class_sums.shape[0]:
+            sums = torch.zeros(self.class_sums.shape, dtype=torch.float64, device=dev)
+            lab = torch.as_tensor(labelled, device=dev)
+            sums.index_add_(0, torch.as_tensor(cls[labelled], device=dev), mean[lab])
+            self.class_sums += sums.cpu().numpy()
+            self.class_counts += np.bincount(cls[labelled], minlength=self.class_sums.shape[0])
+        # Top-k: the batch's own top-k per feature, then merged with what is kept.
+        k = min(self.top_act.shape[0], mx.shape[0])
+        vals, idx = torch.topk(mx, k, dim=0)  # [k, S]
+        idx_np = idx.cpu().numpy()
+        feat = np.arange(mx.shape[1])[None, :]
+        rows_of = acts.argmax_ns[keep_t].cpu().numpy()[idx_np, feat]  # [k, S] row of each max
+        yx = yx_nk2[keep][idx_np, rows_of]  # [k, S, 2]
+        self._merge_top(vals.float().cpu().numpy(), image_ids[keep][idx_np], yx)
+
+    def _merge_top(self, act: np.ndarray, image: np.ndarray, yx: np.ndarray) -> None:
+        k = self.top_act.shape[0]
+        act_all = np.concatenate([self.top_act, act])
+        # Descending by activation, ties by the smaller image id, so any split gives the same list.
+        img_all = np.concatenate([self.top_image, image])
+        order = np.lexsort((np.where(img_all < 0, np.iinfo(np.int64).max, img_all), -act_all), axis=0)[:k]
+        feat = np.arange(act_all.shape[1])[None, :]
+        self.top_act = act_all[order, feat]
+        self.top_image = img_all[order, feat]
+        self.top_yx = np.concatenate([self.top_yx, yx])[order, feat]
+
+    def merge(self, other: UnitStats) -> UnitStats:
+        assert other.total.shape == self.total.shape, (other.total.shape, self.total.shape)
+        self.n_images += other.n_images
+        self.n_rows += other.n_rows
+        self.class_sums += other.class_sums
+        self.class_counts += other.class_counts
+        self.total += other.total
+        self.fired_images += other.fired_images
+        self.active_rows += other.active_rows
+        self._merge_top(other.top_act, other.top_image, other.top_yx)
+        return self
+
+    def class_means(self) -> np.ndarray:
+        """freq [S, C]: the mean image-level activation of each feature over each class's images
+        (SPEC 8, seed 000); classes without images get 0."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = self.class_sums / self.class_counts[:, None]
+        return np.nan_to_num(means, nan=0.0).T
+
+
+def mono(freq_sc: np.ndarray, d_cc: np.ndarray) -> np.ndarray:
+    """``mono(d_k) = freq^T D freq / ||freq||²`` per row of ``freq`` [S, C] (SPEC 8): 0 for a
+    feature of one class, larger the further apart its classes are. NaN for a feature that is 0 on
+    every class (it never fired on a labelled image)."""
+    f = np.asarray(freq_sc, dtype=np.float64)
+    num = np.einsum("sc,sc->s", f @ d_cc.astype(np.float64), f)
+    den = np.einsum("sc,sc->s", f, f)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)

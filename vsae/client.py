@@ -1,0 +1,434 @@
+"""Query stores, SAEs and analysis results from Python, read-only, local or on S3.
+
+A :class:`Client` opens one store root or a folder of stores (one per model) and answers with
+typed values: :class:`~vsae.store.HookRows` for activations, dataclasses for metadata, Arrow
+tables for everything tabular. Hooks are named as in the store (``mixed3b/5x5``) or fully
+qualified (``inception_v1.lucid:mixed3b/5x5``) when several models are open. An SAE is named
+``"{run}/{sae name}"`` (``"demo/topk-x8-k16"``); analysis results of the model's own neurons are
+``"{run}/neurons"``.
+
+>>> client = Client("runs/demo/inception_v1.zarr")
+>>> client.top_examples(3, hook="mixed3b/5x5", sae="demo/topk-x8-k16").to_pandas()  # doctest: +SKIP
+>>> client.activations([0, 1, 2], hook="mixed4a").acts.shape  # doctest: +SKIP
+(48, 508)
+
+Everything is opened read-only: the stores with ``mode="r"`` (zarr's read-only stores
+underneath), checkpoints and tables only through reads; the client has no method that writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from vsae.analysis import results
+from vsae.data import read_listing, store_listing_uri
+from vsae.errors import StoreIncomplete, StoreNotFound, UnknownFeature, UnknownHook, UnknownRun
+from vsae.sae import load_sae, read_metrics
+from vsae.sae.checkpoint import find_saes
+from vsae.store import ActivationStore, HookRows, io
+from vsae.store.layout import hook_folder
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """One store: the model it holds activations of, and over what."""
+
+    model_id: str
+    store_uri: str
+    weights: str
+    """``sha256:...`` of the weights, or ``random:SEED`` (random weights: not a pretrained model)."""
+    n_images: int
+    hooks: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class HookInfo:
+    model_id: str
+    name: str
+    channels: int
+    sampler: str
+    rows_per_image: int
+
+
+@dataclass(frozen=True)
+class SAEInfo:
+    """One trained SAE of a run."""
+
+    model_id: str
+    run: str
+    hook: str
+    name: str
+    uri: str
+    d_sae: int
+    variant: str
+    metrics: dict[str, Any]
+    analysed: bool
+    """Whether ``{store}/analysis/{run}`` holds complete results for this SAE."""
+
+    @property
+    def key(self) -> str:
+        """How to name it in queries: ``"{run}/{name}"``."""
+        return f"{self.run}/{self.name}"
+
+
+@dataclass(frozen=True)
+class FeatureSummary:
+    """One feature (or neuron) as the analysis saw it; ``classes`` lists its largest class means."""
+
+    feature: int
+    max: float
+    mean: float
+    frac_images: float
+    frac_rows: float
+    mono: float
+    """freq^T D freq / ||freq||² (0: one class; NaN: never fired on a labelled image)."""
+    classes: pa.Table
+
+
+class Client:
+    """Read-only access to the stores under ``uri`` (one store root, or a folder of them)."""
+
+    def __init__(self, uri: str | os.PathLike, *, storage_options: dict[str, Any] | None = None):
+        self.uri = io.resolve_uri(uri)
+        self.storage_options = storage_options
+        self._stores = _discover(self.uri, storage_options)
+        self._parquet: dict[str, pq.ParquetFile] = {}
+        self._tables: dict[str, pa.Table] = {}
+        self._listings: dict[str, pa.Table] = {}
+        self._saes: dict[str, torch.nn.Module] = {}
+
+    def __repr__(self) -> str:
+        return f"Client({self.uri!r}, models={list(self._stores)})"
+
+    # -- what is there --------------------------------------------------------------------
+    def models(self) -> list[ModelInfo]:
+        """Every store opened, one per model."""
+        return [ModelInfo(m, s.uri, s.spec.weights, s.spec.n_images, s.spec.hook_names) for m, s in self._stores.items()]
+
+    def hooks(self, model: str | None = None) -> list[HookInfo]:
+        """Hooks stored for a model (the only one, if a single store is open)."""
+        store = self._store(model)
+        return [HookInfo(store.spec.model_id, h.name, h.channels, h.sampler, h.rows_per_image) for h in store.spec.hooks]
+
+    def store(self, model: str | None = None) -> ActivationStore:
+        """The model's store, opened read-only (``mode="r"``)."""
+        return self._store(model)
+
+    def saes(self, model: str | None = None, run: str | None = None) -> list[SAEInfo]:
+        """Trained SAEs (of every run, or one), with their held-out metrics."""
+        store = self._store(model)
+        runs = [run] if run else self.runs(model)
+        out = []
+        for r in runs:
+            analysed = self._analysis_index(store, r, required=False)
+            for uri, name, info in find_saes(f"{store.uri}/saes/{r}"):
+                done = analysed is not None and name in analysed["hooks"].get(info.hook, ())
+                out.append(SAEInfo(store.spec.model_id, r, info.hook, name, uri, info.sae.expansion * info.d_in,
+                                   info.sae.variant, read_metrics(uri), done))
+        return out
+
+    def runs(self, model: str | None = None) -> list[str]:
+        """Names of the training runs saved under the store (``{store}/saes/{run}``)."""
+        store = self._store(model)
+        fs, root = io.filesystem(f"{store.uri}/saes", self.storage_options)
+        try:
+            return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if fs.isdir(p))
+        except FileNotFoundError:
+            return []
+
+    # -- activations ----------------------------------------------------------------------
+    def activations(self, image_ids: Sequence[int] | np.ndarray, hook: str) -> HookRows:
+        """Stored rows of the given images at ``hook`` (each image's rows together, in order)."""
+        store, name = self._hook(hook)
+        return store.hook(name).read_images(image_ids)
+
+    def features(self, image_ids: Sequence[int] | np.ndarray, hook: str, sae: str) -> HookRows:
+        """SAE feature activations of the images' stored rows: ``acts`` is [rows, d_sae]."""
+        rows = self.activations(image_ids, hook)
+        model = self._sae(hook, sae)
+        with torch.inference_mode():
+            feats = model.feature_acts(torch.as_tensor(rows.acts, dtype=torch.float32)).numpy()
+        return HookRows(feats, rows.image_id, rows.yx, rows.prob, rows.valid)
+
+    def sae(self, hook: str, sae: str):
+        """The SAE module itself (``torch.nn.Module``, eval mode, on the CPU)."""
+        return self._sae(hook, sae)
+
+    # -- analysis results -----------------------------------------------------------------
+    def top_examples(self, feature: int, hook: str, sae: str, k: int | None = None) -> pa.Table:
+        """Images where ``feature`` is largest, by their max over sampled rows: rank, image_id,
+        y, x (the position of that max; -1 for pooled rows), activation, wnid, label, caption."""
+        table = self._examples(feature, hook, sae, "top")
+        return table.slice(0, k) if k is not None else table
+
+    def interval_examples(self, feature: int, hook: str, sae: str) -> pa.Table:
+        """Examples drawn uniformly at random within ten equal intervals of (0, max] (seed 001),
+        with their interval (0 lowest) and ``interval_counts`` of the feature in the features
+        table telling how many images each interval had."""
+        return self._examples(feature, hook, sae, "interval")
+
+    def feature(self, feature: int, hook: str, sae: str, n_classes: int = 10) -> FeatureSummary:
+        """A feature's statistics, mono score and largest class means."""
+        row = self._feature_row(feature, hook, sae)
+        classes = self.class_means(feature, hook, sae).slice(0, n_classes)
+        return FeatureSummary(feature, row["max"], row["mean"], row["frac_images"], row["frac_rows"],
+                              row["mono"], classes)
+
+    def features_table(self, hook: str, sae: str) -> pa.Table:
+        """Every feature's row: max, mean, frac_images, frac_rows, mono, top class, interval counts."""
+        return self._table(hook, sae, "features.parquet")
+
+    def class_means(self, feature: int, hook: str, sae: str) -> pa.Table:
+        """``freq(d_k)_i`` for every class, largest first: class_index, wnid, name, n_images, mean."""
+        store, run, unit, name = self._unit(hook, sae)
+        self._check_feature(feature, hook, sae)
+        rows = self._row_group(f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/class_means.parquet",
+                               feature // results.FEATURES_PER_GROUP)
+        hit = rows.filter(pc.equal(rows["feature"], feature))
+        freq = np.asarray(hit["freq"][0].values, dtype=np.float32)
+        classes = self._classes(store, run)
+        table = classes.select(["class_index", "wnid", "name", "n_images"]).append_column("mean", pa.array(freq))
+        return table.take(pc.sort_indices(table, [("mean", "descending"), ("class_index", "ascending")]))
+
+    def mono(self, feature: int, hook: str, sae: str) -> float:
+        """The feature's mono score (SPEC 8)."""
+        return self._feature_row(feature, hook, sae)["mono"]
+
+    def features_for_class(self, cls: str | int, hook: str, sae: str, k: int | None = None) -> pa.Table:
+        """The features with the largest mean on a class (a wnid such as ``n02085620``, or a class
+        index): rank, feature, mean, selectivity (class mean / overall mean)."""
+        store, run, unit, name = self._unit(hook, sae)
+        classes = self._classes(store, run)
+        if isinstance(cls, str):
+            hit = pc.index(classes["wnid"], cls).as_py()
+            if hit < 0:
+                raise KeyError(f"class {cls!r} has no images in {store.uri}; classes: "
+                               f"{classes['wnid'].to_pylist()[:20]}{' ...' if classes.num_rows > 20 else ''}")
+            cls = hit
+        if not 0 <= int(cls) < classes.num_rows:
+            raise IndexError(f"class index {cls} outside 0..{classes.num_rows - 1}")
+        table = self._table(hook, sae, "class_features.parquet")
+        table = table.filter(pc.equal(table["class_index"], int(cls)))
+        return table.slice(0, k) if k is not None else table
+
+    def feature_neurons(self, feature: int, hook: str, sae: str) -> pa.Table:
+        """The neurons a feature's decoder direction weighs most: rank, neuron, weight."""
+        self._check_feature(feature, hook, sae)
+        table = self._table(hook, sae, "feature_neurons.parquet", sae_only=True)
+        return table.filter(pc.equal(table["feature"], feature))
+
+    def neuron(self, neuron: int, hook: str, sae: str) -> pa.Table:
+        """How a neuron decomposes: the SAE features that write to it most (rank, feature, weight)
+        with each feature's mono score and top class."""
+        store, name = self._hook(hook)
+        channels = store.spec.hook(name).channels
+        if not 0 <= neuron < channels:
+            raise UnknownFeature(f"neuron {neuron} outside 0..{channels - 1} of hook {name!r}")
+        table = self._table(hook, sae, "neuron_features.parquet", sae_only=True)
+        table = table.filter(pc.equal(table["neuron"], neuron))
+        feats = self.features_table(hook, sae).select(["feature", "mono", "top_class", "top_class_name"])
+        return table.join(feats, "feature").sort_by([("rank", "ascending")])
+
+    # -- images ---------------------------------------------------------------------------
+    def labels(self, image_ids: Sequence[int] | np.ndarray, model: str | None = None) -> pa.Table:
+        """Rows of the dataset listing: image_id, shard, key, label, wnid, caption."""
+        store = self._store(model)
+        ids = np.asarray(image_ids, dtype=np.int64)
+        listing = self._listing(store)
+        if ids.size and (ids.min() < 0 or ids.max() >= listing.num_rows):
+            raise IndexError(f"image ids must lie in 0..{listing.num_rows - 1}")
+        return listing.take(pa.array(ids)).select(["image_id", "shard", "key", "label", "wnid", "caption"])
+
+    def images(self, image_ids: Sequence[int] | np.ndarray, model: str | None = None,
+               source_uri: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The images as the model saw them, ``([n, S, S, 3] uint8, valid [n])``, read from the
+        dataset's source shards (``source_uri`` overrides where they are); unreachable or
+        unreadable images are zeros with ``valid`` False."""
+        from vsae.data import read_images
+        from vsae.extract import _input_format
+
+        store = self._store(model)
+        ids = np.asarray(image_ids, dtype=np.int64)
+        listing = read_listing(store_listing_uri(store.uri))
+        size, resample = _input_format(store.spec.model_id)
+        images, valid, _ = read_images(listing.table.take(pa.array(ids)), source_uri or listing.source_uri, size, resample)
+        return images, valid
+
+    def crops(self, examples: pa.Table, hook: str, source_uri: str | None = None,
+              cells: int = 3) -> list[np.ndarray | None]:
+        """Image crops for example rows (``image_id``, ``y``, ``x``): ``cells`` x ``cells`` cells
+        of the hook's grid around each position (the whole image for pooled rows); None where the
+        image could not be read."""
+        from vsae.extract import _hook_grid
+
+        store, name = self._hook(hook)
+        ids = examples["image_id"].to_numpy()
+        images, valid = self.images(ids, store.spec.model_id, source_uri)
+        grid = _hook_grid(store.spec.model_id, name)
+        out: list[np.ndarray | None] = []
+        for img, ok, y, x in zip(images, valid, examples["y"].to_numpy(), examples["x"].to_numpy()):
+            if not ok:
+                out.append(None)
+            elif y < 0 or grid is None:
+                out.append(img)
+            else:
+                size = img.shape[0]
+                cell = size / grid
+                half = max(cells * cell / 2, 8)
+                cy, cx = (y + 0.5) * cell, (x + 0.5) * cell
+                y0, y1 = int(max(0, cy - half)), int(min(size, cy + half))
+                x0, x1 = int(max(0, cx - half)), int(min(size, cx + half))
+                out.append(img[y0:y1, x0:x1])
+        return out
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _store(self, model: str | None) -> ActivationStore:
+        if model is None:
+            if len(self._stores) != 1:
+                raise UnknownHook(f"{self.uri} holds stores of several models {list(self._stores)}: name one "
+                                  "(model=..., or a hook as 'model_id:hook')")
+            return next(iter(self._stores.values()))
+        if model not in self._stores:
+            raise UnknownHook(f"no store of model {model!r} under {self.uri}; models: {list(self._stores)}")
+        return self._stores[model]
+
+    def _hook(self, hook: str) -> tuple[ActivationStore, str]:
+        model, sep, name = hook.rpartition(":")
+        store = self._store(model if sep else None)
+        store.spec.hook(name)  # UnknownHook names the stored hooks
+        return store, name
+
+    def _unit(self, hook: str, sae: str) -> tuple[ActivationStore, str, str, str]:
+        """(store, run, unit name, hook name) of an ``"run/name"`` SAE key with complete analysis."""
+        store, name = self._hook(hook)
+        run, sep, unit = sae.partition("/")
+        if not sep or not run or not unit:
+            raise UnknownRun(f"name an SAE as 'run/sae name' or 'run/{results.NEURONS}', got {sae!r}")
+        index = self._analysis_index(store, run, required=True)
+        units = index["hooks"].get(name)
+        if units is None:
+            raise UnknownRun(f"analysis of run {run!r} has no hook {name!r}; analysed hooks: {sorted(index['hooks'])}")
+        if unit not in units:
+            raise UnknownRun(f"analysis of run {run!r} at {name!r} has no {unit!r}; analysed: {units}")
+        return store, run, unit, name
+
+    def _analysis_index(self, store: ActivationStore, run: str, required: bool) -> dict | None:
+        key = f"{store.uri}#{run}"
+        if key not in self._tables:
+            fs, path = io.filesystem(f"{results.run_uri(store.uri, run)}/{results.INDEX}", self.storage_options)
+            try:
+                self._tables[key] = json.loads(io.get_object(fs, path))
+            except FileNotFoundError:
+                if not required:
+                    return None
+                raise UnknownRun(f"no complete analysis of run {run!r} in {store.uri} (run pipelines/analyze.py "
+                                 f"with run = {run!r}); runs with SAEs: {self.runs(store.spec.model_id)}") from None
+        return self._tables[key]
+
+    def _sae(self, hook: str, sae: str):
+        store, name = self._hook(hook)
+        run, sep, unit = sae.partition("/")
+        if not sep or unit == results.NEURONS:
+            raise UnknownRun(f"name an SAE as 'run/sae name', got {sae!r}")
+        uri = f"{store.uri}/saes/{run}/{hook_folder(name)}/{unit}"
+        if uri not in self._saes:
+            try:
+                self._saes[uri] = load_sae(uri)[0]
+            except FileNotFoundError as err:
+                raise UnknownRun(f"no SAE checkpoint at {uri} ({err})") from err
+        return self._saes[uri]
+
+    def _table(self, hook: str, sae: str, file: str, sae_only: bool = False) -> pa.Table:
+        store, run, unit, name = self._unit(hook, sae)
+        if sae_only and unit == results.NEURONS:
+            raise UnknownRun(f"{file.split('.')[0]} exists for SAEs only, not {sae!r}")
+        uri = f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/{file}"
+        if uri not in self._tables:
+            self._tables[uri] = results.read_table(uri, self.storage_options)
+        return self._tables[uri]
+
+    def _row_group(self, uri: str, group: int) -> pa.Table:
+        if uri not in self._parquet:
+            fs, path = io.filesystem(uri, self.storage_options)
+            self._parquet[uri] = pq.ParquetFile(fs.open(path, "rb"), pre_buffer=True)
+        return self._parquet[uri].read_row_group(group)
+
+    def _feature_row(self, feature: int, hook: str, sae: str) -> dict[str, Any]:
+        self._check_feature(feature, hook, sae)
+        return self.features_table(hook, sae).slice(feature, 1).to_pylist()[0]
+
+    def _check_feature(self, feature: int, hook: str, sae: str) -> None:
+        n = self.features_table(hook, sae).num_rows
+        if not (isinstance(feature, (int, np.integer)) and 0 <= feature < n):
+            raise UnknownFeature(f"feature {feature!r} outside 0..{n - 1} of {sae!r} at {hook!r}")
+
+    def _examples(self, feature: int, hook: str, sae: str, kind: str) -> pa.Table:
+        store, run, unit, name = self._unit(hook, sae)
+        self._check_feature(feature, hook, sae)
+        rows = self._row_group(f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/examples.parquet",
+                               feature // results.FEATURES_PER_GROUP)
+        mask = pc.and_(pc.equal(rows["feature"], feature), pc.equal(rows["kind"].cast(pa.string()), kind))
+        hit = rows.filter(mask).drop_columns(["kind"])
+        labels = self.labels(hit["image_id"].to_numpy(), store.spec.model_id) if hit.num_rows else None
+        for col in ("wnid", "label", "caption"):
+            hit = hit.append_column(col, labels[col] if labels is not None else pa.array([], pa.string()
+                                                                                           if col != "label" else pa.int32()))
+        return hit
+
+    def _classes(self, store: ActivationStore, run: str) -> pa.Table:
+        uri = f"{results.run_uri(store.uri, run)}/classes.parquet"
+        if uri not in self._tables:
+            self._tables[uri] = results.read_table(uri, self.storage_options)
+        return self._tables[uri]
+
+    def _listing(self, store: ActivationStore) -> pa.Table:
+        if store.uri not in self._listings:
+            fs, path = io.filesystem(store_listing_uri(store.uri), self.storage_options)
+            try:
+                table = pq.read_table(path, filesystem=fs)
+            except FileNotFoundError:
+                n = store.spec.n_images  # a store without a listing (synthetic): ids only
+                table = pa.table({"image_id": pa.array(np.arange(n)), "shard": pa.nulls(n, pa.string()),
+                                  "key": pa.nulls(n, pa.string()), "label": pa.nulls(n, pa.int32()),
+                                  "wnid": pa.nulls(n, pa.string()), "caption": pa.nulls(n, pa.string())})
+            assert np.array_equal(table["image_id"].to_numpy(), np.arange(table.num_rows)), "listing ids are dense"
+            self._listings[store.uri] = table
+        return self._listings[store.uri]
+
+
+def _discover(uri: str, storage_options: dict[str, Any] | None) -> dict[str, ActivationStore]:
+    """The store at ``uri``, or the stores directly under it, by model id."""
+    try:
+        store = ActivationStore.open(uri, storage_options=storage_options)
+        return {store.spec.model_id: store}
+    except StoreNotFound:
+        pass
+    fs, root = io.filesystem(uri, storage_options)
+    stores: dict[str, ActivationStore] = {}
+    try:
+        children = sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p))
+    except FileNotFoundError:
+        children = []
+    for child in children:
+        child_uri = f"{uri.rstrip('/')}/{os.path.basename(child.rstrip('/'))}"
+        try:
+            store = ActivationStore.open(child_uri, storage_options=storage_options)
+        except (StoreNotFound, StoreIncomplete):  # not a store, or not published yet
+            continue
+        if store.spec.model_id in stores:
+            raise UnknownHook(f"two stores of model {store.spec.model_id} under {uri}: "
+                              f"{stores[store.spec.model_id].uri} and {child_uri}; open one of them directly")
+        stores[store.spec.model_id] = store
+    if not stores:
+        raise StoreNotFound(f"no published vsae store at {uri} or directly under it")
+    return stores
