@@ -237,3 +237,21 @@ def test_unknown_hooks_and_runs_give_clear_errors(demo_run):
         analyze(AnalyzeJob(store_uri=store, run="r1", hooks=("mixed9z",)), progress=False)
     with pytest.raises(ConfigError, match="no SAEs found"):
         analyze(AnalyzeJob(store_uri=store, run="nope"), progress=False)
+
+
+def test_a_store_without_labels_gets_statistics_and_examples_but_no_mono(ray_local, tmp_path):
+    """Synthetic (or SBU) stores have no classes: the neurons are still analysed."""
+    from tests.test_train import write_synthetic
+    from vsae.synthetic import SyntheticConfig
+
+    store = write_synthetic(str(tmp_path / "synthetic.zarr"), SyntheticConfig(n_rows=600, d=16, n_features=32))
+    report = analyze(AnalyzeJob(store_uri=store, run="baseline", hooks=("synthetic",),
+                                analysis=AnalysisConfig(top_k=3, per_interval=2)), progress=False)
+    assert not report["failed"] and report["n_classes"] == 0
+    (unit,) = report["units"]
+    assert unit["unit"] == "neurons" and unit["mono_quantiles"] is None and unit["n_images"] == 600
+    features = pq.read_table(f"{store}/analysis/baseline/synthetic/neurons/features.parquet")
+    assert features.num_rows == 16 and np.isnan(features["mono"].to_numpy()).all()
+    examples = pq.read_table(f"{store}/analysis/baseline/synthetic/neurons/examples.parquet")
+    assert set(examples["kind"].to_pylist()) == {"top", "interval"}
+    assert "no class labels" in summary(report)

@@ -92,7 +92,7 @@ class IntervalSample:
         key = draw_keys(self.seed, image_ids[img], feat)
         take = key < self._thresholds()[group]
         img, feat, interval, key, v = img[take], feat[take], interval[take], key[take], v[take]
-        rows = acts.argmax_ns.cpu().numpy()[img, feat]
+        rows = acts.rows_of(img, feat)
         self._merge(feat.astype(np.int32), interval, key, image_ids[img], yx_nk2[img, rows], v.astype(np.float32))
 
     def merge(self, other: IntervalSample) -> IntervalSample:

@@ -12,6 +12,7 @@ process.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 
@@ -67,17 +68,26 @@ def _encode(unit: Unit, acts_bc: torch.Tensor, device: str) -> torch.Tensor:
 def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tuple[Unit, np.ndarray, ImageActs,
                                                                                  torch.Tensor, np.ndarray, np.ndarray]]:
     """Per task, unit and batch of the task's images: (unit, image ids, image-level activations,
-    the encoded rows, the rows' valid flags, positions [n, K, 2])."""
-    for task in tasks:
-        yield from _task_batches(plan, task, device)
-
-
-def _task_batches(plan: HookPlan, task: int, device: str):
+    the encoded rows, the rows' valid flags, positions [n, K, 2]). The next task's rows are read
+    on a background thread while this one's are computed on."""
     store = _store(plan.store_uri)
     reader = store.hook(plan.hook)
     k = reader.rows_per_image
-    lo, hi = task_image_range(task, store.spec.n_images, store.spec.images_per_task)
-    rows = reader.read_rows(lo * k, hi * k)
+
+    def read(task: int):
+        lo, hi = task_image_range(task, store.spec.n_images, store.spec.images_per_task)
+        return lo, hi, reader.read_rows(lo * k, hi * k)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="vsae-analysis-read") as pool:
+        pending = pool.submit(read, tasks[0]) if len(tasks) else None
+        for i in range(len(tasks)):
+            lo, hi, rows = pending.result()
+            pending = pool.submit(read, tasks[i + 1]) if i + 1 < len(tasks) else None
+            yield from _task_batches(plan, reader, lo, hi, rows, device)
+
+
+def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
+    k = reader.rows_per_image
     magnitude = reader.hook.sampler.startswith("magnitude")
     acts = torch.as_tensor(rows.acts, dtype=torch.float32).to(device)
     yx = rows.yx.reshape(hi - lo, k, 2)

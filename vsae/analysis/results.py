@@ -92,16 +92,21 @@ def features_table(stats, freq_sc: np.ndarray, mono_s: np.ndarray, class_wnids: 
         "top_class": pa.array(top_wnid, pa.string()),
         "top_class_name": pa.array(top_name, pa.string()),
         "top_class_mean": pa.array(top_mean.astype(np.float32)),
-        "interval_counts": pa.FixedSizeListArray.from_arrays(
-            pa.array(interval_counts.reshape(-1).astype(np.int64)), interval_counts.shape[1]),
+        "interval_counts": _rows(interval_counts.astype(np.int64), pa.int64()),
     })
 
 
+def _rows(values_nc: np.ndarray, arrow_type: pa.DataType) -> pa.Array:
+    """One list per row of a 2-D array (fixed size; variable, and empty, when it has no columns)."""
+    n, c = values_nc.shape
+    if c == 0:
+        return pa.array([[]] * n, pa.list_(arrow_type))
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values_nc).reshape(-1), arrow_type), c)
+
+
 def class_means_table(freq_sc: np.ndarray) -> pa.Table:
-    s, c = freq_sc.shape
-    flat = pa.array(np.ascontiguousarray(freq_sc, dtype=np.float32).reshape(-1))
-    return pa.table({"feature": pa.array(np.arange(s, dtype=np.int32)),
-                     "freq": pa.FixedSizeListArray.from_arrays(flat, c)})
+    return pa.table({"feature": pa.array(np.arange(freq_sc.shape[0], dtype=np.int32)),
+                     "freq": _rows(freq_sc.astype(np.float32), pa.float32())})
 
 
 def examples_table(stats, sample) -> pa.Table:
@@ -195,8 +200,7 @@ def classes_table(wnids: list[str], names: list[str], counts: np.ndarray, d_cc: 
         "wnid": pa.array(wnids, pa.string()),
         "name": pa.array(names, pa.string()),
         "n_images": pa.array(np.asarray(counts, dtype=np.int64)),
-        "d": pa.FixedSizeListArray.from_arrays(pa.array(d_cc.astype(np.int16).reshape(-1)), max(c, 1))
-        if c else pa.array([], pa.list_(pa.int16(), 1)),
+        "d": _rows(d_cc.astype(np.int16).reshape(c, c), pa.int16()),
     })
 
 

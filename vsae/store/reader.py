@@ -26,6 +26,10 @@ from vsae.store.spec import HookSpec, is_pooled, written_arrays
 
 SMALL_CACHE_BYTES = 256 << 20
 """Decoded small-array shards a reader keeps (about 28M rows of valid + yx + prob)."""
+CHUNK_CACHE_BYTES = 512 << 20
+"""Decoded ``acts`` chunks a reader keeps for point reads (rows of given images)."""
+INDEX_CACHE_BYTES = 64 << 20
+"""Shard indexes a reader keeps (16 bytes per chunk)."""
 
 if TYPE_CHECKING:
     from vsae.store.store import ActivationStore
@@ -44,6 +48,41 @@ def _damage_report(where: str, path: str, task: int):
                              "or delete its marker and re-run the job).") from err
 
 
+class _Cache:
+    """A byte-bounded LRU of arrays whose misses are fetched once: threads asking for a key being
+    fetched wait for that fetch instead of repeating it (a point read asks for the same shard
+    index, small-array shard or chunk from many threads at once)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self._values: OrderedDict = OrderedDict()
+        self._pending: dict = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, key, fetch) -> np.ndarray:
+        with self._lock:
+            if key in self._values:
+                self._values.move_to_end(key)
+                return self._values[key]
+            gate = self._pending.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                if key in self._values:
+                    return self._values[key]
+            value = fetch()  # an error leaves nothing cached; the next caller fetches again
+            with self._lock:
+                self._values[key] = value
+                self.nbytes += value.nbytes
+                self._pending.pop(key, None)
+                while self.nbytes > self.max_bytes and len(self._values) > 1:
+                    self.nbytes -= self._values.popitem(last=False)[1].nbytes
+        return value
+
+
 class HookReader:
     """Rows of one hook. Obtain with ``store.hook(name)``."""
 
@@ -54,10 +93,9 @@ class HookReader:
         self.channels = hook.channels
         self.n_rows = store.spec.n_images * hook.rows_per_image
         self._acts_chunk_rows = store.shard_codec(hook.name, "acts").chunk_rows
-        self._indexes: dict[tuple[str, int], np.ndarray] = {}
-        self._small: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
-        self._small_bytes = 0
-        self._lock = threading.Lock()
+        self._indexes = _Cache(INDEX_CACHE_BYTES)
+        self._small = _Cache(SMALL_CACHE_BYTES)
+        self._chunks = _Cache(CHUNK_CACHE_BYTES)
 
     # -- plumbing -------------------------------------------------------------------------
     def _task_rows(self, task: int) -> tuple[int, int]:
@@ -112,7 +150,24 @@ class HookReader:
             dest[...] = self._small_shard(name, shard, codec, path, where)[lo - base:hi - base]
             return
         with _damage_report(where, path, shard):
-            if io.is_local(self.store._fs) and codec.zstd_level is None:
+            end = min(self.n_rows, base + codec.shard_rows)
+            ragged_tail = (hi - base) % codec.chunk_rows and hi != end
+            if skip or ragged_tail:
+                # Chunks wanted in part (rows of a few images) come from the chunk cache, each
+                # decoded once; whole chunks in between take the bulk path below.
+                edges = {first} if skip else set()
+                if ragged_tail:
+                    edges.add(last - 1)
+                for c in sorted(edges):
+                    rows = self._chunk(name, shard, c, codec, path, where)
+                    a = max(lo, base + c * codec.chunk_rows)
+                    b = min(hi, base + c * codec.chunk_rows + len(rows))
+                    dest[a - lo:b - lo] = rows[a - base - c * codec.chunk_rows:b - base - c * codec.chunk_rows]
+                mid_lo = base + (first + (first in edges)) * codec.chunk_rows
+                mid_hi = min(hi, base + (last - ((last - 1) in edges and ragged_tail)) * codec.chunk_rows)
+                if mid_lo < mid_hi:
+                    self._fetch(name, shard, mid_lo, mid_hi, dest[mid_lo - lo:mid_hi - lo])
+            elif io.is_local(self.store._fs) and codec.zstd_level is None:
                 index = self._index(name, shard, codec, path, where)[first:last]
                 with open(path, "rb") as f:
                     codec.read_chunks_into(f, index, where, dest, skip)
@@ -130,26 +185,31 @@ class HookReader:
     def _small_shard(self, name: str, shard: int, codec, path: str, where: str) -> np.ndarray:
         """A whole decoded shard of a small array (valid, yx, prob, image_id), kept in a bounded
         cache: shuffled batches touch each shard once per chunk of ``acts`` they read."""
-        key = (name, shard)
-        with self._lock:
-            if key in self._small:
-                self._small.move_to_end(key)
-                return self._small[key]
-        with _damage_report(where, path, shard):
-            values = codec.decode(io.get_object(self.store._fs, path), where)
-        with self._lock:
-            self._small[key] = values
-            self._small_bytes += values.nbytes
-            while self._small_bytes > SMALL_CACHE_BYTES and len(self._small) > 1:
-                self._small_bytes -= self._small.popitem(last=False)[1].nbytes
-        return values
+        def fetch() -> np.ndarray:
+            with _damage_report(where, path, shard):
+                return codec.decode(io.get_object(self.store._fs, path), where)
+
+        return self._small.get((name, shard), fetch)
+
+    def _chunk(self, name: str, shard: int, chunk: int, codec, path: str, where: str) -> np.ndarray:
+        """One decoded inner chunk, from a bounded cache: point reads (rows of a few images) would
+        otherwise fetch and decompress a whole chunk per image."""
+        def fetch() -> np.ndarray:
+            entry = self._index(name, shard, codec, path, where)[chunk:chunk + 1].copy()
+            rows = min(codec.chunk_rows, self.n_rows - shard * codec.shard_rows - chunk * codec.chunk_rows)
+            if entry[0, 0] == np.iinfo(np.uint64).max:  # a chunk of fill values is not stored
+                return np.full((rows, *codec.row_shape), codec.fill_value, dtype=codec.dtype)
+            blob = io.get_object(self.store._fs, path, int(entry[0, 0]), int(entry[0, 0] + entry[0, 1]))
+            entry[0, 0] = 0
+            return codec.decode_chunks(blob, entry, where, np.empty((rows, *codec.row_shape), codec.dtype))
+
+        return self._chunks.get((name, shard, chunk), fetch)
 
     def _index(self, name: str, shard: int, codec, path: str, where: str) -> np.ndarray:
-        key = (name, shard)
-        if key not in self._indexes:
-            tail = io.get_object(self.store._fs, path, -codec.index_nbytes)
-            self._indexes[key] = codec.parse_index(tail, where)
-        return self._indexes[key]
+        def fetch() -> np.ndarray:
+            return codec.parse_index(io.get_object(self.store._fs, path, -codec.index_nbytes), where)
+
+        return self._indexes.get((name, shard), fetch)
 
     def _rows(self, selections: Sequence[tuple[int, int]]) -> HookRows:
         """Rows of the given slices. ``image_id`` follows from the row arithmetic, and pooled

@@ -95,6 +95,7 @@ class ActivationStore:
         self._arrays: dict[str, dict[str, zarr.Array]] = {}
         self._codecs: dict[str, dict[str, ShardCodec]] = {}
         self._committed: tuple[int, ...] | None = None
+        self._readers: dict[str, Any] = {}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -306,10 +307,16 @@ class ActivationStore:
 
     # -- reading --------------------------------------------------------------------------
     def hook(self, name: str):
-        """A reader over one hook's rows (see :class:`vsae.store.reader.HookReader`)."""
+        """A reader over one hook's rows (see :class:`vsae.store.reader.HookReader`). A read-only
+        handle keeps one per hook, so its caches (shard indexes, decoded chunks) serve every later
+        read; a writable handle gives a fresh one (tasks may be rewritten under it)."""
         from vsae.store.reader import HookReader
 
-        return HookReader(self, self.spec.hook(name))
+        if not self.read_only:
+            return HookReader(self, self.spec.hook(name))
+        if name not in self._readers:
+            self._readers[name] = HookReader(self, self.spec.hook(name))
+        return self._readers[name]
 
     def readable_tasks(self) -> tuple[int, ...]:
         """Tasks a reader may return: all of a published store, else the committed ones."""
