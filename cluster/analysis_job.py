@@ -177,29 +177,24 @@ def run(job: AnalyzeJob, *, progress: bool = True) -> dict[str, Any]:
     failed: dict[str, str] = {}
     seconds: dict[str, float] = {}
 
-    t0 = time.perf_counter()
-    stats: dict[str, dict] = {}
-    for (plan, tasks), value, error in imap_bounded(
-            lambda item: _stats.options(**opts).remote(item[0], item[1], class_ref, use_gpu), work,
-            res.max_in_flight, desc="statistics", progress=progress):
-        if error:
-            failed.setdefault(plan.hook, f"tasks {tasks[0]}-{tasks[-1]}: {error}")
-        else:
-            stats[plan.hook] = merge_into(stats.get(plan.hook), value)
-    seconds["statistics"] = time.perf_counter() - t0
+    def fan_out(desc: str, submit, items) -> dict[str, dict]:
+        """Run one pass; partials are merged per hook as they arrive, failures noted per hook."""
+        started_pass = time.perf_counter()
+        merged: dict[str, dict] = {}
+        for (plan, tasks), value, error in imap_bounded(submit, items, res.max_in_flight, desc=desc,
+                                                        progress=progress):
+            if error:
+                failed.setdefault(plan.hook, f"tasks {tasks[0]}-{tasks[-1]}: {error}")
+            else:
+                merged[plan.hook] = merge_into(merged.get(plan.hook), value)
+        seconds[desc] = time.perf_counter() - started_pass
+        return merged
 
-    t0 = time.perf_counter()
+    stats = fan_out("statistics", lambda item: _stats.options(**opts).remote(*item, class_ref, use_gpu), work)
     maxima = {hook: ray.put({name: s.max for name, s in by_unit.items()})
               for hook, by_unit in stats.items() if hook not in failed}
-    samples: dict[str, dict] = {}
-    for (plan, tasks), value, error in imap_bounded(
-            lambda item: _examples.options(**opts).remote(item[0], item[1], maxima[item[0].hook], use_gpu),
-            [(p, g) for p, g in work if p.hook in maxima], res.max_in_flight, desc="examples", progress=progress):
-        if error:
-            failed.setdefault(plan.hook, f"tasks {tasks[0]}-{tasks[-1]}: {error}")
-        else:
-            samples[plan.hook] = merge_into(samples.get(plan.hook), value)
-    seconds["examples"] = time.perf_counter() - t0
+    samples = fan_out("examples", lambda item: _examples.options(**opts).remote(*item, maxima[item[0].hook], use_gpu),
+                      [(p, g) for p, g in work if p.hook in maxima])
 
     t0 = time.perf_counter()
     units: list[dict[str, Any]] = []
