@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -118,7 +119,8 @@ def load_classes(store: ActivationStore, download: bool) -> tuple[Classes, np.nd
     if not fs.exists(path):
         return Classes((), (), np.zeros((0, 0), np.int16)), image_class
     table = read_listing(uri).table
-    wnids = table.column("wnid").to_pylist()
+    # A class is a WordNet noun id (n + 8 digits); anything else a dataset put there is no class.
+    wnids = [w if w and re.fullmatch(r"n\d{8}", w) else None for w in table.column("wnid").to_pylist()]
     present = sorted({w for w in wnids if w})
     if not present:
         return Classes((), (), np.zeros((0, 0), np.int16)), image_class

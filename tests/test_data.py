@@ -138,3 +138,40 @@ def test_demo_classes_differ_more_than_images_within_a_class(demo):
     between = np.mean([np.linalg.norm(means[a] - means[b]) for a in CLASSES for b in CLASSES if a < b])
     within = np.mean([np.linalg.norm(feats[i] - means[wnids[i]]) for i in np.flatnonzero(valid)])
     assert between > 0.5 * within
+
+
+def test_names_from_data_cannot_reach_outside_their_root(tmp_path):
+    """A tar whose members are named '../../x.jpg' or '/abs.jpg' lists them as skipped, and a
+    manifest row naming a file outside the dataset is counted, never read."""
+    import tarfile
+
+    from vsae.store.io import safe_join, safe_relative
+    from vsae.errors import UnsafePath
+
+    jpeg = io.BytesIO()
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(jpeg, "JPEG")
+    root = tmp_path / "shards"
+    root.mkdir()
+    secret = tmp_path / "secret.jpg"  # outside the dataset root
+    secret.write_bytes(jpeg.getvalue())
+    with tarfile.open(root / "00000.tar", "w") as tar:
+        for name in ("good.jpg", "../../evil.jpg", "/abs.jpg", "a/../../b.jpg"):
+            info = tarfile.TarInfo(name)
+            info.size = len(jpeg.getvalue())
+            tar.addfile(info, io.BytesIO(jpeg.getvalue()))
+    listing = list_dataset(str(root), "webdataset")
+    assert listing.table.column("key").to_pylist() == ["good.jpg"]
+    assert listing.skipped["unsafe_member_name"] == 3
+    forged = [dict(listing.table.slice(0, 1).to_pylist()[0]) for _ in range(3)]
+    forged[1]["shard"], forged[2]["shard"] = "../secret.jpg", str(secret)
+    forged[1]["offset"] = forged[2]["offset"] = 0
+    forged[1]["size"] = forged[2]["size"] = secret.stat().st_size
+    import pyarrow as pa
+
+    table = pa.Table.from_pylist(forged, schema=listing.table.schema)
+    _, valid, reasons = read_images(table, str(root), 32)
+    assert valid.tolist() == [True, False, False] and dict(reasons) == {"unsafe_path": 2}
+    for bad in ("../../x", "/etc/passwd", "a/../b", "s3://bucket/x", "C:/x", "a\\b", ""):
+        with pytest.raises(UnsafePath):
+            safe_relative(bad)
+    assert safe_join("s3://bucket/data/", "n01440764/a.JPEG") == "s3://bucket/data/n01440764/a.JPEG"

@@ -43,6 +43,10 @@ class StoreCorrupted(VsaeError, OSError):
     """Stored bytes failed their checksum or do not match the task's completion marker."""
 
 
+class StorageUnavailable(VsaeError, OSError):
+    """The object store kept refusing or dropping connections past the retry budget."""
+
+
 class ReadOnlyStore(VsaeError, PermissionError):
     """A write was attempted through a store opened read-only."""
 
@@ -63,6 +67,11 @@ class UnknownRun(VsaeError, KeyError):
 
 class UnknownFeature(VsaeError, IndexError):
     """A feature or neuron index outside the SAE's or hook's width."""
+
+
+class UnsafePath(VsaeError, ValueError):
+    """A path taken from data (a shard or member name) that would leave its root: absolute, with
+    ``..`` segments, or a URI of its own."""
 
 
 class TaskDataError(VsaeError, ValueError):

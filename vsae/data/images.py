@@ -3,14 +3,12 @@
 Reasons a row can carry: ``converted:<mode>`` (CMYK, greyscale, palette, RGBA... made RGB, kept),
 and skips ``corrupt`` (does not decode, truncated), ``too_small`` (under 8 px a side),
 ``too_large`` (over 80 megapixels, refused before decoding), ``unreadable_shard`` (the bytes
-could not be fetched). A skipped image's rows are stored as invalid; nothing stops the job.
+could not be fetched), ``unsafe_path`` (the manifest names a file outside the dataset root). A skipped image's rows are stored as invalid; nothing stops the job.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import posixpath
 from collections import Counter
 
 import fsspec
@@ -18,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
+from vsae.errors import UnsafePath
 from vsae.store import io as store_io
 
 MIN_SIDE = 8
@@ -59,20 +58,23 @@ def read_images(rows: pa.Table, source_uri: str, size: int,
     root = root.rstrip("/")
     shards, offsets, sizes = (rows.column(c).to_pylist() for c in ("shard", "offset", "size"))
 
-    def fetch(i: int) -> bytes | None:
-        path = posixpath.join(root, shards[i]) if "://" in source_uri else os.path.join(root, shards[i])
+    def fetch(i: int) -> bytes | str:
+        try:
+            path = store_io.safe_join(root, shards[i])
+        except UnsafePath:
+            return "unsafe_path"  # a manifest naming something outside the dataset is never read
         try:
             return fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
         except OSError:
-            return None
+            return "unreadable_shard"
 
     blobs = store_io.map_io(fetch, range(rows.num_rows))
     images = np.zeros((rows.num_rows, size, size, 3), dtype=np.uint8)
     valid = np.zeros(rows.num_rows, dtype=bool)
     reasons: Counter = Counter()
     for i, blob in enumerate(blobs):
-        if blob is None:
-            reasons["unreadable_shard"] += 1
+        if isinstance(blob, str):
+            reasons[blob] += 1
             continue
         image, reason = decode(blob, size, resample)
         if reason:

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 import fsspec
 import pyarrow as pa
 
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, UnsafePath
+from vsae.store.io import safe_relative
 
 LISTING_NAME = "dataset.parquet"
 """The dataset manifest's name in a store root (image ids there index this listing)."""
@@ -98,6 +99,11 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
         with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
+                    continue
+                try:
+                    safe_relative(member.name)
+                except UnsafePath:  # '../../x.jpg' or '/abs.jpg': never listed as a key
+                    skipped["unsafe_member_name"] += 1
                     continue
                 base = posixpath.basename(member.name)
                 stem, dot, ext = base.partition(".")

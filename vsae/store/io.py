@@ -7,6 +7,7 @@ concurrently on one thread pool per process, under an explicit concurrency budge
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
@@ -28,6 +29,26 @@ def resolve_uri(uri: str | os.PathLike) -> str:
     if "://" not in text:
         return os.path.abspath(text)
     return text.rstrip("/")
+
+
+def safe_relative(relative: str) -> str:
+    """``relative`` if it names something inside a root; raises :class:`UnsafePath` for an
+    absolute path, a ``..`` segment, a backslash or a URI (names that come from data, such as a
+    listing's shard paths or a tar's member names, must never reach outside their root)."""
+    from vsae.errors import UnsafePath
+
+    text = str(relative)
+    parts = text.split("/")
+    if (not text or text.startswith(("/", "~")) or "\\" in text or "://" in text or ".." in parts
+            or (len(text) > 1 and text[1] == ":")):
+        raise UnsafePath(f"refusing path {text!r}: it must stay inside its root (no leading '/', '..', "
+                         "drive, backslash or URI)")
+    return text
+
+
+def safe_join(root: str, relative: str) -> str:
+    """``root/relative`` after :func:`safe_relative` has checked ``relative``."""
+    return posixpath.join(root.rstrip("/"), safe_relative(relative))
 
 
 def filesystem(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -66,10 +87,60 @@ def _pool() -> ThreadPoolExecutor:
     return ThreadPoolExecutor(MAX_CONCURRENCY, thread_name_prefix="vsae-io")
 
 
+RETRY_SECONDS = 60.0
+"""How long an object-store request keeps being retried (with backoff) while the endpoint
+refuses or drops connections, before the error goes to the caller (and so to Ray's retries)."""
+_BACKOFF_FIRST, _BACKOFF_MAX = 0.1, 5.0
+_NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _transient(err: BaseException) -> bool:
+    """Errors worth retrying on an object store: the connection, not the request, failed."""
+    if isinstance(err, _NOT_TRANSIENT):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError, OSError)):
+        return True
+    # botocore's and aiohttp's connection errors are not OSErrors; matched by name so that
+    # neither is imported for local stores.
+    names = {c.__name__ for c in type(err).__mro__}
+    return bool(names & {"ConnectionError", "EndpointConnectionError", "ConnectionClosedError",
+                         "ReadTimeoutError", "ConnectTimeoutError", "ClientConnectionError", "ClientOSError",
+                         "ServerDisconnectedError", "FSTimeoutError"})
+
+
+def with_retries(fs: fsspec.AbstractFileSystem, what: str, call: Callable[[], R]) -> R:
+    """``call()`` on an object store, retried with jittered exponential backoff for up to
+    :data:`RETRY_SECONDS` while the failure is a connection failure; local disks are not retried
+    (a full disk or a permission error is not going away). A request that keeps failing raises
+    :class:`~vsae.errors.StorageUnavailable` (an ``OSError``) saying what and for how long."""
+    if is_local(fs):
+        return call()
+    import random
+    import time
+
+    from vsae.errors import StorageUnavailable
+
+    started, delay, attempts = time.monotonic(), _BACKOFF_FIRST, 0
+    while True:
+        attempts += 1
+        try:
+            return call()
+        except Exception as err:  # noqa: BLE001 - classified right below
+            if not _transient(err):
+                raise
+            waited = time.monotonic() - started
+            if waited + delay > RETRY_SECONDS:
+                raise StorageUnavailable(f"{what}: the object store kept failing for {waited:.1f} s "
+                                         f"({attempts} attempts): {type(err).__name__}: {err}") from err
+            time.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, _BACKOFF_MAX)
+
+
 def get_object(fs: fsspec.AbstractFileSystem, path: str, start: int | None = None,
                end: int | None = None) -> bytes:
-    """An object's bytes, or the range ``[start, end)``; ``start=-n`` reads the last n bytes."""
-    return fs.cat_file(path, start=start, end=end)
+    """An object's bytes, or the range ``[start, end)``; ``start=-n`` reads the last n bytes.
+    Connection failures of an object store are retried (:func:`with_retries`)."""
+    return with_retries(fs, f"reading {path}", lambda: fs.cat_file(path, start=start, end=end))
 
 
 def put_object(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list) -> None:
@@ -79,13 +150,21 @@ def put_object(fs: fsspec.AbstractFileSystem, path: str, data: bytes | list) -> 
     if is_local(fs):
         import uuid
 
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        with open(tmp, "wb") as f:
-            if isinstance(data, list):
-                f.writelines(data)
-            else:
-                f.write(data)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                if isinstance(data, list):
+                    f.writelines(data)
+                else:
+                    f.write(data)
+            os.replace(tmp, path)
+        except OSError as err:  # full disk, quota, permissions: say where, leave no partial file
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise type(err)(err.errno, f"cannot write {path}: {err.strerror or err}", path) from err
     else:
-        fs.pipe_file(path, b"".join(data) if isinstance(data, list) else data)
+        blob = b"".join(data) if isinstance(data, list) else data
+        with_retries(fs, f"writing {path}", lambda: fs.pipe_file(path, blob))

@@ -170,7 +170,7 @@ class ActivationStore:
             folder = f"{self._root}/{TASKS_DIR}"
             self._fs.invalidate_cache(folder)
             try:
-                names = self._fs.ls(folder, detail=False)
+                names = io.with_retries(self._fs, f"listing {folder}", lambda: self._fs.ls(folder, detail=False))
             except FileNotFoundError:
                 names = []
             done = []
@@ -189,7 +189,7 @@ class ActivationStore:
         self._check_task(task)
         path = self._marker_path(task)
         self._fs.invalidate_cache(os.path.dirname(path))
-        return self._fs.exists(path)
+        return io.with_retries(self._fs, f"checking {path}", lambda: self._fs.exists(path))
 
     def read_marker(self, task: int) -> dict[str, Any] | None:
         self._check_task(task)
@@ -283,7 +283,7 @@ class ActivationStore:
             self.manifest = existing
             return existing
         paths = [self._marker_path(t) for t in range(self.spec.n_tasks)]
-        blobs = self._fs.cat(paths)
+        blobs = io.with_retries(self._fs, f"reading the markers of {self.uri}", lambda: self._fs.cat(paths))
         totals = {h: {"rows": 0, "valid_rows": 0} for h in self.spec.hook_names}
         for path in paths:
             marker = json.loads(blobs[path])
@@ -364,7 +364,7 @@ def _marker_counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, in
 
 def _read_json(fs, path: str) -> dict[str, Any] | None:
     try:
-        return json.loads(fs.cat_file(path))
+        return json.loads(io.get_object(fs, path))
     except FileNotFoundError:
         return None
     except json.JSONDecodeError:
@@ -373,7 +373,7 @@ def _read_json(fs, path: str) -> dict[str, Any] | None:
 
 def _read_root_spec(uri: str, fs, root: str, storage_options) -> StoreSpec | None:
     try:
-        meta = json.loads(fs.cat_file(f"{root}/zarr.json"))
+        meta = json.loads(io.get_object(fs, f"{root}/zarr.json"))
     except FileNotFoundError:
         return None
     attrs = meta.get("attributes", {}).get(ROOT_ATTR)
