@@ -117,7 +117,7 @@ def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backen
 
     cases = {"read": read, "class_means/neurons": lambda: stats_task(plan_n, tasks, image_class)}
     if sae_uri:
-        sae = _sae(sae_uri, "cpu")
+        sae = _sae(sae_uri, "cpu", "")
         plan_s = HookPlan(store.uri, HOOK, (Unit("sae", sae_uri),), POSITIONS, 1000, cfg)
 
         def encode():

@@ -93,7 +93,9 @@ def plan_hooks(job: AnalyzeJob, store: ActivationStore, n_classes: int) -> list[
         if info.store_spec_digest and info.store_spec_digest != store.spec.digest:
             raise ConfigError(f"SAE {uri} was trained on another store (spec {info.store_spec_digest[:12]}, "
                               f"this store {store.spec.digest[:12]})")
-        by_hook[info.hook].append(Unit(name, uri))
+        fs, root = io.filesystem(uri)
+        weights = hashlib.sha256(io.get_object(fs, f"{root}/{WEIGHTS}")).hexdigest()
+        by_hook[info.hook].append(Unit(name, uri, weights))
     hooks = list(job.hooks) or sorted(by_hook)
     if not hooks:
         raise ConfigError(f"no SAEs found under {job.resolved_saes_uri} (train run {job.run!r} first, "
@@ -106,7 +108,7 @@ def plan_hooks(job: AnalyzeJob, store: ActivationStore, n_classes: int) -> list[
             raise ConfigError(f"nothing to analyse at {hook!r}: no SAEs there and neurons = false")
         positions = (hook_positions(store.spec.model_id, hook) if spec.sampler.startswith("magnitude")
                      else spec.rows_per_image)
-        plans.append(HookPlan(store.uri, hook, units, positions, n_classes, job.analysis))
+        plans.append(HookPlan(store.uri, hook, units, positions, n_classes, job.analysis, store.spec.digest))
     return plans
 
 
@@ -136,10 +138,7 @@ def _inputs_digest(job: AnalyzeJob, store: ActivationStore, plans: list[HookPlan
     h = hashlib.sha256(f"{store.spec.digest}\n{RULE}\n{config.to_dict(job.analysis)}\n".encode())
     for plan in plans:
         for unit in plan.units:
-            h.update(f"{plan.hook}/{unit.name}\n".encode())
-            if unit.sae_uri:
-                fs, root = io.filesystem(unit.sae_uri)
-                h.update(io.get_object(fs, f"{root}/{WEIGHTS}"))
+            h.update(f"{plan.hook}/{unit.name}/{unit.weights_digest}\n".encode())
     return h.hexdigest()
 
 

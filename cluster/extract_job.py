@@ -11,7 +11,7 @@ from cluster.runtime import init_ray
 from cluster.tasks import run_tasks
 from vsae.data import LISTING_NAME, list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, StoreNotFound
 from vsae.extract import ExtractTasks, hook_specs
 from vsae.models import apply_weights, build
 from vsae.runner import RunReport, finished_result
@@ -53,6 +53,10 @@ class ExtractJob:
     """Chunk compression: zstd:1, zstd:3 or none."""
     verify: bool = True
     """Re-read every shard after publishing and check it against its task's marker."""
+    grow: bool = False
+    """Append new shards to an existing store: relist the dataset keeping every existing image id
+    (new images after them), grow the store, and extract only the new images (plus the old last
+    task, if it was partial). Readers keep the published images until the new ones publish."""
     resources: Resources = field(default_factory=Resources)
     """Cluster resources (not part of the store spec)."""
 
@@ -69,28 +73,51 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
         weights_digest = apply_weights(build(job.model_id), job.weights, job.model_id)
     fs, root = io.filesystem(job.store_uri)
     manifest_uri = job.store_uri.rstrip("/") + "/" + MANIFEST_KEY
-    listing = read_listing(manifest_uri) if fs.exists(f"{root}/{MANIFEST_KEY}") else \
-        list_dataset(job.dataset_uri, job.dataset_kind)
+    listed = fs.exists(f"{root}/{MANIFEST_KEY}")
+    previous = read_listing(manifest_uri) if listed else None
+    listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous) if job.grow or not listed \
+        else previous
     spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
                      seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,
                      compute_dtype=job.compute_dtype)
-    store = ActivationStore.create(job.store_uri, spec)
-    if not fs.exists(f"{root}/{MANIFEST_KEY}"):
-        write_listing(listing, manifest_uri)
-    producer = ExtractTasks(spec, job.weights, job.dataset_uri, manifest_uri, job.resources.batch_size)
+    relisted = not listed or listing.n_images != previous.n_images
+    existing = _stored_spec(job.store_uri)
+    report_growth = ""
+    if job.grow and existing is not None and spec.n_images > existing.n_images:
+        if relisted:  # the listing first: a driver killed before the store grew relists the same next time
+            write_listing(listing, manifest_uri)
+        store = ActivationStore.open(job.store_uri, mode="a")
+        store.grow(spec)
+        report_growth = f"grown          {existing.n_images} -> {spec.n_images} images (new shards appended)"
+    else:
+        store = ActivationStore.create(job.store_uri, spec)
+        if relisted:
+            write_listing(listing, manifest_uri)
+    producer = ExtractTasks(spec, job.weights, job.dataset_uri, manifest_uri, job.resources.batch_size,
+                            store_uri=store.uri, reuse_below=store.grown_from)
     if job.resources.uses_pipeline:
         missing = store.missing_tasks()
         report = run_pipeline(store.uri, producer, missing, job.resources, progress=progress)
         _count_finished(store, spec.n_tasks, missing, report)
     else:
         report = run_tasks(store.uri, producer, range(spec.n_tasks), job.resources, progress=progress)
+    if report_growth:
+        report.notes.append(report_growth)
     if spec.weights.startswith("random:"):
         report.notes.insert(0, f"WEIGHTS        {spec.weights}: RANDOM weights, not a pretrained model")
     report.notes.append(f"model          {spec.model_id}, forward in {spec.compute_dtype}, stored as {spec.dtype}")
     if listing.skipped:
         report.inputs.update({f"listing:{k}": v for k, v in listing.skipped.items()})
     return finish(store, report, job, "extract", verify=job.verify)
+
+
+def _stored_spec(uri: str) -> StoreSpec | None:
+    """The spec a store at ``uri`` was created or last grown with, or None if there is none."""
+    try:
+        return ActivationStore.open(uri, mode="a").spec
+    except StoreNotFound:
+        return None
 
 
 def _count_finished(store: ActivationStore, n_tasks: int, missing: list[int], report: RunReport) -> None:

@@ -95,19 +95,19 @@ class _Forward:
 class _Produced:
     """The producer ``write_one`` calls in the write stage: hands over what the forward stage made."""
 
-    def __init__(self, task: int, out: tuple):
-        self.task, self.out = task, out
+    def __init__(self, task: int, out: tuple, spec):
+        self.task, self.out, self.spec = task, out, spec  # the spec: write_one checks the store's
 
     def __call__(self, task: int) -> tuple:
         assert task == self.task, (task, self.task)
         return self.out
 
 
-def _write(batch: dict[str, np.ndarray], uri: str, retries: int) -> dict[str, np.ndarray]:
+def _write(batch: dict[str, np.ndarray], uri: str, retries: int, spec) -> dict[str, np.ndarray]:
     task, produced = _one(batch, "payload")
     if isinstance(produced, _Failed):
         return _out(task, produced)
-    return _out(task, _attempt(lambda t: write_one(uri, _Produced(t, produced), t), task, retries))
+    return _out(task, _attempt(lambda t: write_one(uri, _Produced(t, produced, spec), t), task, retries))
 
 
 def run_pipeline(uri: str, producer: ExtractTasks, tasks: Iterable[int], resources: Resources, *,
@@ -125,7 +125,7 @@ def run_pipeline(uri: str, producer: ExtractTasks, tasks: Iterable[int], resourc
     ds = ds.map_batches(_Forward, fn_constructor_args=(producer,), batch_size=1,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.model_actors),
                         num_cpus=resources.num_cpus_per_task, num_gpus=resources.num_gpus_per_task or None)
-    ds = ds.map_batches(_write, fn_args=(uri, retries), batch_size=1, num_cpus=resources.num_cpus_per_task)
+    ds = ds.map_batches(_write, fn_args=(uri, retries, producer.spec), batch_size=1, num_cpus=resources.num_cpus_per_task)
     bar = tqdm(total=len(todo), desc="tasks", unit="task", disable=not progress)
     seen: set[int] = set()
     try:

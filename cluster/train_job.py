@@ -37,6 +37,9 @@ class TrainJob:
     """Name of this training run; checkpoints go to ``{out_uri}/{hook}/{sae name}``."""
     out_uri: str = ""
     """Where the run's SAEs go (default: ``{store_uri}/saes/{run}``)."""
+    init_from: str = ""
+    """An earlier run's folder (e.g. ``{store}/saes/{run}``): each SAE with the same hook and name
+    starts from its weights and normaliser (warm start) instead of a fresh initialisation."""
     train: TrainConfig = field(default_factory=TrainConfig)
     """Optimisation settings shared by every SAE of the run."""
     saes: tuple[SAERun, ...] = ()
@@ -61,12 +64,12 @@ class HookTrainer:
     """Trains the SAEs of one hook; Ray restarts it (and retries ``train``) if it dies."""
 
     def train(self, store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfig,
-              use_gpu: bool) -> list[dict[str, Any]]:
+              use_gpu: bool, init_from: str = "") -> list[dict[str, Any]]:
         import torch
         from ray.experimental import tqdm_ray
 
         device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
-        return train_hook(store_uri, runs, out_uri, cfg, device=device,
+        return train_hook(store_uri, runs, out_uri, cfg, device=device, init_from=init_from,
                           make_bar=lambda total, desc: tqdm_ray.tqdm(total=total, desc=desc, unit="step"))
 
 
@@ -91,7 +94,7 @@ def run(job: TrainJob) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     out_uri = job.resolved_out_uri
     started = time.perf_counter()
     calls = {hook: actor.remote().train.remote(job.store_uri, runs, out_uri, job.train,
-                                               res.num_gpus_per_task > 0)
+                                               res.num_gpus_per_task > 0, job.init_from)
              for hook, runs in by_hook.items()}
     results: list[dict[str, Any]] = []
     failed: dict[str, str] = {}

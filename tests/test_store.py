@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -356,3 +357,70 @@ def test_row_stop_holds_out_the_tail(batch_store, row_stop):
     ids = sorted(np.concatenate([b.image_id for b in batches]).tolist()) if batches else []
     assert len(ids) == min(row_stop, reader.n_rows)  # rows per image: 4
     assert sorted(set(ids)) == list(range(-(-row_stop // 4)))
+
+
+def per_image_rows(spec, lo: int, hi: int) -> dict[str, HookRows]:
+    """Rows that depend on the image alone (as extraction's per-image seeded samplers do), so a
+    task rewritten with more images keeps its earlier images' rows."""
+    out = {}
+    for hook in spec.hooks:
+        k = hook.rows_per_image
+        parts = []
+        for image in range(lo, hi):
+            rng = np.random.default_rng([7, image])
+            acts = np.maximum(rng.standard_normal((k, hook.channels), dtype=np.float32), 0)
+            ids = np.full(k, image, dtype=np.int64)
+            if hook.sampler in ("mean", "cls"):
+                parts.append(HookRows.pooled(acts, ids))
+            else:
+                parts.append(HookRows(acts, ids, rng.integers(0, 9, (k, 2)).astype(np.int16),
+                                      rng.uniform(0.1, 1, k).astype(np.float32), np.ones(k, bool)))
+        out[hook.name] = HookRows.concat(parts)
+    return out
+
+
+def write_per_image(store, tasks):
+    from vsae.store.layout import task_image_range
+
+    for t in tasks:
+        lo, hi = task_image_range(t, store.spec.n_images, store.spec.images_per_task)
+        assert store.write_task(t, per_image_rows(store.spec, lo, hi)).status == "written"
+
+
+def test_a_store_grows_for_new_images_while_readers_keep_the_published_generation(store_uri):
+    small = small_spec(n_images=20, images_per_task=8)  # tasks 0, 1 full; task 2 holds 4 of 8
+    store = ActivationStore.create(store_uri, small)
+    write_per_image(store, range(small.n_tasks))
+    store.publish()
+    old_reader = ActivationStore.open(store_uri)
+    before = old_reader.hook("conv").read_rows(0, 20 * 4)
+    untouched = {k: v for k, v in snapshot(store_uri).items() if "/c/0/" in k or "/c/1/" in k
+                 or k.endswith(("00000000.json", "00000001.json"))}
+
+    big = dataclasses.replace(small, n_images=36, dataset="toy:1")
+    with pytest.raises(StoreSpecMismatch, match="only the image count"):
+        store.grow(dataclasses.replace(big, seed=5))
+    store.grow(big)
+    assert store.missing_tasks() == [2, 3, 4]  # the partial task is rewritten whole, then the new ones
+    # readers opened now, mid-growth, still see the published 20 images
+    mid = ActivationStore.open(store_uri)
+    assert mid.spec.n_images == 20 and mid.hook("conv").n_rows == 80
+    write_per_image(store, [2, 3, 4])
+    np.testing.assert_array_equal(old_reader.hook("conv").read_rows(0, 80).acts, before.acts)
+    np.testing.assert_array_equal(mid.hook("conv").read_rows(0, 80).yx, before.yx)
+    store.publish()
+    grown = ActivationStore.open(store_uri)
+    assert grown.spec.n_images == 36 and grown.manifest["n_images"] == 36 and store.verify().ok
+    want = per_image_rows(big, 0, 36)
+    for hook in big.hook_names:
+        got = grown.hook(hook).read_rows(0, grown.hook(hook).n_rows)
+        np.testing.assert_array_equal(got.acts, want[hook].acts.astype(np.float16))
+        np.testing.assert_array_equal(got.image_id, want[hook].image_id)
+    after = snapshot(store_uri)
+    assert len(untouched) >= 6 and all(after[k] == v for k, v in untouched.items())  # full tasks were not rewritten
+    # plain zarr sees the grown arrays too
+    import zarr
+
+    assert zarr.open_group(store_uri, mode="r")["hooks/conv/acts"].shape == (36 * 4, 24)
+    with pytest.raises(StoreSpecMismatch, match="never shrinks"):
+        ActivationStore.open(store_uri, mode="a").grow(small)

@@ -146,6 +146,27 @@ class Client:
         except FileNotFoundError:
             return []
 
+    def latest(self, model: str | None = None) -> str | None:
+        """The run ``{store}/latest.json`` points to (the nightly job's last published night), or
+        None. Queries may name it as ``"latest/<sae name>"``; it is read anew each time, so a
+        long-lived client follows the pointer as nights publish, while any run named explicitly
+        stays readable."""
+        store = self._store(model)
+        fs, path = io.filesystem(f"{store.uri}/latest.json", self.storage_options)
+        try:
+            return json.loads(io.get_object(fs, path))["run"]
+        except FileNotFoundError:
+            return None
+
+    def _run_name(self, store: ActivationStore, run: str) -> str:
+        if run != "latest":
+            return run
+        name = self.latest(store.spec.model_id)
+        if name is None:
+            raise UnknownRun(f"{store.uri} has no latest.json: no nightly run was published there; "
+                             f"runs: {self.runs(store.spec.model_id)}")
+        return name
+
     # -- activations ----------------------------------------------------------------------
     def activations(self, image_ids: Sequence[int] | np.ndarray, hook: str) -> HookRows:
         """Stored rows of the given images at ``hook`` (each image's rows together, in order)."""
@@ -314,6 +335,7 @@ class Client:
         run, sep, unit = sae.partition("/")
         if not sep or not run or not unit:
             raise UnknownRun(f"name an SAE as 'run/sae name' or 'run/{results.NEURONS}', got {sae!r}")
+        run = self._run_name(store, run)
         index = self._analysis_index(store, run, required=True)
         units = index["hooks"].get(name)
         if units is None:
@@ -340,6 +362,7 @@ class Client:
         run, sep, unit = sae.partition("/")
         if not sep or unit == results.NEURONS:
             raise UnknownRun(f"name an SAE as 'run/sae name', got {sae!r}")
+        run = self._run_name(store, run)
         uri = f"{store.uri}/saes/{run}/{hook_folder(name)}/{unit}"
         if uri not in self._saes:
             try:

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from vsae.data import read_images, read_listing
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, TaskDataError
 from vsae.models import apply_weights, build, capture, resolve_hooks
 from vsae.sampling import Sampler, sample
-from vsae.store import HookRows, HookSpec, StoreSpec
+from vsae.store import ActivationStore, HookRows, HookSpec, StoreSpec
+from vsae.store.dtypes import decode_acts
 from vsae.store.layout import task_image_range
 
 
@@ -80,8 +81,14 @@ def _is_conv(model: torch.nn.Module) -> bool:
 
 
 @lru_cache(maxsize=2)
-def _listing(uri: str):
-    return read_listing(uri)
+def _listing(uri: str, digest: str):
+    """The listing at ``uri``, cached per process by the digest the spec expects (a store that
+    grew has a new listing at the same URI)."""
+    listing = read_listing(uri)
+    if listing.digest != digest:
+        raise TaskDataError(f"the dataset listing at {uri} has digest {listing.digest[:12]}, but the store "
+                            f"spec expects {digest[:12]}: it changed after the store was sized")
+    return listing
 
 
 def device() -> str:
@@ -98,14 +105,25 @@ class ExtractTasks:
     dataset_uri: str
     listing_uri: str
     batch_size: int = 32
+    store_uri: str = ""
+    """The store written to; needed with ``reuse_below``."""
+    reuse_below: int = 0
+    """Images below this id are already stored (the store grew from this many images): the task
+    that straddles it keeps their stored rows, byte for byte, and extracts only the rest. A
+    forward pass over a different batch could round differently, so recomputing would not do."""
 
     def __call__(self, task: int) -> tuple[dict[str, HookRows], dict]:
         return self.forward(task, self.decode(task))
 
+    def _fresh(self, task: int) -> tuple[int, int, int]:
+        """(first image of the task, first image to extract, end): images before the second are kept."""
+        start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
+        return start, (self.reuse_below if start < self.reuse_below < stop else start), stop
+
     def decode(self, task: int) -> DecodedTask:
         """Read and decode the task's images (CPU work; the first stage of a pipeline)."""
-        start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
-        listing = _listing(self.listing_uri)
+        _, start, stop = self._fresh(task)
+        listing = _listing(self.listing_uri, self.spec.dataset)
         size, resample = _input_format(self.spec.model_id)
         images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
                                              size, resample)
@@ -114,7 +132,7 @@ class ExtractTasks:
     def forward(self, task: int, decoded: DecodedTask) -> tuple[dict[str, HookRows], dict]:
         """One forward pass per batch of decoded images; every hook sampled from the same pass."""
         assert decoded.task == task, (decoded.task, task)
-        start, stop = task_image_range(task, self.spec.n_images, self.spec.images_per_task)
+        first, start, stop = self._fresh(task)
         model = _model(self.spec.model_id, self.weights_uri, device())
         images, valid = decoded.images, decoded.valid
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
@@ -132,8 +150,27 @@ class ExtractTasks:
                     parts[hook.name].append(sample(got[hook.name], info.layout, hook.sampler,
                                                    image_ids=ids[a:b], hook=hook.name,
                                                    seed=self.spec.seed, valid=valid[a:b]))
-        rows = {h: HookRows.concat(p) for h, p in parts.items()}
+        if start > first:
+            kept = self._stored_rows(task, start - first)
+            parts = {h: [kept[h], *p] for h, p in parts.items()}
+        rows = {h: HookRows.concat(p) for h, p in parts.items() if p}
         return rows, {"inputs": dict(decoded.reasons)}
+
+    def _stored_rows(self, task: int, n_images: int) -> dict[str, HookRows]:
+        """The stored rows of the task's first ``n_images`` images (written before the store grew)."""
+        store = ActivationStore.open(self.store_uri, mode="a")
+        first = task_image_range(task, self.spec.n_images, self.spec.images_per_task)[0]
+        out = {}
+        for hook in self.spec.hooks:
+            n = n_images * hook.rows_per_image
+            stored = store.hook(hook.name).read_task_stored(task)
+            acts = decode_acts(stored["acts"][:n], self.spec.dtype)
+            ids = np.repeat(np.arange(first, first + n_images, dtype=np.int64), hook.rows_per_image)
+            if "yx" in stored:
+                out[hook.name] = HookRows(acts, ids, stored["yx"][:n], stored["prob"][:n], stored["valid"][:n])
+            else:
+                out[hook.name] = HookRows.pooled(acts, ids, stored["valid"][:n])
+        return out
 
 
 @dataclass(frozen=True)

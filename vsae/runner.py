@@ -16,14 +16,21 @@ from functools import lru_cache
 
 from tqdm.auto import tqdm
 
+from vsae.errors import TaskDataError
 from vsae.store import ActivationStore, HookRows, TaskResult
 
 Producer = Callable[[int], "dict[str, HookRows] | tuple[dict[str, HookRows], dict]"]
 
 
 @lru_cache(maxsize=8)
-def _writable(uri: str) -> ActivationStore:
-    return ActivationStore.open(uri, mode="a")
+def _writable(uri: str, spec_digest: str | None) -> ActivationStore:
+    """A writable handle, cached per process and per spec: a store that grew between rounds gets
+    a fresh handle (and its new size) from workers that wrote to it before."""
+    store = ActivationStore.open(uri, mode="a")
+    if spec_digest is not None and store.spec.digest != spec_digest:
+        raise TaskDataError(f"{uri} has spec {store.spec.digest[:12]}, but the producer was made for "
+                            f"{spec_digest[:12]}: the store changed under this run")
+    return store
 
 
 def finished_result(task: int, marker: dict) -> TaskResult:
@@ -35,7 +42,8 @@ def finished_result(task: int, marker: dict) -> TaskResult:
 
 def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
     """Produce and write one task unless its marker exists (the unit every runner executes)."""
-    store = _writable(uri)
+    spec = getattr(producer, "spec", None)
+    store = _writable(uri, spec.digest if spec is not None else None)
     if not overwrite:
         marker = store.read_marker(task)
         if marker is not None:

@@ -171,8 +171,10 @@ def _restore(m: Member, tensors: dict[str, torch.Tensor], meta: dict[str, Any], 
 
 
 def make_member(run: SAERun, uri: str, d_in: int, device: torch.device, store: ActivationStore,
-                cfg: TrainConfig, sample: torch.Tensor | None) -> Member:
-    """A fresh member (normaliser fitted on ``sample``) or one restored from its checkpoint."""
+                cfg: TrainConfig, sample: torch.Tensor | None, init_uri: str = "") -> Member:
+    """A member restored from its checkpoint, else warm-started from the same SAE of an earlier
+    run (``init_uri``: its weights and normaliser; fresh optimiser state), else fresh (normaliser
+    fitted on ``sample``)."""
     sae = make_sae(run.sae, d_in).to(device)
     opt = torch.optim.Adam(sae.parameters(), lr=run.sae.lr, betas=(0.9, 0.999))
     m = Member(run, uri, sae, opt, torch.zeros(sae.d_sae, dtype=torch.long, device=device),
@@ -181,11 +183,21 @@ def make_member(run: SAERun, uri: str, d_in: int, device: torch.device, store: A
     if saved is not None:
         _restore(m, *saved, device)
         return m
-    assert sample is not None, "a fresh member needs the normaliser sample"
-    scale = sae.set_normaliser(sample.to(device))
+    train_info = asdict(cfg)
+    if init_uri:
+        previous, info = ckpt.load_sae(init_uri, device)
+        if info.sae != run.sae or info.d_in != d_in:
+            raise ConfigError(f"cannot warm-start {run.folder} from {init_uri}: it was trained with "
+                              f"{info.sae} on {info.d_in} channels")
+        sae.load_state_dict(previous.state_dict())
+        scale = float(sae.scale)
+        train_info["warm_started_from"] = init_uri
+    else:
+        assert sample is not None, "a fresh member needs the normaliser sample"
+        scale = sae.set_normaliser(sample.to(device))
     ckpt.write_config(uri, ckpt.CheckpointInfo(
         sae=run.sae, d_in=d_in, hook=run.hook, store_spec_digest=store.spec.digest,
-        model_id=store.spec.model_id, scale=scale, train=asdict(cfg)))
+        model_id=store.spec.model_id, scale=scale, train=train_info))
     return m
 
 
@@ -343,10 +355,12 @@ def total_steps(cfg: TrainConfig, train_rows: int) -> int:
 
 def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfig, *,
                device: str | torch.device = "cpu", progress: bool = True,
-               make_bar: Callable[..., Any] | None = None) -> list[dict[str, Any]]:
+               make_bar: Callable[..., Any] | None = None, init_from: str = "") -> list[dict[str, Any]]:
     """Train every SAE in ``runs`` (all on one hook) in one pass; resume those with checkpoints.
 
-    Each SAE's checkpoint goes to ``{out_uri}/{run.folder}``. Returns each SAE's final metrics;
+    Each SAE's checkpoint goes to ``{out_uri}/{run.folder}``; with ``init_from`` (an earlier run's
+    folder), an SAE that has no checkpoint yet starts from ``{init_from}/{run.folder}`` when that
+    exists (nightly retraining warm-starts this way). Returns each SAE's final metrics;
     SAEs whose checkpoint is already final are left alone (a rerun is a no-op). ``make_bar(total,
     desc)`` makes the progress bar (default: tqdm; Ray actors pass Ray's driver-side bars).
     """
@@ -365,9 +379,12 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
     members = []
     for r in runs:
         uri = f"{out_uri.rstrip('/')}/{r.folder}"
-        if ckpt.read_state(uri) is None and sample is None:
+        init = f"{init_from.rstrip('/')}/{r.folder}" if init_from else ""
+        if init and not ckpt.has_weights(init):
+            init = ""  # a new SAE in this run's config: nothing to start from
+        if ckpt.read_state(uri) is None and sample is None and not init:
             sample = _normaliser_sample(reader, cfg, row_stop)
-        members.append(make_member(r, uri, reader.channels, device, store, cfg, sample))
+        members.append(make_member(r, uri, reader.channels, device, store, cfg, sample, init))
     results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= total}
     todo = [m for m in members if m.step < total]
     if todo:

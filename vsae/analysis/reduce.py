@@ -33,6 +33,9 @@ class Unit:
 
     name: str
     sae_uri: str = ""
+    weights_digest: str = ""
+    """sha256 of the SAE's weights: workers cache loaded SAEs by it, so a retrained SAE at the
+    same URI is loaded again."""
 
 
 @dataclass(frozen=True)
@@ -46,23 +49,32 @@ class HookPlan:
     """Positions per image (the ``n`` of the inverse-probability mean of ``magnitude:K`` rows)."""
     n_classes: int
     cfg: AnalysisConfig
+    store_digest: str = ""
+    """The published store spec analysed: workers cache store handles by it (a store that grew
+    is opened again)."""
 
 
 @lru_cache(maxsize=4)
-def _store(uri: str) -> ActivationStore:
-    return ActivationStore.open(uri)
+def _store(uri: str, digest: str = "") -> ActivationStore:
+    store = ActivationStore.open(uri)
+    assert not digest or store.spec.digest == digest, f"{uri} changed while being analysed"
+    return store
 
 
 @lru_cache(maxsize=16)
-def _sae(uri: str, device: str):
+def _sae(uri: str, device: str, weights_digest: str = ""):
     return load_sae(uri, device)[0]
+
+
+def _unit_sae(unit: Unit, device: str):
+    return _sae(unit.sae_uri, device, unit.weights_digest)
 
 
 def _encode(unit: Unit, acts_bc: torch.Tensor, device: str) -> torch.Tensor:
     if not unit.sae_uri:
         return acts_bc
     with torch.inference_mode():
-        return _sae(unit.sae_uri, device).feature_acts(acts_bc)
+        return _unit_sae(unit, device).feature_acts(acts_bc)
 
 
 def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tuple[Unit, np.ndarray, ImageActs,
@@ -70,7 +82,7 @@ def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tupl
     """Per task, unit and batch of the task's images: (unit, image ids, image-level activations,
     the encoded rows, the rows' valid flags, positions [n, K, 2]). The next task's rows are read
     on a background thread while this one's are computed on."""
-    store = _store(plan.store_uri)
+    store = _store(plan.store_uri, plan.store_digest)
     reader = store.hook(plan.hook)
     k = reader.rows_per_image
 
@@ -103,7 +115,7 @@ def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
 
 
 def _width(plan: HookPlan, unit: Unit, device: str) -> int:
-    return _sae(unit.sae_uri, device).d_sae if unit.sae_uri else _store(plan.store_uri).hook(plan.hook).channels
+    return _unit_sae(unit, device).d_sae if unit.sae_uri else _store(plan.store_uri, plan.store_digest).hook(plan.hook).channels
 
 
 def stats_task(plan: HookPlan, tasks: Sequence[int], image_class: np.ndarray,
@@ -168,7 +180,7 @@ def finish_unit(out_uri: str, unit: Unit, stats: UnitStats, sample: IntervalSamp
     results.write_table(f"{out_uri}/class_features.parquet",
                         results.class_features_table(freq, mean, wn, names, cfg.class_features))
     if unit.sae_uri:
-        directions = _sae(unit.sae_uri, "cpu").directions().float().numpy()
+        directions = _unit_sae(unit, "cpu").directions().float().numpy()
         by_feature, by_neuron = results.decoder_maps(directions, cfg.map_top)
         results.write_table(f"{out_uri}/feature_neurons.parquet", by_feature)
         results.write_table(f"{out_uri}/neuron_features.parquet", by_neuron)

@@ -113,7 +113,7 @@ def examples_table(stats, sample) -> pa.Table:
     """Top-k images per feature (``kind='top'``, ``interval=-1``) and the interval samples
     (``kind='interval'``), sorted by feature, then kind, interval and activation."""
     k, s = stats.top_act.shape
-    found = stats.top_image >= 0
+    found = (stats.top_image >= 0) & (stats.top_act > 0)  # an image where the feature is 0 is no example
     feat_top = np.broadcast_to(np.arange(s)[None, :], (k, s))[found]
     rank_top = np.broadcast_to(np.arange(k)[:, None], (k, s))[found]
     parts = {

@@ -122,6 +122,12 @@ def load_sae(uri: str, device: str | torch.device = "cpu") -> tuple[SparseAutoen
     return sae.to(device).eval(), info
 
 
+def has_weights(uri: str) -> bool:
+    """Whether an SAE checkpoint with weights exists at ``uri``."""
+    fs, root = _fs(uri)
+    return fs.exists(f"{root}/{WEIGHTS}")
+
+
 def find_saes(run_uri: str) -> list[tuple[str, str, CheckpointInfo]]:
     """Every SAE with saved weights under a run folder (``{run}/{hook}/{name}/``), sorted: a list
     of (checkpoint URI, SAE name, its ``cfg.json``)."""

@@ -179,6 +179,14 @@ class StoreSpec:
         """Stable sha256 of the canonical JSON; equal specs give equal digests on any machine."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
+    @property
+    def layout_digest(self) -> str:
+        """sha256 of everything but the image count and dataset digest: what a task's bytes
+        depend on. A store grows (new shards appended) only to a spec with the same layout."""
+        d = self.to_dict()
+        del d["n_images"], d["dataset"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreSpec:
         d = migrate_spec(dict(d))

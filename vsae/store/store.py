@@ -39,7 +39,7 @@ from vsae.store import io
 from vsae.store.layout import task_image_range
 from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.rows import HookRows
-from vsae.store.spec import HookSpec, StoreSpec, written_arrays
+from vsae.store.spec import ARRAY_NAMES, HookSpec, StoreSpec, written_arrays
 from vsae.store.writer import encode_task
 
 MANIFEST = "manifest.json"
@@ -115,7 +115,9 @@ class ActivationStore:
                 )
             return cls.open(uri, mode="a", storage_options=storage_options)
         zstore = io.zarr_store(uri, fs, root, read_only=False, storage_options=storage_options)
-        group = zarr.open_group(store=zstore, mode="w-", zarr_format=3)
+        # "a", not "w-": the root may already hold the store's lease or dataset listing (no zarr.json
+        # exists, or the spec check above would have found it)
+        group = zarr.open_group(store=zstore, mode="a", zarr_format=3)
         for hook in spec.hooks:
             _create_hook_arrays(group, spec, hook)
         # The spec attribute is written last: a root without it is not yet a store.
@@ -135,6 +137,10 @@ class ActivationStore:
         if spec is None:
             raise StoreNotFound(f"no vsae store at {uri} (no zarr group with a '{ROOT_ATTR}' spec attribute)")
         manifest = _read_json(fs, f"{root}/{MANIFEST}")
+        if mode == "r" and manifest is not None and "spec" in manifest:
+            # Readers see the published generation: while the driver grows the store for new
+            # shards, the root spec is already the next one, the manifest still the last one.
+            spec = StoreSpec.from_dict(manifest["spec"])
         store = cls(uri, spec, read_only=(mode == "r"), committed_only=committed_only,
                     manifest=manifest, storage_options=storage_options)
         if mode == "r" and manifest is None and not committed_only:
@@ -250,6 +256,7 @@ class ActivationStore:
         marker = {
             "task": task,
             "spec_digest": self.spec.digest,
+            "layout_digest": self.spec.layout_digest,
             "images": list(image_range),
             "info": info or {},
             "hooks": {
@@ -287,7 +294,8 @@ class ActivationStore:
         totals = {h: {"rows": 0, "valid_rows": 0} for h in self.spec.hook_names}
         for path in paths:
             marker = json.loads(blobs[path])
-            if marker.get("spec_digest") != self.spec.digest:
+            # a task written before the store grew is still valid: its bytes depend on the layout
+            if marker.get("spec_digest") != self.spec.digest and marker.get("layout_digest") != self.spec.layout_digest:
                 raise StoreCorrupted(f"{path} was written for spec {marker.get('spec_digest')!r}, "
                                      f"not this store's {self.spec.digest}")
             for hook, counts in marker["hooks"].items():
@@ -295,6 +303,7 @@ class ActivationStore:
                 totals[hook]["valid_rows"] += counts["valid_rows"]
         manifest = {
             "schema_version": self.spec.schema_version,
+            "spec": self.spec.to_dict(),
             "spec_digest": self.spec.digest,
             "n_tasks": self.spec.n_tasks,
             "n_images": self.spec.n_images,
@@ -304,6 +313,52 @@ class ActivationStore:
         io.put_object(self._fs, f"{self._root}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
         self.manifest = manifest
         return manifest
+
+    @property
+    def grown_from(self) -> int:
+        """Images the store held before it last grew (0 if it never grew): the task straddling
+        that count keeps its earlier images' stored rows when it is rewritten."""
+        zstore = io.zarr_store(self.uri, self._fs, self._root, read_only=True, storage_options=self.storage_options)
+        history = zarr.open_group(store=zstore, mode="r").attrs.get(ROOT_ATTR, {}).get("history", [])
+        return int(history[-1]["n_images"]) if history else 0
+
+    def grow(self, spec: StoreSpec) -> None:
+        """Size the store for more images (new shards listed after the existing ones), driver only,
+        between rounds: never while workers write. Tasks already written stay valid (same
+        layout); the old last task, if it was partial, loses its marker so that the next round
+        rewrites it whole. Readers keep seeing the published generation until the next publish."""
+        self._require_writable("grow")
+        if spec.layout_digest != self.spec.layout_digest:
+            raise StoreSpecMismatch(f"{self.uri} cannot grow into spec {spec.digest[:12]}: only the image count "
+                                    "and dataset may change (model, weights, hooks, samplers, dtype, seed, task "
+                                    "and chunk sizes must stay)")
+        if spec.n_images < self.spec.n_images:
+            raise StoreSpecMismatch(f"{self.uri} holds {self.spec.n_images} images; a store never shrinks "
+                                    f"(asked for {spec.n_images})")
+        if spec.digest == self.spec.digest:
+            return
+        if self.manifest is None or self.manifest.get("spec_digest") != self.spec.digest:
+            raise StoreIncomplete(f"{self.uri} is not published at its current size ({self.spec.n_images} images): "
+                                  "finish and publish that extraction before growing the store",
+                                  self.missing_tasks())
+        old = self.spec
+        if old.n_images % old.images_per_task:
+            last = old.n_tasks - 1
+            path = self._marker_path(last)
+            if io.with_retries(self._fs, f"checking {path}", lambda: self._fs.exists(path)):
+                self._fs.rm(path)
+        zstore = io.zarr_store(self.uri, self._fs, self._root, read_only=False, storage_options=self.storage_options)
+        group = zarr.open_group(store=zstore, mode="r+")
+        for hook in spec.hooks:
+            for name in ARRAY_NAMES:
+                array = group[f"{HOOKS_GROUP}/{hook.name}/{name}"]
+                array.resize((spec.n_images * hook.rows_per_image, *array.shape[1:]))
+        history = list(group.attrs.get(ROOT_ATTR, {}).get("history", []))
+        history.append({"n_images": old.n_images, "dataset": old.dataset, "spec_digest": old.digest,
+                        "grown_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        group.attrs.update({ROOT_ATTR: {"spec": spec.to_dict(), "history": history}})  # last: now it is grown
+        self.spec = spec
+        self._arrays, self._codecs, self._committed, self._readers = {}, {}, None, {}
 
     # -- reading --------------------------------------------------------------------------
     def hook(self, name: str):

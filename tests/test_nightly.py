@@ -1,0 +1,201 @@
+"""The nightly job: idempotent nights, growth with only new shards extracted, warm starts, the
+``latest`` pointer moving at once while older runs stay readable, the store lease, and a driver
+killed mid-night that resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.nightly_job import NightlyJob, read_latest, run, summary
+from cluster.extract_job import ExtractJob
+from cluster.resources import Resources
+from tests.conftest import BUCKET
+from vsae import Client
+from vsae.analysis.stats import AnalysisConfig
+from vsae.data.demo import _jpeg, make_image, write_demo
+from vsae.sae import SAEConfig, read_info
+from vsae.store import ActivationStore, io
+from vsae.store.lease import Lease, create_object, read_lease
+from vsae.train import SAERun, TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOK, SAE = "mixed3b/5x5", "topk-x2-k4"
+
+
+def nightly(store: str, data: str, night: str, **kw) -> NightlyJob:
+    return NightlyJob(
+        extract=ExtractJob(store_uri=store, dataset_uri=data, hooks=(f"{HOOK}=magnitude:4",), images_per_task=16),
+        train=TrainConfig(batch_rows=32, steps=12, eval_rows=16, normaliser_rows=64, lr_warmup_steps=2),
+        saes=(SAERun(HOOK, SAEConfig(variant="topk", k=4, expansion=2, lr=1e-3)),),
+        analysis=AnalysisConfig(top_k=3, per_interval=2), night=night,
+        resources=Resources(max_in_flight=2), **kw)
+
+
+def add_images(folder: Path, n: int, seed: int) -> None:
+    for i in range(n):
+        (folder / f"late_{seed}_{i:03d}.JPEG").write_bytes(_jpeg(make_image(i % 3, seed + i)))
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly")
+    write_demo(str(root / "data"), per_class=3, shards=1, include_bad=True)  # 35 images, 5 of them bad
+    return root / "data/imagenet/train", str(root / "store.zarr")
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_nights_are_idempotent_grow_with_new_shards_and_move_latest_atomically(site):
+    data, store = site
+    first = run(nightly(store, str(data), "2026-11-20"), progress=False)
+    assert first["status"] == "published", summary(first)
+    assert read_latest(store)["run"] == "nightly-2026-11-20" and first["stages"]["extract"]["tasks_written"] == 3
+    assert "RANDOM weights" in summary(first)
+
+    def objects():
+        fs, root = io.filesystem(store)
+        return {p: fs.cat_file(p) for p in fs.find(root) if "/_reports/" not in p}
+
+    before = objects()
+    again = run(nightly(store, str(data), "2026-11-20"), progress=False)
+    assert again["status"] == "already published" and objects() == before
+    quiet = run(nightly(store, str(data), "2026-11-21"), progress=False)
+    assert quiet["status"] == "no new data" and read_latest(store)["run"] == "nightly-2026-11-20"
+    assert objects() == before and "nothing to retrain" in summary(quiet)
+
+    old = Client(store)  # a reader of the first night, kept open across the next one
+    old_top = old.top_examples(0, HOOK, f"nightly-2026-11-20/{SAE}")
+    old_rows = old.activations(np.arange(35), HOOK)
+    assert old.latest() == "nightly-2026-11-20"
+    cold = ActivationStore.open(store)  # opened on the first night, first read after the next
+
+    add_images(data / "n01440764", 20, seed=100)  # 35 -> 55 images: task 2 (partial) rewritten, task 3 new
+    grown = run(nightly(store, str(data), "2026-11-22"), progress=False)
+    assert grown["status"] == "published", summary(grown)
+    e = grown["stages"]["extract"]
+    assert (e["tasks_written"], e["tasks_skipped"]) == (2, 2) and any("35 -> 55" in n for n in e["notes"])
+    assert grown["stages"]["train"]["warm_started_from"] == f"{store}/saes/nightly-2026-11-20"
+    cfg = read_info(f"{store}/saes/nightly-2026-11-22/mixed3b.5x5/{SAE}")
+    assert cfg.train["warm_started_from"] == f"{store}/saes/nightly-2026-11-20/mixed3b.5x5/{SAE}"
+    latest = read_latest(store)
+    assert latest["run"] == "nightly-2026-11-22" and latest["previous"] == "nightly-2026-11-20"
+    assert latest["n_images"] == 55
+
+    # the old client keeps answering for its run and images; it follows `latest` when asked
+    assert old.top_examples(0, HOOK, f"nightly-2026-11-20/{SAE}").equals(old_top)
+    assert np.array_equal(old.activations(np.arange(35), HOOK).acts, old_rows.acts)
+    assert old.latest() == "nightly-2026-11-22"
+    assert cold.spec.n_images == 35  # it still sees the generation it opened
+    assert np.array_equal(cold.hook(HOOK).read_images(np.arange(35)).acts, old_rows.acts)  # byte for byte
+    new = Client(store)
+    assert new.models()[0].n_images == 55
+    rows = new.activations(np.arange(55), HOOK)
+    assert np.array_equal(rows.acts[:35 * 4], old_rows.acts)  # no image moved or was written twice
+    assert np.array_equal(rows.image_id, np.repeat(np.arange(55), 4))
+    assert new.top_examples(0, HOOK, f"latest/{SAE}").num_rows >= 0
+    assert ActivationStore.open(store, mode="a").verify().ok
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_held_lease_keeps_a_second_driver_out_and_an_expired_one_is_taken_over(site, tmp_path):
+    data, store = site
+    holder, _ = Lease.acquire(store, "someone-else", seconds=600)
+    assert holder is not None
+    fs, root = io.filesystem(store)
+    before = sorted(p for p in fs.find(root) if "/_reports/" not in p)
+    busy = run(nightly(store, str(data), "2026-11-23"), progress=False)
+    assert busy["status"] == "store busy" and busy["holder"]["holder"] == "someone-else"
+    assert "changed nothing" in summary(busy)
+    assert sorted(p for p in fs.find(root) if "/_reports/" not in p) == before
+    holder.release()
+    dead, _ = Lease.acquire(store, "a-driver-that-died", seconds=0.2)
+    time.sleep(0.5)  # its lease expires
+    taken = run(nightly(store, str(data), "2026-11-23"), progress=False)
+    assert taken["status"] in ("no new data", "published") and read_lease(store) is None
+
+
+def test_leases_and_conditional_creates_on_local_disk_and_s3(s3_endpoint, tmp_path):
+    for store in (str(tmp_path / "s.zarr"), f"s3://{BUCKET}/lease-{time.monotonic_ns()}/s.zarr"):
+        fs, root = io.filesystem(store)
+        create_object(fs, f"{root}/runs/a.json", b"1")
+        with pytest.raises(FileExistsError):
+            create_object(fs, f"{root}/runs/a.json", b"2")
+        assert fs.cat_file(f"{root}/runs/a.json") == b"1"
+        a, _ = Lease.acquire(store, "a", seconds=30)
+        b, held = Lease.acquire(store, "b", seconds=30)
+        assert a is not None and b is None and held["holder"] == "a"
+        assert a.renew() and read_lease(store)["token"] == a.token
+        a.release()
+        b, _ = Lease.acquire(store, "b", seconds=30)
+        assert b is not None and not a.renew()  # a lost lease is not renewed over its new holder
+        b.release()
+
+
+def test_a_driver_killed_mid_night_resumes_and_publishes_once(tmp_path):
+    """The nightly entrypoint as a process, killed while extracting; rerun after its lease
+    expires, it skips finished tasks, publishes once, and the store verifies."""
+    write_demo(str(tmp_path / "data"), per_class=4, shards=1)
+    store = tmp_path / "store.zarr"
+    config = tmp_path / "nightly.toml"
+    config.write_text(f"""
+night = "2026-11-24"
+lease_seconds = 2.0
+[extract]
+store_uri = "{store}"
+dataset_uri = "{tmp_path / 'data/imagenet/train'}"
+hooks = ["{HOOK}=magnitude:4"]
+images_per_task = 4
+[train]
+batch_rows = 32
+steps = 8
+eval_rows = 16
+normaliser_rows = 64
+lr_warmup_steps = 2
+[[saes]]
+hook = "{HOOK}"
+[saes.sae]
+variant = "topk"
+k = 4
+expansion = 2
+[analysis]
+top_k = 2
+per_interval = 1
+[resources]
+max_in_flight = 1
+local_num_cpus = 2
+""")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cmd = [sys.executable, str(ROOT / "pipelines/nightly.py"), "--config", str(config)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    def markers() -> list:
+        return list((store / "_tasks").glob("*.json")) if (store / "_tasks").exists() else []
+
+    deadline = time.monotonic() + 300
+    while not markers():
+        assert proc.poll() is None and time.monotonic() < deadline, "the night ended before it could be killed"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its embedded Ray, mid-extraction
+    proc.wait()
+    written = len(markers())
+    assert written < 10 and not (store / "latest.json").exists()
+    time.sleep(2.5)  # the dead driver's lease expires
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "PUBLISHED" in done.stdout
+    extract = [json.loads(p.read_text()) for p in (store / "_reports").glob("nightly-*.json")][0]["stages"]["extract"]
+    assert extract["tasks_skipped"] >= written and extract["tasks_written"] + extract["tasks_skipped"] == 10
+    s = ActivationStore.open(store)
+    assert s.manifest["n_tasks"] == 10 and s.manifest["hooks"][HOOK]["rows"] == 40 * 4
+    assert ActivationStore.open(store, mode="a").verify().ok
+    assert read_latest(str(store))["run"] == "nightly-2026-11-24"
+    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert "ALREADY PUBLISHED" in again.stdout

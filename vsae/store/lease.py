@@ -1,0 +1,123 @@
+"""A lease on a store: at most one driver grows, extracts into and publishes a store at a time.
+
+The lease is one small JSON object (``{store}/_lease.json``) created with a conditional write:
+an exclusive create on local disk, ``If-None-Match: *`` on S3 (the PUT fails if the object
+exists). It names its holder and when it expires; the holder renews it from a background thread
+while it works and deletes it when done. A driver that finds a live lease leaves the store alone;
+one that finds an expired lease (its holder died) takes it over. Two drivers taking over the same
+expired lease in the same instant could both succeed; everything they write is idempotent, and
+the night's run record is itself a conditional create, so at most one of them publishes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from vsae.store import io
+
+LEASE = "_lease.json"
+
+
+def create_object(fs, path: str, data: bytes) -> None:
+    """Write ``path`` only if it does not exist (raises ``FileExistsError`` if it does)."""
+    if io.is_local(fs):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "s3" in protocols or "s3a" in protocols:
+        io.with_retries(fs, f"creating {path}", lambda: fs.pipe_file(path, data, mode="create"))
+        return
+    if fs.exists(path):  # other filesystems: best effort (not atomic)
+        raise FileExistsError(path)
+    fs.pipe_file(path, data)
+
+
+@dataclass
+class Lease:
+    """A held lease; use :meth:`acquire`, then ``with lease.kept(): ...`` and :meth:`release`."""
+
+    store_uri: str
+    holder: str
+    seconds: float
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    @property
+    def path(self) -> tuple:
+        return io.filesystem(f"{self.store_uri.rstrip('/')}/{LEASE}")
+
+    def _body(self) -> bytes:
+        return json.dumps({"holder": self.holder, "token": self.token, "host": socket.gethostname(),
+                           "pid": os.getpid(), "expires": time.time() + self.seconds}).encode()
+
+    @classmethod
+    def acquire(cls, store_uri: str, holder: str, seconds: float) -> tuple[Lease | None, dict | None]:
+        """``(lease, None)`` if taken, else ``(None, what the current holder wrote)``."""
+        lease = cls(store_uri, holder, seconds)
+        fs, path = lease.path
+        for _ in range(2):
+            try:
+                create_object(fs, path, lease._body())
+                return lease, None
+            except FileExistsError:
+                current = read_lease(store_uri)
+                if current is not None and current.get("expires", 0) > time.time():
+                    return None, current
+                fs.rm(path)  # expired (its holder died) or torn: take it over
+        return None, read_lease(store_uri)
+
+    def renew(self) -> bool:
+        """Push the expiry out; False if the lease was lost (expired and taken over)."""
+        current = read_lease(self.store_uri)
+        if current is None or current.get("token") != self.token:
+            return False
+        fs, path = self.path
+        io.put_object(fs, path, self._body())
+        return True
+
+    def release(self) -> None:
+        current = read_lease(self.store_uri)
+        if current is not None and current.get("token") == self.token:
+            fs, path = self.path
+            fs.rm(path)
+
+    def kept(self):
+        """A context that renews the lease every third of its duration while the body runs."""
+        lease = self
+
+        class _Keeper:
+            def __enter__(self):
+                self.stop = threading.Event()
+                self.thread = threading.Thread(target=self._run, daemon=True, name="vsae-lease")
+                self.thread.start()
+                return lease
+
+            def _run(self):
+                while not self.stop.wait(lease.seconds / 3):
+                    if not lease.renew():
+                        return
+
+            def __exit__(self, *exc):
+                self.stop.set()
+                self.thread.join()
+                return False
+
+        return _Keeper()
+
+
+def read_lease(store_uri: str) -> dict | None:
+    fs, path = io.filesystem(f"{store_uri.rstrip('/')}/{LEASE}")
+    try:
+        return json.loads(io.get_object(fs, path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # torn or empty: counts as expired
