@@ -125,7 +125,7 @@ def run_pipeline(uri: str, producer: ExtractTasks, tasks: Iterable[int], resourc
     ds = ds.map_batches(_Forward, fn_constructor_args=(producer,), batch_size=1,
                         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=resources.model_actors),
                         num_cpus=resources.num_cpus_per_task, num_gpus=resources.num_gpus_per_task or None)
-    ds = ds.map_batches(_write, fn_args=(uri, retries, producer.spec), batch_size=1, num_cpus=resources.num_cpus_per_task)
+    ds = ds.map_batches(_write, fn_args=(uri, retries, getattr(producer, "spec", None)), batch_size=1, num_cpus=resources.num_cpus_per_task)
     bar = tqdm(total=len(todo), desc="tasks", unit="task", disable=not progress)
     seen: set[int] = set()
     try:

@@ -150,8 +150,13 @@ def test_the_client_cannot_write(local, demo_run):
     assert snapshot(demo_run[0]) == before
 
 
+def fired(client, hook=HOOK, sae=SAE) -> int:
+    """A feature that fired (the demo's TopK SAE trained briefly: many are dead)."""
+    return int(np.argmax(client.features_table(hook, sae)["max"].to_numpy()))
+
+
 def test_crops_come_from_the_source_images_when_reachable(local, tmp_path):
-    top = local.top_examples(2, HOOK, SAE, k=3)
+    top = local.top_examples(fired(local), HOOK, SAE, k=3)
     crops = local.crops(top, HOOK)
     assert len(crops) == 3 and all(c is not None and c.ndim == 3 and c.shape[2] == 3 for c in crops)
     assert all(8 <= c.shape[0] <= 60 for c in crops)  # 3 cells of the 28x28 grid, about 24 pixels
@@ -190,5 +195,14 @@ def test_a_folder_of_stores_and_qualified_hook_names(demo_run, tmp_path):
     assert [m.model_id for m in client.models()] == ["inception_v1.lucid"]
     rows = client.activations([1], f"inception_v1.lucid:{HOOK}")
     assert rows.acts.shape == (8, 96)
-    top = client.top_examples(1, f"inception_v1.lucid:{HOOK}", SAE)
+    top = client.top_examples(fired(client, f"inception_v1.lucid:{HOOK}"), f"inception_v1.lucid:{HOOK}", SAE)
     assert isinstance(top, pa.Table) and top.num_rows == 5
+
+
+def test_a_feature_that_never_fired_has_no_examples(local):
+    table = local.features_table(HOOK, SAE)
+    dead = np.flatnonzero(table["max"].to_numpy() == 0)
+    assert dead.size  # a briefly trained TopK SAE has dead latents
+    f = int(dead[0])
+    assert local.top_examples(f, HOOK, SAE).num_rows == 0 and local.interval_examples(f, HOOK, SAE).num_rows == 0
+    assert np.isnan(local.mono(f, HOOK, SAE))
