@@ -113,3 +113,48 @@ def demo_run(tmp_path_factory, ray_local):
     report = analyze(job, progress=False)
     assert not report["failed"], report["failed"]
     return store, job, report
+
+
+class DrillReport:
+    """What each fault drill left behind, checked the same way: the store published, every shard
+    matching its checksum and marker, row counts as the spec says, every image's rows exactly
+    once. Written to ``drill-report.json`` under pytest's base temp dir and printed at the end."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.entries: list[dict] = []
+
+    def check(self, drill: str, store_uri: str, **facts) -> dict:
+        import numpy as np
+
+        from vsae.store import ActivationStore
+
+        store = ActivationStore.open(store_uri, mode="a")
+        verify = store.verify()
+        reader = ActivationStore.open(store_uri)
+        rows, dense = {}, True
+        for hook in reader.spec.hooks:
+            h = reader.hook(hook.name)
+            ids = h.read_rows(0, h.n_rows).image_id
+            dense &= bool(np.array_equal(ids, np.repeat(np.arange(reader.spec.n_images), hook.rows_per_image)))
+            rows[hook.name] = {"stored": int(len(ids)), "expected": reader.spec.n_images * hook.rows_per_image,
+                               "manifest": reader.manifest["hooks"][hook.name]["rows"]}
+        entry = {"drill": drill, "store": store_uri, "published": reader.published, "tasks": reader.spec.n_tasks,
+                 "checksums_ok": verify.ok, "problems": list(verify.problems), "rows": rows,
+                 "each_image_once": dense, **facts}
+        entry["complete"] = (verify.ok and dense and reader.published
+                             and all(r["stored"] == r["expected"] == r["manifest"] for r in rows.values()))
+        self.entries.append(entry)
+        self.path.write_text(json.dumps(self.entries, indent=1, default=str))
+        return entry
+
+
+@pytest.fixture(scope="session")
+def drill_report(tmp_path_factory):
+    report = DrillReport(tmp_path_factory.getbasetemp() / "drill-report.json")
+    yield report
+    if report.entries:
+        lines = [f"  {'OK ' if e['complete'] else 'BAD'} {e['drill']}: {e['tasks']} tasks, checksums "
+                 f"{'match' if e['checksums_ok'] else 'FAIL'}, rows {sum(r['stored'] for r in e['rows'].values())}"
+                 for e in report.entries]
+        print(f"\ndrill report ({report.path}):\n" + "\n".join(lines))

@@ -53,7 +53,7 @@ def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_extraction_survives_a_worker_dying_mid_task(tmp_path):
+def test_extraction_survives_a_worker_dying_mid_task(tmp_path, drill_report):
     from cluster.tasks import run_tasks
     from tests.helpers import FaultyProducer
     from vsae.data import list_dataset, write_listing
@@ -73,6 +73,7 @@ def test_extraction_survives_a_worker_dying_mid_task(tmp_path):
     store = ActivationStore.open(uri, mode="a")
     store.publish()
     assert store.verify().ok and store.manifest["hooks"]["mixed3a"]["valid_rows"] == 10 * 4
+    assert drill_report.check("Ray worker killed mid-task (task runner)", uri)["complete"]
 
 
 def small_extraction(tmp_path, images_per_task=4):
@@ -89,7 +90,7 @@ def small_extraction(tmp_path, images_per_task=4):
 
 
 @pytest.mark.usefixtures("ray_local")
-def test_pipeline_survives_a_model_actor_dying_mid_task(tmp_path):
+def test_pipeline_survives_a_model_actor_dying_mid_task(tmp_path, drill_report):
     from cluster.pipeline import run_pipeline
     from tests.helpers import FaultyStages
 
@@ -108,6 +109,7 @@ def test_pipeline_survives_a_model_actor_dying_mid_task(tmp_path):
         want, _ = producer(task)
         got = reader.read_rows(task * 16, task * 16 + len(want["mixed3a"]))
         np.testing.assert_array_equal(got.yx, want["mixed3a"].yx)
+    assert drill_report.check("model actor killed mid-task (Ray Data pipeline)", uri)["complete"]
 
 
 @pytest.mark.usefixtures("ray_local")

@@ -87,7 +87,7 @@ def no_client_retries(endpoint_url: str) -> dict:
             "skip_instance_cache": True}
 
 
-def test_writes_and_reads_ride_out_an_s3_outage(proxy, monkeypatch):
+def test_writes_and_reads_ride_out_an_s3_outage(proxy, monkeypatch, drill_report):
     monkeypatch.setattr(io, "RETRY_SECONDS", 30.0)
     uri = f"s3://{BUCKET}/outage-{time.monotonic_ns()}/store.zarr"
     opts = no_client_retries(proxy.url)
@@ -112,6 +112,8 @@ def test_writes_and_reads_ride_out_an_s3_outage(proxy, monkeypatch):
     assert proxy.refused > refused
     want = np.concatenate([task_data(spec, t)["conv"].acts for t in range(spec.n_tasks)])
     np.testing.assert_array_equal(rows.acts, want.astype(np.float16))
+    assert drill_report.check("S3 endpoint refusing connections for 2 s (writes, then reads)", uri,
+                              refused_connections=proxy.refused)["complete"]
 
 
 def test_an_endpoint_that_stays_down_gives_a_clear_error(proxy, monkeypatch):
@@ -126,7 +128,7 @@ def test_an_endpoint_that_stays_down_gives_a_clear_error(proxy, monkeypatch):
     assert isinstance(err.value, OSError)  # so Ray's retry_exceptions=[OSError] retries the task
 
 
-def test_a_full_disk_fails_the_write_at_once_with_the_path(tmp_path):
+def test_a_full_disk_fails_the_write_at_once_with_the_path(tmp_path, drill_report):
     """Out of space (here a file-size limit: the kernel's EFBIG, as real as ENOSPC and possible
     without mounting a small disk) fails the task at once, naming the file; nothing half-written
     becomes visible, and the task can be written once space is back."""
@@ -165,7 +167,7 @@ def test_a_full_disk_fails_the_write_at_once_with_the_path(tmp_path):
     assert not store.task_done(0) and not list((tmp_path / "store.zarr").rglob("*.partial"))
     assert store.write_task(0, task_data(spec, 0)).status == "written"  # space back: it goes through
     store.publish()
-    assert store.verify().ok
+    assert drill_report.check("disk full (EFBIG) on a write, then space back", uri, error=line)["complete"]
 
 
 def test_credentials_from_the_environment_appear_in_no_log_report_or_store(s3_endpoint, tmp_path):

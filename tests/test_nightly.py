@@ -139,7 +139,7 @@ def test_leases_and_conditional_creates_on_local_disk_and_s3(s3_endpoint, tmp_pa
         b.release()
 
 
-def test_a_driver_killed_mid_night_resumes_and_publishes_once(tmp_path):
+def test_a_driver_killed_mid_night_resumes_and_publishes_once(tmp_path, drill_report):
     """The nightly entrypoint as a process, killed while extracting; rerun after its lease
     expires, it skips finished tasks, publishes once, and the store verifies."""
     write_demo(str(tmp_path / "data"), per_class=4, shards=1)
@@ -195,7 +195,8 @@ local_num_cpus = 2
     assert extract["tasks_skipped"] >= written and extract["tasks_written"] + extract["tasks_skipped"] == 10
     s = ActivationStore.open(store)
     assert s.manifest["n_tasks"] == 10 and s.manifest["hooks"][HOOK]["rows"] == 40 * 4
-    assert ActivationStore.open(store, mode="a").verify().ok
+    assert drill_report.check("nightly driver killed mid-extraction, rerun", str(store),
+                              tasks_before_kill=written)["complete"]
     assert read_latest(str(store))["run"] == "nightly-2026-11-24"
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert "ALREADY PUBLISHED" in again.stdout

@@ -156,7 +156,7 @@ def test_publish_refuses_missing_tasks_and_readers_refuse_unpublished(store_uri)
     assert ActivationStore.open(store_uri).published
 
 
-def test_flipped_byte_raises_checksum_error(store_uri):
+def test_flipped_byte_raises_checksum_error(store_uri, drill_report):
     spec = small_spec()
     write_all(store_uri, spec).publish()
     fs, root = io.filesystem(store_uri)
@@ -185,6 +185,9 @@ def test_flipped_byte_raises_checksum_error(store_uri):
     fs.pipe_file(shard, bytes(blob))
     with pytest.raises(StoreCorrupted, match="shard index failed its crc32c"):
         ActivationStore.open(store_uri).hook("conv").read_rows(32, 64)
+    # As the error says: rewrite task 1; the store is whole again.
+    ActivationStore.open(store_uri, mode="a").write_task(1, task_data(spec, 1), overwrite=True)
+    assert drill_report.check("corrupt chunk and shard index detected, task rewritten", store_uri)["complete"]
 
 
 def test_verify_catches_a_shard_swapped_in_from_another_task(store_uri):
