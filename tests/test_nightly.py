@@ -9,14 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from cluster.nightly_job import NightlyJob, read_latest, run, summary
 from cluster.extract_job import ExtractJob
+from cluster.nightly_job import NightlyJob, read_latest, run, summary
 from cluster.resources import Resources
 from tests.conftest import BUCKET
 from vsae import Client
@@ -200,3 +201,19 @@ local_num_cpus = 2
     assert read_latest(str(store))["run"] == "nightly-2026-11-24"
     again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert "ALREADY PUBLISHED" in again.stdout
+
+
+def test_drivers_racing_for_a_lease_get_exactly_one(s3_endpoint, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for store in (str(tmp_path / "race.zarr"), f"s3://{BUCKET}/race-{time.monotonic_ns()}/s.zarr"):
+        barrier = threading.Barrier(8)
+
+        def contend(i: int):
+            barrier.wait()
+            return Lease.acquire(store, f"driver-{i}", seconds=30)[0]
+
+        with ThreadPoolExecutor(8) as pool:
+            won = [lease for lease in pool.map(contend, range(8)) if lease is not None]
+        assert len(won) == 1 and read_lease(store)["token"] == won[0].token
+        won[0].release()
