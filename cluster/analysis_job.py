@@ -29,7 +29,7 @@ from vsae.analysis.reduce import Classes, HookPlan, Unit, examples_task, finish_
 from vsae.analysis.stats import AnalysisConfig
 from vsae.analysis.wordnet import RULE, class_distances
 from vsae.data import read_listing, store_listing_uri
-from vsae.errors import ConfigError, UnknownHook
+from vsae.errors import ConfigError
 from vsae.extract import hook_positions
 from vsae.sae.checkpoint import WEIGHTS, find_saes
 from vsae.store import ActivationStore, io

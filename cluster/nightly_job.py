@@ -31,7 +31,7 @@ from cluster.resources import Resources
 from vsae import config
 from vsae.analysis.stats import AnalysisConfig
 from vsae.errors import ConfigError
-from vsae.store import ActivationStore, io
+from vsae.store import io
 from vsae.store.lease import Lease, create_object
 from vsae.train import SAERun, TrainConfig
 

@@ -145,8 +145,8 @@ def test_names_from_data_cannot_reach_outside_their_root(tmp_path):
     manifest row naming a file outside the dataset is counted, never read."""
     import tarfile
 
-    from vsae.store.io import safe_join, safe_relative
     from vsae.errors import UnsafePath
+    from vsae.store.io import safe_join, safe_relative
 
     jpeg = io.BytesIO()
     Image.new("RGB", (32, 32), (10, 200, 30)).save(jpeg, "JPEG")

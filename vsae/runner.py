@@ -9,8 +9,8 @@ reference; ``cluster.tasks`` runs the very same function on Ray workers.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
 from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 

@@ -37,8 +37,8 @@ from vsae.errors import (
 )
 from vsae.store import io
 from vsae.store.layout import task_image_range
-from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.rows import HookRows
+from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.spec import ARRAY_NAMES, HookSpec, StoreSpec, written_arrays
 from vsae.store.writer import encode_task
 
