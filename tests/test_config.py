@@ -43,8 +43,20 @@ def test_checked_in_analysis_configs_load_and_round_trip(name):
     assert config.from_dict(AnalyzeJob, config.to_dict(job)) == job
 
 
-@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources, "ExtractJob", "AnalyzeJob", "AnalysisConfig"])
+@pytest.mark.parametrize("name", ["demo_nightly", "inception_v1_nightly"])
+def test_checked_in_nightly_configs_load(name):
+    from cluster.nightly_job import NightlyJob
+
+    job = config.load(NightlyJob, str(ROOT / f"pipelines/configs/{name}.toml"))
+    assert job.saes and job.extract.hooks and job.lease_seconds > 0
+    assert config.from_dict(NightlyJob, config.to_dict(job)) == job
+
+
+@pytest.mark.parametrize("cls", [SyntheticJob, SyntheticConfig, Resources, "ExtractJob", "AnalyzeJob",
+                                 "AnalysisConfig", "NightlyJob"])
 def test_every_field_has_a_docstring(cls):
+    if cls == "NightlyJob":
+        from cluster.nightly_job import NightlyJob as cls
     if cls == "ExtractJob":
         from cluster.extract_job import ExtractJob as cls
     elif cls == "AnalyzeJob":

@@ -58,7 +58,7 @@ def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
         kind = hints[key]
         if dataclasses.is_dataclass(kind):
             kwargs[key] = from_dict(kind, value, f"{where}.{key}")
-        elif typing.get_origin(kind) is tuple and isinstance(value, list):
+        elif typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):  # TOML arrays, to_dict tuples
             item = typing.get_args(kind)[0] if typing.get_args(kind) else None
             if dataclasses.is_dataclass(item):
                 value = [from_dict(item, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
