@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vsae.store import io
@@ -43,7 +44,7 @@ def create_object(fs, path: str, data: bytes) -> None:
 
 @dataclass
 class Lease:
-    """A held lease; use :meth:`acquire`, then ``with lease.kept(): ...`` and :meth:`release`."""
+    """A held lease: :meth:`acquire`, then ``with lease.kept(): ...``, then :meth:`release`."""
 
     store_uri: str
     holder: str
@@ -51,7 +52,7 @@ class Lease:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
-    def path(self) -> tuple:
+    def _location(self) -> tuple:
         return io.filesystem(f"{self.store_uri.rstrip('/')}/{LEASE}")
 
     def _body(self) -> bytes:
@@ -62,7 +63,7 @@ class Lease:
     def acquire(cls, store_uri: str, holder: str, seconds: float) -> tuple[Lease | None, dict | None]:
         """``(lease, None)`` if taken, else ``(None, what the current holder wrote)``."""
         lease = cls(store_uri, holder, seconds)
-        fs, path = lease.path
+        fs, path = lease._location
         for _ in range(2):
             try:
                 create_object(fs, path, lease._body())
@@ -79,38 +80,33 @@ class Lease:
         current = read_lease(self.store_uri)
         if current is None or current.get("token") != self.token:
             return False
-        fs, path = self.path
+        fs, path = self._location
         io.put_object(fs, path, self._body())
         return True
 
     def release(self) -> None:
         current = read_lease(self.store_uri)
         if current is not None and current.get("token") == self.token:
-            fs, path = self.path
+            fs, path = self._location
             fs.rm(path)
 
+    @contextmanager
     def kept(self):
-        """A context that renews the lease every third of its duration while the body runs."""
-        lease = self
+        """Renew the lease every third of its duration while the body runs."""
+        stop = threading.Event()
 
-        class _Keeper:
-            def __enter__(self):
-                self.stop = threading.Event()
-                self.thread = threading.Thread(target=self._run, daemon=True, name="vsae-lease")
-                self.thread.start()
-                return lease
+        def renew_until_stopped() -> None:
+            while not stop.wait(self.seconds / 3):
+                if not self.renew():
+                    return  # lost: another driver took it over; its writes are idempotent too
 
-            def _run(self):
-                while not self.stop.wait(lease.seconds / 3):
-                    if not lease.renew():
-                        return
-
-            def __exit__(self, *exc):
-                self.stop.set()
-                self.thread.join()
-                return False
-
-        return _Keeper()
+        thread = threading.Thread(target=renew_until_stopped, daemon=True, name="vsae-lease")
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
 
 def read_lease(store_uri: str) -> dict | None:
