@@ -1,7 +1,7 @@
 """A lease on a store: at most one driver grows, extracts into and publishes a store at a time.
 
 The lease is one small JSON object (``{store}/_lease.json``) created with a conditional write:
-an exclusive create on local disk, ``If-None-Match: *`` on S3 (the PUT fails if the object
+on local disk a fully written temp file hard-linked into place (atomic, fails if the name exists), ``If-None-Match: *`` on S3 (the PUT fails if the object
 exists). It names its holder and when it expires; the holder renews it from a background thread
 while it works and deletes it when done. A driver that finds a live lease leaves the store alone;
 one that finds an expired lease (its holder died) takes it over. Two drivers taking over the same
@@ -28,10 +28,16 @@ LEASE = "_lease.json"
 def create_object(fs, path: str, data: bytes) -> None:
     """Write ``path`` only if it does not exist (raises ``FileExistsError`` if it does)."""
     if io.is_local(fs):
+        # Whole file first, then a hard link into place: the link is atomic and fails if the name
+        # exists, so a concurrent reader never sees a created-but-empty lease.
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        with os.fdopen(fd, "wb") as f:
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        with open(tmp, "wb") as f:
             f.write(data)
+        try:
+            os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
         return
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "s3" in protocols or "s3a" in protocols:
@@ -72,7 +78,10 @@ class Lease:
                 current = read_lease(store_uri)
                 if current is not None and current.get("expires", 0) > time.time():
                     return None, current
-                fs.rm(path)  # expired (its holder died) or torn: take it over
+                try:
+                    fs.rm(path)  # expired (its holder died) or torn: take it over
+                except FileNotFoundError:
+                    pass  # another driver removed it first; try to create it ourselves
         return None, read_lease(store_uri)
 
     def renew(self) -> bool:
