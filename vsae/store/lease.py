@@ -1,8 +1,8 @@
 """A lease on a store: at most one driver grows, extracts into and publishes a store at a time.
 
 The lease is one small JSON object (``{store}/_lease.json``) created with a conditional write:
-on local disk a fully written temp file hard-linked into place (atomic, fails if the name exists), ``If-None-Match: *`` on S3 (the PUT fails if the object
-exists). It names its holder and when it expires; the holder renews it from a background thread
+on local disk a fully written temp file hard-linked into place (atomic, and it fails if the name
+exists), on S3 a PUT with ``If-None-Match: *``. It names its holder and when it expires; the holder renews it from a background thread
 while it works and deletes it when done. A driver that finds a live lease leaves the store alone;
 one that finds an expired lease (its holder died) takes it over. Two drivers taking over the same
 expired lease in the same instant could both succeed; everything they write is idempotent, and
