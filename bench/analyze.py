@@ -10,7 +10,9 @@ RANDOM weights (speed does not depend on them). Then, in one process and on the 
 - ``class_means/neurons``: the statistics pass for the neurons (read + image-level means and
   maxima + class sums + top-k), i.e. the class-mean reduction itself;
 - ``encode``: read + the SAE's encoder only, the baseline for the SAE's pass;
-- ``class_means/sae``: the statistics pass for the SAE's features.
+- ``class_means/sae``: the statistics pass for the SAE's features;
+- ``encode/bf16`` and ``class_means/sae/bf16``: the same two with the encoder in bfloat16
+  (``compute_dtype = "bfloat16"``), with the relative L2 error of the class sums against fp32.
 
 Repeats alternate the order; medians are reported, and the ratios against the baseline measured
 next to them. Then the analysis job runs (local Ray) and the client's latency is measured for
@@ -127,7 +129,18 @@ def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backen
                     for s in range(0, len(x), 8192):
                         sae.feature_acts(x[s:s + 8192])
 
-        cases |= {"encode": encode, "class_means/sae": lambda: stats_task(plan_s, tasks, image_class)}
+        plan_b = HookPlan(store.uri, HOOK, (Unit("sae", sae_uri),), POSITIONS, 1000,
+                          AnalysisConfig(compute_dtype="bfloat16"))
+
+        def encode_bf16():
+            for t in tasks:
+                x = torch.as_tensor(reader.read_rows(*task_range(t)).acts, dtype=torch.float32)
+                with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+                    for s in range(0, len(x), 8192):
+                        sae.feature_acts(x[s:s + 8192]).float()
+
+        cases |= {"encode": encode, "class_means/sae": lambda: stats_task(plan_s, tasks, image_class),
+                  "encode/bf16": encode_bf16, "class_means/sae/bf16": lambda: stats_task(plan_b, tasks, image_class)}
     rows = store.spec.n_images * K
     mb = rows * CHANNELS * 2 / 1e6
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -143,6 +156,14 @@ def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backen
     if sae_uri:
         emit(bench="analysis_ratio", backend=backend, case="class_means/sae vs read+encode",
              ratio=round(med["encode"] / med["class_means/sae"], 3))
+        emit(bench="analysis_ratio", backend=backend, case="class_means/sae/bf16 vs read+encode/bf16",
+             ratio=round(med["encode/bf16"] / med["class_means/sae/bf16"], 3))
+        emit(bench="analysis_ratio", backend=backend, case="class_means/sae/bf16 vs class_means/sae (fp32)",
+             ratio=round(med["class_means/sae"] / med["class_means/sae/bf16"], 3))
+        a = stats_task(plan_s, tasks, image_class)["sae"].class_sums
+        b = stats_task(plan_b, tasks, image_class)["sae"].class_sums
+        emit(bench="analysis_bf16_error", backend=backend, case="class sums, bf16 vs fp32",
+             rel_l2=round(float(np.linalg.norm(a - b) / np.linalg.norm(a)), 5))
 
 
 def latency(uri: str, label: str, queries: int) -> None:
@@ -179,6 +200,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--chunk-kib", type=int, default=4096, help="store chunk_bytes in KiB (default 4 MiB)")
+    parser.add_argument("--throughput-only", action="store_true", help="local throughput cases only")
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vsae-bench-analyze-"))
     s3 = None
@@ -197,6 +219,8 @@ def main() -> None:
                  sae="topk-x8-k32 (RANDOM weights)", cpus=os.cpu_count(), torch=torch.__version__)
             if compression == "zstd:1":
                 throughput(store, sae_uri, args.repeats, "local")
+            if args.throughput_only:
+                return
             started = time.perf_counter()
             report = run(AnalyzeJob(store_uri=uri, run="bench", resources=Resources(max_in_flight=2)), progress=False)
             assert not report["failed"], report["failed"]

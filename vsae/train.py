@@ -114,7 +114,8 @@ def fast_bf16(device: torch.device) -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def compute_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype:
+def compute_dtype(cfg: TrainConfig | Any, device: torch.device) -> torch.dtype:
+    """The dtype a config's ``compute_dtype`` (auto, float32, bfloat16) means on ``device``."""
     if cfg.compute_dtype == "bfloat16" or (cfg.compute_dtype == "auto" and fast_bf16(device)):
         return torch.bfloat16
     return torch.float32

@@ -25,6 +25,7 @@ from vsae.analysis.stats import AnalysisConfig, ImageActs, UnitStats, image_leve
 from vsae.sae import load_sae
 from vsae.store import ActivationStore
 from vsae.store.layout import task_image_range
+from vsae.train import compute_dtype
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,12 @@ def _unit_sae(unit: Unit, device: str):
     return _sae(unit.sae_uri, device, unit.weights_digest)
 
 
-def _encode(unit: Unit, acts_bc: torch.Tensor, device: str) -> torch.Tensor:
+def _encode(unit: Unit, acts_bc: torch.Tensor, device: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     if not unit.sae_uri:
         return acts_bc
-    with torch.inference_mode():
-        return _unit_sae(unit, device).feature_acts(acts_bc)
+    kind = torch.device(device).type
+    with torch.inference_mode(), torch.autocast(kind, dtype=dtype, enabled=dtype != torch.float32):
+        return _unit_sae(unit, device).feature_acts(acts_bc).float()
 
 
 def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tuple[Unit, np.ndarray, ImageActs,
@@ -103,12 +105,13 @@ def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
     magnitude = reader.hook.sampler.startswith("magnitude")
     acts = torch.as_tensor(rows.acts, dtype=torch.float32).to(device)
     yx = rows.yx.reshape(hi - lo, k, 2)
+    dtype = compute_dtype(plan.cfg, torch.device(device))
     for unit in plan.units:
         width = _width(plan, unit, device)
         step = max(1, plan.cfg.batch_elements // (k * width))
         for a in range(0, hi - lo, step):
             b = min(a + step, hi - lo)
-            feats = _encode(unit, acts[a * k:b * k], device).float()
+            feats = _encode(unit, acts[a * k:b * k], device, dtype)
             valid = rows.valid[a * k:b * k]
             level = image_level(feats, rows.prob[a * k:b * k], valid, k, plan.n_positions, magnitude)
             yield unit, np.arange(lo + a, lo + b, dtype=np.int64), level, feats, valid, yx[a:b]
