@@ -126,7 +126,7 @@ def _night(job: NightlyJob, store_uri: str, run_name: str, report: dict, progres
     stages["extract"] = {"seconds": time.perf_counter() - t0, "tasks_written": extracted.tasks_written,
                          "tasks_skipped": extracted.tasks_skipped, "failed": extracted.failed,
                          "rows_written": extracted.rows_written, "inputs": dict(extracted.inputs),
-                         "notes": extracted.notes}
+                         "task_seconds": extracted.task_seconds, "notes": extracted.notes}
     if store is None:
         return {"status": "failed", "failed_stage": "extract"}
     latest = read_latest(store_uri)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +15,7 @@ from tests.helpers import snapshot
 from vsae.data.demo import write_demo
 from vsae.errors import ConfigError, UnknownHook
 from vsae.extract import ExtractTasks, hook_specs
-from vsae.store import ActivationStore
+from vsae.store import ActivationStore, io
 
 HOOKS = ("conv2d0=magnitude:4", "mixed3a/3x3=magnitude:2", "mixed4a/5x5/pre_relu=all", "mixed5b=mean")
 
@@ -32,6 +35,11 @@ def test_extraction_on_s3_equals_a_direct_forward_and_reruns_as_noop(s3_endpoint
     assert dict(report.inputs) == {"corrupt": 1, "converted:CMYK": 1, "converted:L": 1, "converted:P": 1,
                                    "too_small": 1, "listing:non_image_member": 1}
     assert any("RANDOM weights" in n for n in report.notes)
+    assert set(report.task_seconds) == {"decode", "forward", "write"} and min(report.task_seconds.values()) > 0
+    assert "task time      decode" in report.summary()
+    fs, root = io.filesystem(job.store_uri)
+    (saved,) = [json.loads(fs.cat_file(p)) for p in fs.find(f"{root}/_reports")]
+    assert saved["report"]["task_seconds"] == report.task_seconds
     # The store holds what a forward pass in this process gives for the same images.
     torch.set_num_threads(1)
     direct = ExtractTasks(spec, "random:0", data["webdataset"], f"{job.store_uri}/{MANIFEST_KEY}", batch_size=15)
@@ -123,6 +131,13 @@ def test_pipeline_fails_a_task_with_bad_data_alone(tmp_path):
     assert list(report.failed) == [2] and "TaskDataError" in report.failed[2]
     assert report.tasks_written == 2
     assert ActivationStore.open(uri, committed_only=True).missing_tasks() == [2]
+    # The job's end: not published, and the report (which task failed, why) is saved all the same.
+    from cluster.finish import finish
+
+    _, published = finish(ActivationStore.open(uri, mode="a"), report, Resources(), "extract", verify=True)
+    assert published is None and not ActivationStore.open(uri, mode="a").published
+    (saved,) = [json.loads(p.read_text()) for p in Path(uri, "_reports").glob("extract-*.json")]
+    assert "TaskDataError" in saved["report"]["failed"]["2"] and "NOT published" in saved["report"]["notes"][0]
 
 
 def test_hook_entries_are_checked():

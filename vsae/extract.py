@@ -8,6 +8,7 @@ counted by reason in the task's marker.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -122,16 +123,18 @@ class ExtractTasks:
 
     def decode(self, task: int) -> DecodedTask:
         """Read and decode the task's images (CPU work; the first stage of a pipeline)."""
+        started = time.perf_counter()
         _, start, stop = self._fresh(task)
         listing = _listing(self.listing_uri, self.spec.dataset)
         size, resample = _input_format(self.spec.model_id)
         images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
                                              size, resample)
-        return DecodedTask(task, images, valid, dict(reasons))
+        return DecodedTask(task, images, valid, dict(reasons), time.perf_counter() - started)
 
     def forward(self, task: int, decoded: DecodedTask) -> tuple[dict[str, HookRows], dict]:
         """One forward pass per batch of decoded images; every hook sampled from the same pass."""
         assert decoded.task == task, (decoded.task, task)
+        started = time.perf_counter()
         first, start, stop = self._fresh(task)
         model = _model(self.spec.model_id, self.weights_uri, device())
         images, valid = decoded.images, decoded.valid
@@ -154,7 +157,8 @@ class ExtractTasks:
             kept = self._stored_rows(task, start - first)
             parts = {h: [kept[h], *p] for h, p in parts.items()}
         rows = {h: HookRows.concat(p) for h, p in parts.items() if p}
-        return rows, {"inputs": dict(decoded.reasons)}
+        seconds = {"decode": decoded.seconds, "forward": time.perf_counter() - started}
+        return rows, {"inputs": dict(decoded.reasons), "seconds": seconds}
 
     def _stored_rows(self, task: int, n_images: int) -> dict[str, HookRows]:
         """The stored rows of the task's first ``n_images`` images (written before the store grew)."""
@@ -181,6 +185,8 @@ class DecodedTask:
     images: np.ndarray
     valid: np.ndarray
     reasons: dict[str, int]
+    seconds: float = 0.0
+    """Time spent reading and decoding."""
 
 
 @lru_cache(maxsize=4)

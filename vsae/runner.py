@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from tqdm.auto import tqdm
@@ -50,7 +50,12 @@ def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) 
             return finished_result(task, marker)
     out = producer(task)
     rows, info = out if isinstance(out, tuple) else (out, {})
-    return store.write_task(task, rows, overwrite=overwrite, info=info)
+    started = time.perf_counter()
+    result = store.write_task(task, rows, overwrite=overwrite, info=info)
+    if result.status == "written":
+        seconds = {**result.info.get("seconds", {}), "write": time.perf_counter() - started}
+        result = replace(result, info={**result.info, "seconds": seconds})
+    return result
 
 
 @dataclass
@@ -66,6 +71,9 @@ class RunReport:
     inputs: Counter = field(default_factory=Counter)
     """Inputs converted or skipped, by reason, over all tasks (written or already done)."""
     seconds: float = 0.0
+    task_seconds: dict[str, float] = field(default_factory=dict)
+    """Time per stage (decode, forward, write), summed over the tasks written: with tasks in
+    parallel the sums exceed ``seconds``; their ratios show which stage bounds the run."""
     notes: list[str] = field(default_factory=list)
 
     def add(self, result: TaskResult) -> None:
@@ -74,6 +82,8 @@ class RunReport:
             self.tasks_skipped += 1
             return
         self.tasks_written += 1
+        for stage, s in result.info.get("seconds", {}).items():
+            self.task_seconds[stage] = self.task_seconds.get(stage, 0.0) + s
         for hook, n in result.rows.items():
             self.rows_written[hook] = self.rows_written.get(hook, 0) + n
             self.valid_rows_written[hook] = self.valid_rows_written.get(hook, 0) + result.valid_rows[hook]
@@ -87,6 +97,9 @@ class RunReport:
         ]
         for hook, n in sorted(self.rows_written.items()):
             lines.append(f"  {hook:<28} {n:>12,} rows, {self.valid_rows_written[hook]:,} valid")
+        if self.task_seconds:
+            lines.append("task time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.task_seconds.items())
+                         + " (summed over tasks)")
         if self.inputs:
             lines.append("inputs         " + ", ".join(f"{k} {v}" for k, v in sorted(self.inputs.items())))
         for task, err in sorted(self.failed.items()):
