@@ -52,13 +52,21 @@ class ExtractJob:
     compression: str = "zstd:1"
     """Chunk compression: zstd:1, zstd:3 or none."""
     verify: bool = True
-    """Re-read every shard after publishing and check it against its task's marker."""
+    """Re-read shards after publishing and check them against their tasks' markers."""
+    verify_scope: str = "all"
+    """Which tasks ``verify`` re-reads: ``all``, or ``grown`` (the tasks holding images added by
+    the store's last growth; every task of a store that never grew), so that a nightly growth
+    verifies what it wrote without a full pass over the store."""
     grow: bool = False
     """Append new shards to an existing store: relist the dataset keeping every existing image id
     (new images after them), grow the store, and extract only the new images (plus the old last
     task, if it was partial). Readers keep the published images until the new ones publish."""
     resources: Resources = field(default_factory=Resources)
     """Cluster resources (not part of the store spec)."""
+
+    def __post_init__(self) -> None:
+        if self.verify_scope not in ("all", "grown"):
+            raise ConfigError(f"verify_scope must be all or grown, got {self.verify_scope!r}")
 
 
 def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, ActivationStore | None]:
@@ -109,7 +117,8 @@ def run(job: ExtractJob, *, progress: bool = True) -> tuple[RunReport, Activatio
     report.notes.append(f"model          {spec.model_id}, forward in {spec.compute_dtype}, stored as {spec.dtype}")
     if listing.skipped:
         report.inputs.update({f"listing:{k}": v for k, v in listing.skipped.items()})
-    return finish(store, report, job, "extract", verify=job.verify)
+    scope = None if job.verify_scope == "all" else range(store.grown_from // spec.images_per_task, spec.n_tasks)
+    return finish(store, report, job, "extract", verify=job.verify, verify_tasks=scope)
 
 
 def _stored_spec(uri: str) -> StoreSpec | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from vsae import config
@@ -12,10 +13,11 @@ from vsae.runner import RunReport
 from vsae.store import ActivationStore, io
 
 
-def finish(store: ActivationStore, report: RunReport, job: Any, name: str, *,
-           verify: bool) -> tuple[RunReport, ActivationStore | None]:
-    """Publish (unless tasks failed), verify every shard if asked, and save the report as
-    ``_reports/<name>-<time>.json`` in the store. Returns the store, or None if unpublished."""
+def finish(store: ActivationStore, report: RunReport, job: Any, name: str, *, verify: bool,
+           verify_tasks: Iterable[int] | None = None) -> tuple[RunReport, ActivationStore | None]:
+    """Publish (unless tasks failed), verify the shards of ``verify_tasks`` (default: every
+    task) if asked, and save the report as ``_reports/<name>-<time>.json`` in the store, in
+    every case. Returns the store, or None if unpublished."""
     published = None
     if report.failed:
         report.notes.append("store NOT published: re-run the same command to retry the failed tasks")
@@ -27,8 +29,9 @@ def finish(store: ActivationStore, report: RunReport, job: Any, name: str, *,
         published = store
         if verify:
             started = time.perf_counter()
-            check = store.verify()
-            report.notes.append(f"verified       {check.tasks_checked} tasks in {time.perf_counter() - started:.1f} s: "
+            check = store.verify(None if verify_tasks is None else list(verify_tasks))
+            scope = "" if verify_tasks is None else f" of {store.spec.n_tasks}"
+            report.notes.append(f"verified       {check.tasks_checked}{scope} tasks in {time.perf_counter() - started:.1f} s: "
                                 + ("all checksums match" if check.ok else "; ".join(check.problems[:5])))
             if not check.ok:
                 report.failed[-1] = "verification failed"

@@ -34,7 +34,8 @@ HOOK, SAE = "mixed3b/5x5", "topk-x2-k4"
 
 def nightly(store: str, data: str, night: str, **kw) -> NightlyJob:
     return NightlyJob(
-        extract=ExtractJob(store_uri=store, dataset_uri=data, hooks=(f"{HOOK}=magnitude:4",), images_per_task=16),
+        extract=ExtractJob(store_uri=store, dataset_uri=data, hooks=(f"{HOOK}=magnitude:4",), images_per_task=16,
+                           verify_scope="grown"),
         train=TrainConfig(batch_rows=32, steps=12, eval_rows=16, normaliser_rows=64, lr_warmup_steps=2),
         saes=(SAERun(HOOK, SAEConfig(variant="topk", k=4, expansion=2, lr=1e-3)),),
         analysis=AnalysisConfig(top_k=3, per_interval=2), night=night,
@@ -60,6 +61,7 @@ def test_nights_are_idempotent_grow_with_new_shards_and_move_latest_atomically(s
     assert first["status"] == "published", summary(first)
     assert read_latest(store)["run"] == "nightly-2026-11-20" and first["stages"]["extract"]["tasks_written"] == 3
     assert "RANDOM weights" in summary(first)
+    assert any(n.startswith("verified       3 of 3 tasks") for n in first["stages"]["extract"]["notes"])
 
     def objects():
         fs, root = io.filesystem(store)
@@ -83,6 +85,7 @@ def test_nights_are_idempotent_grow_with_new_shards_and_move_latest_atomically(s
     assert grown["status"] == "published", summary(grown)
     e = grown["stages"]["extract"]
     assert (e["tasks_written"], e["tasks_skipped"]) == (2, 2) and any("35 -> 55" in n for n in e["notes"])
+    assert any(n.startswith("verified       2 of 4 tasks") and "all checksums match" in n for n in e["notes"])
     assert grown["stages"]["train"]["warm_started_from"] == f"{store}/saes/nightly-2026-11-20"
     cfg = read_info(f"{store}/saes/nightly-2026-11-22/mixed3b.5x5/{SAE}")
     assert cfg.train["warm_started_from"] == f"{store}/saes/nightly-2026-11-20/mixed3b.5x5/{SAE}"
