@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from vsae.errors import ConfigError, UnknownHook
-from vsae.models import apply_weights, build, capture, model_ids, register, resolve_hooks
+from vsae.models import apply_weights, build, capture, card, model_ids, model_input, register, resolve_hooks
 from vsae.models.inception_v1 import MIXED, local_response_norm_tf, preprocess
 
 MODELS = model_ids()
@@ -23,7 +23,8 @@ def forwarded():
     for model_id in MODELS:
         model = build(model_id).eval()
         apply_weights(model, "random:0", model_id)
-        x = torch.randn(2, 3, model.input_size, model.input_size, generator=torch.Generator().manual_seed(0))
+        size = card(model_id).input_size
+        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
         with torch.no_grad(), capture(model, model.hooks.values()) as got:
             model(x)
         out[model_id] = (model, dict(got))
@@ -142,9 +143,24 @@ def test_random_weights_are_explicit_and_reproducible():
 
 def test_registry_refuses_a_second_registration():
     with pytest.raises(ConfigError, match="already registered"):
-        register("inception_v1.lucid")(lambda: None)
-    with pytest.raises(ConfigError, match="unknown model 'nope'; registered"):
+        register(card("inception_v1.lucid"))(lambda: None)
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
         build("nope")
+    with pytest.raises(ConfigError, match="did you mean 'inception_v1.lucid'"):
+        card("inception_v1.lucd")
+
+
+@pytest.mark.parametrize("model_id", MODELS)
+def test_card_describes_the_model_without_building_it(model_id):
+    c = card(model_id)
+    model = build(model_id)
+    assert c.hooks == model.hooks and c.model_id == model_id
+    # the card's normalisation is the model's preprocessing: black and white map to the value range
+    x = model_input(model, c, np.stack([np.zeros((c.input_size, c.input_size, 3), np.uint8),
+                                        np.full((c.input_size, c.input_size, 3), 255, np.uint8)]))
+    lo, hi = c.value_range
+    assert float(x.min()) == pytest.approx(lo, rel=1e-6) and float(x.max()) == pytest.approx(hi, rel=1e-6)
+    assert not c.stale(c.code_version)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,11 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/python -m pip install --quiet "torch==2.13.0"
 fi
 .venv/bin/python -m pip install --quiet -e ".${extras}"
+if [[ -n "$extras" ]]; then
+    # Lucent's PyTorch port of InceptionV1, the tests' independent reference; without its
+    # dependencies, which would pull in torchvision (a CUDA build that breaks beside CPU torch).
+    .venv/bin/python -m pip install --quiet --no-deps "torch-lucent==0.1.8"
+fi
 # WordNet 3.0 for the analysis job's class tree (ImageNet classes are WordNet noun synsets): an
 # nltk copy if there is one, else the system's (Debian/Ubuntu: wordnet-base + wordnet-sense-index,
 # installed here when missing and permitted), else nltk.download; it lands in .venv/nltk_data.

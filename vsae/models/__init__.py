@@ -1,9 +1,23 @@
-"""Vision models with hook tables, registered by id (``arch.weights``)."""
+"""Vision models: cards (what a model is, torch-free) and networks with hook tables, by model id.
 
-from vsae.models import clip_vit, inception_v1  # noqa: F401  (register their model ids)
-from vsae.models.hooks import HookInfo, HookPoint, capture, resolve_hooks
-from vsae.models.registry import build, model_ids, register
-from vsae.models.weights import apply_weights
+``card``, ``model_ids``, ``register`` and ``resolve_hooks`` import no torch; ``build``,
+``capture``, ``apply_weights`` and ``HookPoint`` do, the first time they are used.
+"""
 
-__all__ = ["HookInfo", "HookPoint", "apply_weights", "build", "capture", "model_ids", "register",
-           "resolve_hooks"]
+from vsae.models.card import HookInfo, ModelCard
+from vsae.models.registry import build, card, factory, model_ids, register, stale_reason
+from vsae.models.resolve import resolve_hooks
+
+__all__ = ["HookInfo", "HookPoint", "ModelCard", "apply_weights", "build", "capture", "card", "factory",
+           "model_ids", "model_input", "register", "resolve_hooks", "stale_reason", "to_model_input"]
+
+_LAZY = {"HookPoint": "vsae.models.hooks", "capture": "vsae.models.hooks", "apply_weights": "vsae.models.weights",
+         "to_model_input": "vsae.models.inputs", "model_input": "vsae.models.inputs"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vsae.models' has no attribute {name!r}")

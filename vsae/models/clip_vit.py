@@ -16,35 +16,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsae.models.hooks import HookInfo, HookPoint
-from vsae.models.registry import register
+from vsae.models.cards import CLIP_EMBED as EMBED
+from vsae.models.cards import CLIP_HEADS as HEADS
+from vsae.models.cards import CLIP_LAYERS as LAYERS
+from vsae.models.cards import CLIP_MEAN as MEAN
+from vsae.models.cards import CLIP_MLP as MLP
+from vsae.models.cards import CLIP_PATCH as PATCH
+from vsae.models.cards import CLIP_STD as STD
+from vsae.models.cards import CLIP_TOKENS as TOKENS
+from vsae.models.cards import CLIP_VIT_B32_CARD as CARD
+from vsae.models.cards import CLIP_WIDTH as WIDTH
+from vsae.models.cards import clip_hook_key as _key
+from vsae.models.hooks import HookPoint
 
-MODEL_ID = "clip_vit_b32.openai"
-WIDTH, LAYERS, HEADS, MLP, PATCH, SIZE, EMBED = 768, 12, 12, 3072, 32, 224, 512
-TOKENS = 1 + (SIZE // PATCH) ** 2
-MEAN = (0.48145466, 0.4578275, 0.40821073)
-STD = (0.26862954, 0.26130258, 0.27577711)
-BLOCK_SITES = ("resid_pre", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
-
-
-def _key(hook: str) -> str:
-    return hook.replace(".", "_").replace("/", "__")
-
-
-def _hook_table() -> dict[str, HookInfo]:
-    table = {}
-    for name in ("embed", "ln_pre"):
-        table[name] = HookInfo(name, f"hook_points.{_key(name)}", "ntd", (TOKENS, WIDTH))
-    for i in range(LAYERS):
-        for site in BLOCK_SITES:
-            name = f"blocks.{i}/{site}"
-            table[name] = HookInfo(name, f"hook_points.{_key(name)}", "ntd",
-                                   (TOKENS, MLP if site == "mlp_post" else WIDTH))
-    table["ln_post"] = HookInfo("ln_post", "hook_points.ln_post", "ntd", (1, WIDTH))
-    return table
-
-
-HOOKS = _hook_table()
+MODEL_ID = CARD.model_id
+HOOKS = CARD.hooks
 
 
 class _Embeddings(nn.Module):
@@ -94,10 +80,9 @@ class _Encoder(nn.Module):
 class ClipViT(nn.Module):
     """The vision tower; ``forward`` returns the 512-d image embeddings."""
 
+    card = CARD
     model_id = MODEL_ID
     hooks = HOOKS
-    input_size = SIZE
-    resample = "bicubic"  # CLIP's own preprocessing
 
     def __init__(self) -> None:
         super().__init__()
@@ -169,8 +154,3 @@ def _from_open_clip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                                  ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
                 out[f"{dst}{ours}.{p}"] = v[f"{src}{theirs}.{p}"]
     return out
-
-
-@register(MODEL_ID)
-def _build() -> ClipViT:
-    return ClipViT()

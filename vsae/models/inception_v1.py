@@ -8,6 +8,10 @@ the TensorFlow graph rather than that port:
   over 2r+1 channels)^beta`` with r=4, alpha=9.99999974738e-05, beta=0.5, bias=1. PyTorch's
   ``local_response_norm`` divides alpha by the window size, so a port calling it with TF's alpha
   normalises 9x too weakly;
+- every conv and pool pads as TensorFlow's SAME does (:func:`same_padding`): the odd extra
+  row and column of a stride-2 layer go *after* the input (``conv2d0``, 7x7/2 on 224: 2 before,
+  3 after). A symmetric pad, as code version 0 of this module used, shifts the network by a
+  pixel and changes every activation (relative error 1.33 at ``conv2d0/pre_relu``);
 - input is RGB in Lucid's range, 0..255 minus 117 (:func:`preprocess`).
 
 Hooks (see :data:`HOOKS`): block outputs ``conv2d0`` .. ``mixed5b`` (post-ReLU; a mixed block is
@@ -22,25 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vsae.models.hooks import HookInfo, HookPoint
-from vsae.models.registry import register
+from vsae.models.cards import INCEPTION_V1_CARD as CARD
+from vsae.models.cards import MIXED
+from vsae.models.cards import inception_hook_key as _hook_key
+from vsae.models.hooks import HookPoint
 
-MODEL_ID = "inception_v1.lucid"
-INPUT_SIZE = 224
+MODEL_ID = CARD.model_id
+HOOKS = CARD.hooks
 LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS = 4, 9.99999974738e-05, 0.5, 1.0
-
-# block: (input channels, 1x1, 3x3 bottleneck, 3x3, 5x5 bottleneck, 5x5, pool_reduce, side)
-MIXED = {
-    "mixed3a": (192, 64, 96, 128, 16, 32, 32, 28),
-    "mixed3b": (256, 128, 128, 192, 32, 96, 64, 28),
-    "mixed4a": (480, 192, 96, 204, 16, 48, 64, 14),
-    "mixed4b": (508, 160, 112, 224, 24, 64, 64, 14),
-    "mixed4c": (512, 128, 128, 256, 24, 64, 64, 14),
-    "mixed4d": (512, 112, 144, 288, 32, 64, 64, 14),
-    "mixed4e": (528, 256, 160, 320, 32, 128, 128, 14),
-    "mixed5a": (832, 256, 160, 320, 48, 128, 128, 7),
-    "mixed5b": (832, 384, 192, 384, 48, 128, 128, 7),
-}
 POOL_AFTER = {"mixed3b": "maxpool4", "mixed4e": "maxpool10"}  # stride-2 pools between stages
 
 
@@ -53,49 +46,39 @@ def local_response_norm_tf(x: torch.Tensor, radius: int = LRN_RADIUS, alpha: flo
     return x / (bias + alpha * sums).pow(beta)
 
 
-def _same_pad(kernel: int) -> tuple[int, int, int, int]:
-    lo = (kernel - 1) // 2
-    return (lo, kernel - 1 - lo, lo, kernel - 1 - lo)
+def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
+    """TensorFlow's SAME padding of one spatial axis: ``(before, after)``.
+
+    The output has ``ceil(size / stride)`` positions; the padding needed for that is split with
+    the odd one *after* the input (TensorFlow's ``conv2d``/``max_pool`` with ``padding="SAME"``).
+    ``conv2d0`` (7x7, stride 2, on 224) gets (2, 3); a stride-2 3x3 pool on 112 gets (0, 1); on
+    an odd 113 it gets (1, 1).
+    """
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+def pad_same(x: torch.Tensor, kernel: int, stride: int, value: float = 0.0) -> torch.Tensor:
+    """``x`` ``[b, c, h, w]`` padded as TensorFlow's SAME would for this kernel and stride."""
+    top, bottom = same_padding(x.shape[-2], kernel, stride)
+    left, right = same_padding(x.shape[-1], kernel, stride)
+    if not (top or bottom or left or right):
+        return x
+    return F.pad(x, (left, right, top, bottom), value=value)
 
 
 def _max_pool(x: torch.Tensor, stride: int) -> torch.Tensor:
     """3x3 max pool with TensorFlow SAME padding (padding never wins the max)."""
-    pad = (0, 1, 0, 1) if stride == 2 else (1, 1, 1, 1)
-    return F.max_pool2d(F.pad(x, pad, value=float("-inf")), 3, stride=stride)
-
-
-def _hook_key(name: str) -> str:
-    return name.replace("/", "__")
-
-
-def _hook_table() -> dict[str, HookInfo]:
-    table: dict[str, HookInfo] = {}
-
-    def add(name: str, channels: int, side: int) -> None:
-        table[name] = HookInfo(name, f"hook_points.{_hook_key(name)}", "nchw", (channels, side, side))
-
-    for name, channels, side in (("conv2d0", 64, 112), ("conv2d1", 64, 56), ("conv2d2", 192, 56)):
-        add(f"{name}/pre_relu", channels, side)
-        add(name, channels, side)
-    for block, (_, c1, b3, c3, b5, c5, cp, side) in MIXED.items():
-        for branch, channels in (("1x1", c1), ("3x3_bottleneck", b3), ("3x3", c3),
-                                 ("5x5_bottleneck", b5), ("5x5", c5), ("pool_reduce", cp)):
-            add(f"{block}/{branch}/pre_relu", channels, side)
-            add(f"{block}/{branch}", channels, side)
-        add(block, c1 + c3 + c5 + cp, side)
-    return table
-
-
-HOOKS: dict[str, HookInfo] = _hook_table()
+    return F.max_pool2d(pad_same(x, 3, stride, value=float("-inf")), 3, stride=stride)
 
 
 class InceptionV1(nn.Module):
     """The inception5h graph; ``forward`` returns the 1008 class logits."""
 
+    card = CARD
     model_id = MODEL_ID
     hooks = HOOKS
-    input_size = INPUT_SIZE
-    resample = "bilinear"
 
     @staticmethod
     def preprocess(images_bhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -123,7 +106,7 @@ class InceptionV1(nn.Module):
     def _unit(self, x: torch.Tensor, conv: str, hook: str) -> torch.Tensor:
         """SAME-padded conv, its pre_relu hook, ReLU, and its output hook."""
         layer: nn.Conv2d = getattr(self, f"{conv}_pre_relu_conv")
-        pre = layer(F.pad(x, _same_pad(layer.kernel_size[0])) if layer.kernel_size[0] > 1 else x)
+        pre = layer(pad_same(x, layer.kernel_size[0], layer.stride[0]))
         pre = self.hook_points[_hook_key(f"{hook}/pre_relu")](pre)
         return self.hook_points[_hook_key(hook)](F.relu(pre))
 
@@ -154,8 +137,3 @@ def preprocess(images_bhwc: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 RGB images ``[b, 224, 224, 3]`` to the graph's input: ``[b, 3, 224, 224]`` in [-117, 138]."""
     x = torch.as_tensor(images_bhwc)
     return x.permute(0, 3, 1, 2).float() - 117.0
-
-
-@register(MODEL_ID)
-def _build() -> InceptionV1:
-    return InceptionV1()
