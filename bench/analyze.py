@@ -42,10 +42,12 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
-from vsae.analysis.reduce import HookPlan, Unit, stats_task  # noqa: E402
-from vsae.analysis.stats import AnalysisConfig  # noqa: E402
+from vsae.analysis.config import AnalysisConfig  # noqa: E402
+from vsae.analysis.plan import HookPlan, Unit  # noqa: E402
+from vsae.analysis.reduce import stats_task  # noqa: E402
 from vsae.analysis.wordnet import imagenet_wnids  # noqa: E402
-from vsae.data.listing import SCHEMA, Listing, store_listing_uri, write_listing  # noqa: E402
+from vsae.data.listing import SCHEMA, Listing, write_listing  # noqa: E402
+from vsae.store.paths import StoreLayout  # noqa: E402
 from vsae.sae import SAEConfig, make_sae  # noqa: E402
 from vsae.sae.checkpoint import CheckpointInfo, write_config, write_weights  # noqa: E402
 from vsae.store import ActivationStore, HookRows, HookSpec, StoreSpec, io  # noqa: E402
@@ -59,7 +61,7 @@ def emit(**fields) -> None:
 
 
 def build_store(uri: str, n_images: int, compression: str = "zstd:1", chunk_kib: int = 4096) -> ActivationStore:
-    spec = StoreSpec(model_id="inception_v1.lucid", weights="random:0", dataset="bench", n_images=n_images,
+    spec = StoreSpec(model_id="inception_v1.lucid", model_code=1, weights="random:0", dataset="bench", n_images=n_images,
                      hooks=(HookSpec(HOOK, CHANNELS, f"magnitude:{K}", K),), images_per_task=1024,
                      compression=compression, chunk_bytes=chunk_kib << 10)
     store = ActivationStore.create(uri, spec)
@@ -78,7 +80,7 @@ def build_store(uri: str, n_images: int, compression: str = "zstd:1", chunk_kib:
                       "size": np.zeros(n_images, np.int64), "label": (np.arange(n_images) % 1000).astype(np.int32),
                       "wnid": [wnids[i % 1000] for i in range(n_images)], "caption": [None] * n_images},
                      schema=SCHEMA)
-    write_listing(Listing(table, "bench://none", "imagenet_folder"), store_listing_uri(uri))
+    write_listing(Listing(table, "bench://none", "imagenet_folder"), StoreLayout(uri).listing)
     return ActivationStore.open(uri)
 
 
@@ -205,8 +207,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="vsae-bench-analyze-"))
     s3 = None
     try:
-        from cluster.analysis_job import AnalyzeJob, run
-        from cluster.resources import Resources
+        from cluster import RayExecutor
+        from vsae.jobs.analyze import AnalyzeJob, run
+        from vsae.resources import Resources
 
         stores = {}
         for compression in ("zstd:1", "none"):
@@ -222,11 +225,13 @@ def main() -> None:
             if args.throughput_only:
                 return
             started = time.perf_counter()
-            report = run(AnalyzeJob(store_uri=uri, run="bench", resources=Resources(max_in_flight=2)), progress=False)
-            assert not report["failed"], report["failed"]
+            resources = Resources(max_in_flight=2)
+            report = run(AnalyzeJob(store_uri=uri, run="bench", resources=resources),
+                         RayExecutor(resources, progress=False))
+            assert report.ok, report.summary()
             if compression == "zstd:1":
                 emit(bench="analysis_job", seconds=round(time.perf_counter() - started, 2), **{
-                    f"{k}_s": round(v, 2) for k, v in report["seconds"].items()})
+                    f"{k}_s": round(v, 2) for k, v in report.data["seconds"].items()})
             latency(uri, f"local {compression}", args.queries)
 
         s3 = subprocess.Popen([sys.executable, str(ROOT / "infra/local/s3_server.py"), "--bucket", "bench"],

@@ -36,7 +36,8 @@ from PIL import Image  # noqa: E402
 
 from vsae.data import list_dataset, write_listing  # noqa: E402
 from vsae.data.demo import write_demo  # noqa: E402
-from vsae.extract import ExtractTasks, hook_specs  # noqa: E402
+from vsae.extract import ExtractTasks  # noqa: E402
+from vsae.jobs.extract import hook_specs  # noqa: E402
 from vsae.models import apply_weights, build, capture, resolve_hooks  # noqa: E402
 from vsae.runner import run_local  # noqa: E402
 from vsae.store import ActivationStore, StoreSpec  # noqa: E402
@@ -79,7 +80,7 @@ def naive(model, infos, files: list[str], batch: int, out_dir: Path) -> float:
 
 
 def vsae_run(tmp: Path, data_uri: str, listing, compute: str, batch: int, per_task: int) -> tuple[float, str]:
-    spec = StoreSpec(model_id="inception_v1.lucid", weights="random:0", dataset=listing.digest,
+    spec = StoreSpec(model_id="inception_v1.lucid", model_code=1, weights="random:0", dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs("inception_v1.lucid", HOOKS),
                      images_per_task=per_task, compute_dtype=compute)
     uri = str(tmp / f"store-{compute}.zarr")
@@ -94,22 +95,27 @@ def vsae_run(tmp: Path, data_uri: str, listing, compute: str, batch: int, per_ta
 
 def ray_runs(tmp: Path, data_uri: str, listing, batch: int, per_task: int) -> dict[str, float]:
     """images/s of the Ray Data pipeline and of one Ray task per store task, on a local Ray."""
-    from cluster.pipeline import run_pipeline
-    from cluster.resources import Resources
-    from cluster.runtime import init_ray
-    from cluster.tasks import run_tasks
+    from cluster import RayExecutor
+    from vsae.jobs.extract import write_pipeline
+    from vsae.resources import Resources
+    from vsae.runner import write_tasks
 
-    init_ray(Resources())
+    def tasks(executor, uri, producer):
+        return write_tasks(executor, uri, producer, range(producer.spec.n_tasks), accelerator=True)
+
+    def pipeline(executor, uri, producer):
+        return write_pipeline(executor, ActivationStore.open(uri, mode="a"), producer)
+
     out = {}
-    for name, runner in (("ray_tasks", run_tasks), ("ray_data_pipeline", run_pipeline),
-                         ("ray_tasks_again", run_tasks), ("ray_data_pipeline_again", run_pipeline)):
-        spec = StoreSpec(model_id="inception_v1.lucid", weights="random:0", dataset=listing.digest,
+    for name, runner in (("ray_tasks", tasks), ("ray_data_pipeline", pipeline),
+                         ("ray_tasks_again", tasks), ("ray_data_pipeline_again", pipeline)):
+        spec = StoreSpec(model_id="inception_v1.lucid", model_code=1, weights="random:0", dataset=listing.digest,
                          n_images=listing.n_images, hooks=hook_specs("inception_v1.lucid", HOOKS),
                          images_per_task=per_task, compute_dtype="bfloat16")
         uri = str(tmp / f"store-{name}.zarr")
         ActivationStore.create(uri, spec)
         producer = ExtractTasks(spec, "random:0", data_uri, str(tmp / "dataset.parquet"), batch)
-        report = runner(uri, producer, range(spec.n_tasks), Resources(batch_size=batch), progress=False)
+        report = runner(RayExecutor(Resources(batch_size=batch), progress=False), uri, producer)
         assert not report.failed, report.failed
         out[name] = listing.n_images / report.seconds
         emit(bench="extract", impl=name, images_per_s=round(out[name], 2), tasks=spec.n_tasks,

@@ -109,7 +109,7 @@ def reference(variant: str, rows: torch.Tensor, order: np.ndarray, a, held: torc
 
 
 def vsae_run(variant: str, uri: str, out: Path, a, dtype: str, held_raw: torch.Tensor, truth) -> dict:
-    sae_cfg = SAEConfig(variant=variant, expansion=a.expansion, k=a.k, l1=a.l1, lr=a.lr)
+    sae_cfg = SAEConfig(variant=variant, expansion=a.expansion, k=a.k, l1_coefficient=a.l1, lr=a.lr)
     cfg = TrainConfig(batch_rows=a.batch, steps=a.steps, eval_rows=EVAL_ROWS, checkpoint_every=a.steps,
                       log_every=a.steps, lr_warmup_steps=0, lr_decay_frac=0.0, l1_warmup_frac=0.0,
                       grad_clip=0.0, compute_dtype=dtype, normaliser_rows=65536)
@@ -154,7 +154,7 @@ def main() -> None:
     p.add_argument("--saelens-python", default="", help="python of an environment with sae-lens installed")
     p.add_argument("--impls", default="vsae,vsae-fp32,reference,saelens", help="which to run")
     a = p.parse_args()
-    data = SyntheticConfig(n_rows=a.rows, d=512, n_features=2048, active_per_row=32.0, noise=0.01, seed=0)
+    data = SyntheticConfig(n_rows=a.rows, d_in=512, n_features=2048, active_per_row=32.0, noise=0.01, seed=0)
     truth = torch.from_numpy(make_features(data))
     emit(setup="train", rows=a.rows, steps=a.steps, batch=a.batch, d_in=512, expansion=a.expansion, k=a.k,
          l1=a.l1, lr_topk=a.lr_topk, lr_l1=a.lr_l1, threads=torch.get_num_threads(), torch=torch.__version__)

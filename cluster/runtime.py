@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from cluster.resources import Resources
+from vsae.resources import Resources
 
 # Variables that workers of an embedded local Ray need to see exactly as the driver does.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "NLTK_DATA")

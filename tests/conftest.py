@@ -74,8 +74,8 @@ def ray_local(s3_endpoint):
     """An embedded local Ray (2 CPUs) whose workers see the loopback S3 endpoint."""
     import ray
 
-    from cluster.resources import Resources
     from cluster.runtime import init_ray
+    from vsae.resources import Resources
 
     os.environ.pop("RAY_ADDRESS", None)
     init_ray(Resources(local_num_cpus=2))
@@ -84,34 +84,39 @@ def ray_local(s3_endpoint):
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, ray_local):
+def ray_executor(ray_local):
+    """The Ray executor on the local Ray, two units in flight, no progress bars."""
+    from cluster import RayExecutor
+    from vsae.resources import Resources
+
+    return RayExecutor(Resources(max_in_flight=2), progress=False)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, ray_executor):
     """A small demo store (InceptionV1, random weights), two SAEs trained on it, analysed."""
-    from cluster.analysis_job import AnalyzeJob
-    from cluster.analysis_job import run as analyze
-    from cluster.extract_job import ExtractJob
-    from cluster.extract_job import run as extract
-    from cluster.resources import Resources
-    from cluster.train_job import TrainJob
-    from cluster.train_job import run as train
-    from vsae.analysis.stats import AnalysisConfig
-    from vsae.sae import SAEConfig
-    from vsae.train import SAERun, TrainConfig
+    from vsae.analysis.config import AnalysisConfig
+    from vsae.jobs import analyze, extract, train
+    from vsae.resources import Resources
+    from vsae.sae import SAEConfig, SAERun, TrainConfig
 
     root = tmp_path_factory.mktemp("analysis")
     store = str(root / "store.zarr")
     res = Resources(max_in_flight=2)
-    extract(ExtractJob(store_uri=store, dataset_uri=str(root / "data/imagenet/train"), demo_root=str(root / "data"),
-                       demo_per_class=5, hooks=("mixed3b/5x5=magnitude:8", "mixed5b=mean"), images_per_task=16,
-                       resources=res), progress=False)
+    extracted = extract.run(extract.ExtractJob(
+        store_uri=store, dataset_uri=str(root / "data/imagenet/train"), demo_root=str(root / "data"),
+        demo_per_class=5, hooks=("mixed3b/5x5=magnitude:8", "mixed5b=mean"), images_per_task=16, resources=res),
+        ray_executor)
+    assert extracted.ok, extracted.summary()
     saes = (SAERun("mixed3b/5x5", SAEConfig(variant="topk", k=8, expansion=2, lr=1e-3)),
-            SAERun("mixed5b", SAEConfig(variant="relu_l1", l1=1.0, expansion=2)))
-    _, trained = train(TrainJob(store_uri=store, run="r1", saes=saes, resources=res,
-                                train=TrainConfig(batch_rows=32, steps=40, eval_rows=16, normaliser_rows=64,
-                                                  lr_warmup_steps=5)))
-    assert not trained["failed"], trained["failed"]
-    job = AnalyzeJob(store_uri=store, run="r1", analysis=AnalysisConfig(top_k=5, per_interval=3), resources=res)
-    report = analyze(job, progress=False)
-    assert not report["failed"], report["failed"]
+            SAERun("mixed5b", SAEConfig(variant="relu_l1", l1_coefficient=1.0, expansion=2)))
+    trained = train.run(train.TrainJob(store_uri=store, run="r1", saes=saes, resources=res,
+                                       train=TrainConfig(batch_rows=32, steps=40, eval_rows=16, normaliser_rows=64,
+                                                         lr_warmup_steps=5)), ray_executor)
+    assert trained.ok, trained.summary()
+    job = analyze.AnalyzeJob(store_uri=store, run="r1", analysis=AnalysisConfig(top_k=5, per_interval=3), resources=res)
+    report = analyze.run(job, ray_executor)
+    assert report.ok, report.summary()
     return store, job, report
 
 

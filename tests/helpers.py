@@ -26,7 +26,7 @@ def task_data(spec: StoreSpec, task: int, seed: int = 0) -> dict[str, HookRows]:
     for hook in spec.hooks:
         k = hook.rows_per_image
         n = (stop - start) * k
-        acts = np.maximum(rng.standard_normal((n, hook.channels), dtype=np.float32) * 3, 0)
+        acts = np.maximum(rng.standard_normal((n, hook.d_in), dtype=np.float32) * 3, 0)
         ids = np.repeat(np.arange(start, stop, dtype=np.int64), k)
         if is_pooled(hook):
             out[hook.name] = HookRows.pooled(acts, ids)
@@ -90,6 +90,7 @@ class FaultyStages:
 
     def __init__(self, inner, fail: set[int], mode: str, state_dir: str):
         self.inner, self.fail, self.mode, self.state_dir = inner, set(fail), mode, state_dir
+        self.spec = inner.spec
 
     def decode(self, task: int):
         return self.inner.decode(task)
@@ -107,3 +108,16 @@ class FaultyStages:
             open(flag, "w").close()
             os._exit(1)
         return rows, info
+
+
+def write_synthetic(uri: str, cfg) -> str:
+    """A published synthetic store at ``uri`` (``cfg``: a SyntheticConfig), written in this process."""
+    from vsae.executor import LocalExecutor
+    from vsae.runner import write_tasks
+    from vsae.synthetic import SyntheticTasks
+
+    spec = cfg.store_spec(images_per_task=8192)
+    store = ActivationStore.create(uri, spec)
+    write_tasks(LocalExecutor(progress=False), uri, SyntheticTasks(cfg, spec), range(spec.n_tasks))
+    store.publish()
+    return uri

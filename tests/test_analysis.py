@@ -9,15 +9,23 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from cluster.analysis_job import AnalyzeJob, summary
-from cluster.analysis_job import run as analyze
+from vsae.analysis.config import AnalysisConfig
 from vsae.analysis.examples import IntervalSample, draw_keys, interval_of
-from vsae.analysis.stats import AnalysisConfig, UnitStats, image_level, mono
-from vsae.data import read_listing, store_listing_uri
+from vsae.analysis.stats import UnitStats, image_level, mono
+from vsae.data import read_listing
 from vsae.errors import ConfigError
+from vsae.executor import LocalExecutor
+from vsae.jobs.analyze import AnalyzeJob
+from vsae.jobs.analyze import run as analyze
+from vsae.models import card
 from vsae.sae import load_sae
 from vsae.sampling import weighted_mean
 from vsae.store import ActivationStore
+from vsae.store.paths import StoreLayout
+
+
+def positions(model_id: str, hook: str) -> int:
+    return card(model_id).hooks[hook].n_positions
 
 
 # -- mono -------------------------------------------------------------------------------------
@@ -163,8 +171,8 @@ def test_interval_samples_are_the_same_for_any_split_and_uniform():
 # -- the job end to end -----------------------------------------------------------------------
 def test_the_job_writes_every_table_and_reports_features_against_neurons(demo_run):
     store, _, report = demo_run
-    assert not report["failed"] and report["n_classes"] == 10
-    units = {(u["hook"], u["unit"]) for u in report["units"]}
+    assert report.ok and report.data["n_classes"] == 10
+    units = {(u["hook"], u["unit"]) for u in report.data["units"]}
     assert units == {("mixed3b/5x5", "neurons"), ("mixed3b/5x5", "topk-x2-k8"),
                      ("mixed5b", "neurons"), ("mixed5b", "relu_l1-x2-l1_1")}
     base = f"{store}/analysis/r1"
@@ -175,18 +183,17 @@ def test_the_job_writes_every_table_and_reports_features_against_neurons(demo_ru
             files |= {"feature_neurons", "neuron_features"}
         for name in files:
             assert pq.read_table(f"{folder}/{name}.parquet").num_rows > 0, (folder, name)
-    text = summary(report)
+    text = report.summary()
     assert "RANDOM weights" in text and "mono p10" in text and "most monosemantic" in text
+    assert "example query" in text and report.saved_to.startswith(f"{store}/_reports/analyze-")
 
 
 def test_class_means_of_the_job_equal_a_numpy_groupby_over_the_same_rows(demo_run):
     """Independent recomputation: every row read back, encoded, averaged per image with the
     sampler module's estimator, grouped by the listing's wnids with NumPy."""
-    from vsae.extract import hook_positions
-
     store_uri, _, _ = demo_run
     store = ActivationStore.open(store_uri)
-    listing = read_listing(store_listing_uri(store.uri)).table
+    listing = read_listing(StoreLayout(store.uri).listing).table
     wnids = np.array(listing["wnid"].to_pylist(), dtype=object)
     for hook, unit in (("mixed3b/5x5", "topk-x2-k8"), ("mixed5b", "relu_l1-x2-l1_1"), ("mixed3b/5x5", "neurons")):
         reader = store.hook(hook)
@@ -197,8 +204,8 @@ def test_class_means_of_the_job_equal_a_numpy_groupby_over_the_same_rows(demo_ru
             with torch.no_grad():
                 acts = sae.feature_acts(torch.from_numpy(acts)).numpy()
         k = reader.rows_per_image
-        if reader.hook.sampler.startswith("magnitude"):
-            per_image = weighted_mean(acts, rows.prob, hook_positions(store.spec.model_id, hook), k)
+        if reader.hook.sampler.weighted:
+            per_image = weighted_mean(acts, rows.prob, positions(store.spec.model_id, hook), k)
         else:
             per_image = acts.reshape(-1, k, acts.shape[1]).mean(1)
         ok = rows.valid.reshape(-1, k).all(1)
@@ -224,9 +231,9 @@ def test_skipped_images_are_left_out_and_counted_per_class(demo_run):
 def test_a_rerun_with_the_same_inputs_does_nothing(demo_run):
     store, job, report = demo_run
     before = pq.read_metadata(f"{store}/analysis/r1/mixed5b/neurons/features.parquet")
-    again = analyze(job, progress=False)
-    assert again["skipped"] and again["inputs_digest"] == report["inputs_digest"]
-    assert "already analysed" in summary(again)
+    again = analyze(job, LocalExecutor(progress=False))
+    assert again.status == "skipped" and again.data["inputs_digest"] == report.data["inputs_digest"]
+    assert "already analysed" in again.summary()
     assert pq.read_metadata(f"{store}/analysis/r1/mixed5b/neurons/features.parquet").equals(before)
 
 
@@ -235,27 +242,27 @@ def test_unknown_hooks_and_runs_give_clear_errors(demo_run):
 
     store, job, _ = demo_run
     with pytest.raises(UnknownHook, match="stored hooks"):
-        analyze(AnalyzeJob(store_uri=store, run="r1", hooks=("mixed9z",)), progress=False)
+        analyze(AnalyzeJob(store_uri=store, run="r1", hooks=("mixed9z",)), LocalExecutor(progress=False))
     with pytest.raises(ConfigError, match="no SAEs found"):
-        analyze(AnalyzeJob(store_uri=store, run="nope"), progress=False)
+        analyze(AnalyzeJob(store_uri=store, run="nope"), LocalExecutor(progress=False))
 
 
-def test_a_store_without_labels_gets_statistics_and_examples_but_no_mono(ray_local, tmp_path):
+def test_a_store_without_labels_gets_statistics_and_examples_but_no_mono(ray_executor, tmp_path):
     """Synthetic (or SBU) stores have no classes: the neurons are still analysed."""
-    from tests.test_train import write_synthetic
+    from tests.helpers import write_synthetic
     from vsae.synthetic import SyntheticConfig
 
-    store = write_synthetic(str(tmp_path / "synthetic.zarr"), SyntheticConfig(n_rows=600, d=16, n_features=32))
+    store = write_synthetic(str(tmp_path / "synthetic.zarr"), SyntheticConfig(n_rows=600, d_in=16, n_features=32))
     report = analyze(AnalyzeJob(store_uri=store, run="baseline", hooks=("synthetic",),
-                                analysis=AnalysisConfig(top_k=3, per_interval=2)), progress=False)
-    assert not report["failed"] and report["n_classes"] == 0
-    (unit,) = report["units"]
+                                analysis=AnalysisConfig(top_k=3, per_interval=2)), ray_executor)
+    assert report.ok and report.data["n_classes"] == 0
+    (unit,) = report.data["units"]
     assert unit["unit"] == "neurons" and unit["mono_quantiles"] is None and unit["n_images"] == 600
     features = pq.read_table(f"{store}/analysis/baseline/synthetic/neurons/features.parquet")
     assert features.num_rows == 16 and np.isnan(features["mono"].to_numpy()).all()
     examples = pq.read_table(f"{store}/analysis/baseline/synthetic/neurons/examples.parquet")
     assert set(examples["kind"].to_pylist()) == {"top", "interval"}
-    assert "no class labels" in summary(report)
+    assert "no class labels" in report.summary()
 
 
 def test_bfloat16_encoding_stays_close_to_float32_and_leaves_neurons_exact(demo_run):
@@ -263,14 +270,14 @@ def test_bfloat16_encoding_stays_close_to_float32_and_leaves_neurons_exact(demo_
     rounding error; neuron statistics are not encoded and stay bit-identical."""
     from dataclasses import replace as with_
 
-    from vsae.analysis.reduce import HookPlan, Unit, stats_task
-    from vsae.extract import hook_positions
+    from vsae.analysis.plan import HookPlan, Unit
+    from vsae.analysis.reduce import stats_task
 
     store_uri, job, _ = demo_run
     store = ActivationStore.open(store_uri)
     hook, name = "mixed3b/5x5", "topk-x2-k8"
     units = (Unit("neurons"), Unit(name, f"{store_uri}/saes/r1/{hook.replace('/', '.')}/{name}"))
-    plan = HookPlan(store.uri, hook, units, hook_positions(store.spec.model_id, hook), 1, job.analysis)
+    plan = HookPlan(store.uri, hook, units, positions(store.spec.model_id, hook), 1, job.analysis)
     image_class = np.zeros(store.spec.n_images, np.int64)
     tasks = list(range(store.spec.n_tasks))
     fp32 = stats_task(plan, tasks, image_class)

@@ -45,7 +45,7 @@ def test_lists_models_hooks_and_saes(local, demo_run):
     (model,) = local.models()
     assert model.model_id == "inception_v1.lucid" and model.weights == "random:0" and model.n_images == 55
     assert [h.name for h in local.hooks()] == ["mixed3b/5x5", "mixed5b"]
-    assert local.hooks()[0].rows_per_image == 8 and local.hooks()[0].channels == 96
+    assert local.hooks()[0].rows_per_image == 8 and local.hooks()[0].d_in == 96
     assert local.runs() == ["r1"]
     saes = {s.key: s for s in local.saes()}
     assert set(saes) == {"r1/topk-x2-k8", "r1/relu_l1-x2-l1_1"}

@@ -110,18 +110,18 @@ def test_decode_resizes_shorter_side_and_centre_crops():
 
 
 def test_decode_uses_the_models_resampling_filter():
-    from vsae.models import build
+    from vsae.models import card
 
     img = make_image_for_resample()
     buf = io.BytesIO()
     img.save(buf, "PNG")
     for model_id, resample in (("clip_vit_b32.openai", Image.BICUBIC), ("inception_v1.lucid", Image.BILINEAR)):
-        model = build(model_id)
-        out, _ = decode(buf.getvalue(), model.input_size, model.resample)
-        s = model.input_size / min(img.size)
+        c = card(model_id)
+        out, _ = decode(buf.getvalue(), c.input_size, c.resample)
+        s = c.input_size / min(img.size)
         ref = img.resize((round(img.width * s), round(img.height * s)), resample)
-        left = (ref.width - model.input_size) // 2
-        np.testing.assert_array_equal(out, np.asarray(ref.crop((left, 0, left + model.input_size, model.input_size))))
+        left = (ref.width - c.input_size) // 2
+        np.testing.assert_array_equal(out, np.asarray(ref.crop((left, 0, left + c.input_size, c.input_size))))
 
 
 def make_image_for_resample() -> Image.Image:

@@ -209,3 +209,48 @@ def test_credentials_from_the_environment_appear_in_no_log_report_or_store(s3_en
     for p in ray_logs:  # the workers' logs of these runs
         text = p.read_text(errors="replace")
         assert secret not in text and key_id not in text, p
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_training_unit_whose_worker_dies_is_rerun_and_resumes_from_its_checkpoint(tmp_path):
+    """The worker running a hook's trainer is killed mid-run (SIGKILL); Ray reruns the unit, which
+    resumes every SAE from its last checkpoint and finishes the run."""
+    import threading
+    from functools import partial
+
+    import psutil
+
+    from cluster import RayExecutor
+    from tests.helpers import write_synthetic
+    from vsae.jobs.train import train_unit
+    from vsae.resources import Resources
+    from vsae.sae import SAEConfig, SAERun, TrainConfig
+    from vsae.sae import checkpoint as ckpt
+    from vsae.synthetic import SyntheticConfig
+
+    store = write_synthetic(str(tmp_path / "synthetic.zarr"), SyntheticConfig(n_rows=20000, d_in=32, n_features=64,
+                                                                                active_per_row=3))
+    run = SAERun("synthetic", SAEConfig(variant="topk", k=4, expansion=2))
+    cfg = TrainConfig(batch_rows=512, steps=400, eval_rows=2048, normaliser_rows=2048, checkpoint_every=25,
+                      lr_warmup_steps=10, compute_dtype="float32", dead_sample_rows=2048)
+    out = str(tmp_path / "saes")
+    unit = partial(train_unit, store_uri=store, out_uri=out, cfg=cfg, init_from="", use_gpu=False)
+    outcomes: list = []
+    worker = threading.Thread(target=lambda: outcomes.extend(
+        RayExecutor(Resources(max_retries=2), progress=False).map(unit, [[run]], desc="hooks")))
+    worker.start()
+    uri = f"{out}/synthetic/{run.sae_name}"
+    deadline = time.monotonic() + 120
+    while ckpt.read_state(uri) is None:
+        assert time.monotonic() < deadline and worker.is_alive(), "no checkpoint appeared"
+        time.sleep(0.2)
+    trainers = [p for p in psutil.process_iter(["cmdline"]) if (p.info["cmdline"] or [""])[0].startswith("ray::_call")]
+    assert trainers, "no Ray worker running the training unit"
+    for p in trainers:
+        p.kill()
+    worker.join(timeout=300)
+    (outcome,) = outcomes
+    assert outcome.ok, outcome.error
+    (result,) = outcome.value
+    assert result["done"] and result["step"] == 400
+    assert result["resumed_from"] is not None and 0 < result["resumed_from"] < 400

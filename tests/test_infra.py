@@ -51,7 +51,7 @@ def entrypoint_of(path: Path) -> str:
 
 @pytest.mark.parametrize("name", ["raycronjob-nightly.yaml", "cronjob-submit.yaml"])
 def test_scheduled_manifests_run_the_nightly_entrypoint_with_a_config_that_loads(name):
-    from cluster.nightly_job import NightlyJob
+    from vsae.jobs.nightly import NightlyJob
 
     command = entrypoint_of(ROOT / "infra/kuberay" / name).split()
     assert command[:2] == ["python", "pipelines/nightly.py"] and (ROOT / command[1]).exists()

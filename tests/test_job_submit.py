@@ -116,28 +116,32 @@ def test_jobs_via_ray_job_submit(ray_head, tmp_path, name):
 
 
 def readme_main_command() -> list[list[str]]:
-    """The README's first command, minus the setup step, as argument lists."""
+    """The README's first command, minus the setup step, as argument lists (``.venv/bin/X`` is
+    this environment's ``X``)."""
     from tests.test_architecture import readme_commands
 
+    bin_dir = Path(sys.executable).parent
     steps = [part.split() for part in readme_commands()[0].split("&&")]
-    return [[sys.executable if a == ".venv/bin/python" else a for a in step] for step in steps
-            if "setup.sh" not in " ".join(step)]
+    return [[str(bin_dir / a.removeprefix(".venv/bin/")) if a.startswith(".venv/bin/") else a for a in step]
+            for step in steps if "setup.sh" not in " ".join(step)]
 
 
 def test_readme_main_command_runs_extract_train_and_analyze(tmp_path):
     """The main job as the README gives it, in a fresh directory (its ``runs/`` land there)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    outputs = []
-    for step in readme_main_command():
-        args = [str(ROOT / a) if a.startswith("pipelines/") else a for a in step]
-        done = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        outputs.append(done.stdout)
-    assert "all checksums match" in outputs[0] and "RANDOM weights" in outputs[0]
-    assert "FVU" in outputs[1] and "mixed3b/5x5" in outputs[1] and "RANDOM weights" in outputs[1]
+    (step,) = readme_main_command()
+    done = subprocess.run(step, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    extract, rest = out.split("== train:", 1)
+    train, analyze = rest.split("== analyze:", 1)
+    assert "all checksums match" in extract and "RANDOM weights" in out.splitlines()[1]
+    assert "FVU" in train and "mixed3b/5x5" in train and "dead%" in train
     saes = sorted(p.parent.name for p in (tmp_path / "runs/demo").rglob("sae.safetensors"))
     assert len(saes) == 3, saes
-    report = outputs[2]  # the analysis: mono of features against neurons, then a client query
-    assert "RANDOM weights" in report and "most monosemantic" in report and "neurons" in report
-    assert "client.top_examples(" in report and "example query" in report
+    # the analysis: mono of features against neurons, then a client query
+    assert "most monosemantic" in analyze and "neurons" in analyze
+    assert "client.top_examples(" in analyze and "example query" in analyze
     assert (tmp_path / "runs/demo/inception_v1.zarr/analysis/demo/analysis.json").exists()
+    reports = sorted(p.name.split("-")[0] for p in (tmp_path / "runs/demo/inception_v1.zarr/_reports").glob("*.json"))
+    assert reports == ["analyze", "demo", "extract", "train"]

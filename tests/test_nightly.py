@@ -16,17 +16,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.extract_job import ExtractJob
-from cluster.nightly_job import NightlyJob, read_latest, run, summary
-from cluster.resources import Resources
+from cluster import RayExecutor
 from tests.conftest import BUCKET
 from vsae import Client
-from vsae.analysis.stats import AnalysisConfig
+from vsae.analysis.config import AnalysisConfig
 from vsae.data.demo import _jpeg, make_image, write_demo
-from vsae.sae import SAEConfig, read_info
-from vsae.store import ActivationStore, io
+from vsae.errors import StaleStore
+from vsae.jobs.extract import ExtractJob
+from vsae.jobs.nightly import NightlyJob, read_latest
+from vsae.jobs.nightly import run as run_night
+from vsae.resources import Resources
+from vsae.sae import SAEConfig, SAERun, TrainConfig, read_info
+from vsae.store import ActivationStore
 from vsae.store.lease import Lease, create_object, read_lease
-from vsae.train import SAERun, TrainConfig
+from vsae.store.paths import Location, StoreLayout
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK, SAE = "mixed3b/5x5", "topk-x2-k4"
@@ -40,6 +43,10 @@ def nightly(store: str, data: str, night: str, **kw) -> NightlyJob:
         saes=(SAERun(HOOK, SAEConfig(variant="topk", k=4, expansion=2, lr=1e-3)),),
         analysis=AnalysisConfig(top_k=3, per_interval=2), night=night,
         resources=Resources(max_in_flight=2), **kw)
+
+
+def run(job: NightlyJob):
+    return run_night(job, RayExecutor(job.resources, progress=False))
 
 
 def add_images(folder: Path, n: int, seed: int) -> None:
@@ -57,22 +64,23 @@ def site(tmp_path_factory):
 @pytest.mark.usefixtures("ray_local")
 def test_nights_are_idempotent_grow_with_new_shards_and_move_latest_atomically(site):
     data, store = site
-    first = run(nightly(store, str(data), "2026-11-20"), progress=False)
-    assert first["status"] == "published", summary(first)
-    assert read_latest(store)["run"] == "nightly-2026-11-20" and first["stages"]["extract"]["tasks_written"] == 3
-    assert "RANDOM weights" in summary(first)
-    assert any(n.startswith("verified       3 of 3 tasks") for n in first["stages"]["extract"]["notes"])
+    first = run(nightly(store, str(data), "2026-11-20"))
+    assert first.status == "published", first.summary()
+    assert read_latest(store)["run"] == "nightly-2026-11-20" and first.data["stages"]["extract"]["tasks_written"] == 3
+    assert "RANDOM weights" in first.summary()
+    extract_report = Location.of(first.data["stages"]["extract"]["report"]).read_json()
+    assert any(line.startswith("verified       3 of 3 tasks") for line in extract_report["lines"])
 
     def objects():
-        fs, root = io.filesystem(store)
-        return {p: fs.cat_file(p) for p in fs.find(root) if "/_reports/" not in p}
+        where = Location.of(store)
+        return {p: where.fs.cat_file(p) for p in where.fs.find(where.path) if "/_reports/" not in p}
 
     before = objects()
-    again = run(nightly(store, str(data), "2026-11-20"), progress=False)
-    assert again["status"] == "already published" and objects() == before
-    quiet = run(nightly(store, str(data), "2026-11-21"), progress=False)
-    assert quiet["status"] == "no new data" and read_latest(store)["run"] == "nightly-2026-11-20"
-    assert objects() == before and "nothing to retrain" in summary(quiet)
+    again = run(nightly(store, str(data), "2026-11-20"))
+    assert again.status == "already published" and objects() == before
+    quiet = run(nightly(store, str(data), "2026-11-21"))
+    assert quiet.status == "no new data" and read_latest(store)["run"] == "nightly-2026-11-20"
+    assert objects() == before and "nothing to retrain" in quiet.summary()
 
     old = Client(store)  # a reader of the first night, kept open across the next one
     old_top = old.top_examples(0, HOOK, f"nightly-2026-11-20/{SAE}")
@@ -81,12 +89,13 @@ def test_nights_are_idempotent_grow_with_new_shards_and_move_latest_atomically(s
     cold = ActivationStore.open(store)  # opened on the first night, first read after the next
 
     add_images(data / "n01440764", 20, seed=100)  # 35 -> 55 images: task 2 (partial) rewritten, task 3 new
-    grown = run(nightly(store, str(data), "2026-11-22"), progress=False)
-    assert grown["status"] == "published", summary(grown)
-    e = grown["stages"]["extract"]
-    assert (e["tasks_written"], e["tasks_skipped"]) == (2, 2) and any("35 -> 55" in n for n in e["notes"])
-    assert any(n.startswith("verified       2 of 4 tasks") and "all checksums match" in n for n in e["notes"])
-    assert grown["stages"]["train"]["warm_started_from"] == f"{store}/saes/nightly-2026-11-20"
+    grown = run(nightly(store, str(data), "2026-11-22"))
+    assert grown.status == "published", grown.summary()
+    e = grown.data["stages"]["extract"]
+    lines = Location.of(e["report"]).read_json()["lines"]
+    assert (e["tasks_written"], e["tasks_skipped"]) == (2, 2) and any("35 -> 55" in line for line in lines)
+    assert any(line.startswith("verified       2 of 4 tasks") and "all checksums match" in line for line in lines)
+    assert grown.data["stages"]["train"]["warm_started_from"] == f"{store}/saes/nightly-2026-11-20"
     cfg = read_info(f"{store}/saes/nightly-2026-11-22/mixed3b.5x5/{SAE}")
     assert cfg.train["warm_started_from"] == f"{store}/saes/nightly-2026-11-20/mixed3b.5x5/{SAE}"
     latest = read_latest(store)
@@ -113,26 +122,26 @@ def test_a_held_lease_keeps_a_second_driver_out_and_an_expired_one_is_taken_over
     data, store = site
     holder, _ = Lease.acquire(store, "someone-else", seconds=600)
     assert holder is not None
-    fs, root = io.filesystem(store)
-    before = sorted(p for p in fs.find(root) if "/_reports/" not in p)
-    busy = run(nightly(store, str(data), "2026-11-23"), progress=False)
-    assert busy["status"] == "store busy" and busy["holder"]["holder"] == "someone-else"
-    assert "changed nothing" in summary(busy)
-    assert sorted(p for p in fs.find(root) if "/_reports/" not in p) == before
+    where = Location.of(store)
+    before = sorted(p for p in where.fs.find(where.path) if "/_reports/" not in p)
+    busy = run(nightly(store, str(data), "2026-11-23"))
+    assert busy.status == "store busy" and busy.data["holder"]["holder"] == "someone-else"
+    assert "changed nothing" in busy.summary()
+    assert sorted(p for p in where.fs.find(where.path) if "/_reports/" not in p) == before
     holder.release()
     dead, _ = Lease.acquire(store, "a-driver-that-died", seconds=0.2)
     time.sleep(0.5)  # its lease expires
-    taken = run(nightly(store, str(data), "2026-11-23"), progress=False)
-    assert taken["status"] in ("no new data", "published") and read_lease(store) is None
+    taken = run(nightly(store, str(data), "2026-11-23"))
+    assert taken.status in ("no new data", "published") and read_lease(store) is None
 
 
 def test_leases_and_conditional_creates_on_local_disk_and_s3(s3_endpoint, tmp_path):
     for store in (str(tmp_path / "s.zarr"), f"s3://{BUCKET}/lease-{time.monotonic_ns()}/s.zarr"):
-        fs, root = io.filesystem(store)
-        create_object(fs, f"{root}/runs/a.json", b"1")
+        record = StoreLayout(store).run_record("a")
+        create_object(record, b"1")
         with pytest.raises(FileExistsError):
-            create_object(fs, f"{root}/runs/a.json", b"2")
-        assert fs.cat_file(f"{root}/runs/a.json") == b"1"
+            create_object(record, b"2")
+        assert record.read_bytes() == b"1"
         a, _ = Lease.acquire(store, "a", seconds=30)
         b, held = Lease.acquire(store, "b", seconds=30)
         assert a is not None and b is None and held["holder"] == "a"
@@ -195,7 +204,7 @@ local_num_cpus = 2
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PUBLISHED" in done.stdout
-    extract = [json.loads(p.read_text()) for p in (store / "_reports").glob("nightly-*.json")][0]["stages"]["extract"]
+    (extract,) = [json.loads(p.read_text())["data"]["stages"]["extract"] for p in (store / "_reports").glob("nightly-*.json")]
     assert extract["tasks_skipped"] >= written and extract["tasks_written"] + extract["tasks_skipped"] == 10
     s = ActivationStore.open(store)
     assert s.manifest["n_tasks"] == 10 and s.manifest["hooks"][HOOK]["rows"] == 40 * 4
@@ -226,3 +235,38 @@ def test_drivers_racing_for_a_lease_get_exactly_one(s3_endpoint, tmp_path):
         won[0].release()
         assert read_lease(store) is None
     assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_a_stale_store_is_never_grown_and_warns_when_read(tmp_path):
+    """A store written by InceptionV1 code version 0 (before TensorFlow SAME padding) is read with
+    a warning, and the nightly job (or a resumed extraction) refuses to add rows to it."""
+    from tests.helpers import task_data
+    from vsae.errors import StaleStoreWarning
+    from vsae.jobs.extract import hook_specs
+    from vsae.store import StoreSpec
+
+    data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)["imagenet_folder"]
+    store = str(tmp_path / "old.zarr")
+    spec = StoreSpec("inception_v1.lucid", "random:0", "old-listing", 8, hook_specs("inception_v1.lucid", (f"{HOOK}=mean",)),
+                     images_per_task=8)  # model_code 0: written before code versions were recorded
+    old = ActivationStore.create(store, spec)
+    old.write_task(0, task_data(spec, 0))
+    old.publish()
+    with pytest.warns(StaleStoreWarning, match="STALE.*code version 0.*SAME padding"):
+        ActivationStore.open(store)
+    from vsae.info import format_store_info, store_info
+
+    assert "STALE          its activations were computed by inception_v1.lucid code version 0" in \
+        format_store_info(store_info(store))
+    with pytest.raises(StaleStore, match="cannot be grown.*Extract into a new store URI"):
+        run(nightly(store, data, "2026-11-25"))
+    with pytest.raises(StaleStore, match="cannot be resumed"):
+        from vsae.jobs.extract import check
+
+        check(ExtractJob(store_uri=store, dataset_uri=data))
+    fresh = ActivationStore.create(str(tmp_path / "new.zarr"), StoreSpec(**{**spec.__dict__, "model_code": 1}))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ActivationStore.open(fresh.uri, committed_only=True)

@@ -35,7 +35,7 @@ def fitted(variant: str, d_in: int = 32, expansion: int = 4, seed: int = 0, **kw
     return sae, x
 
 
-def reference_loss(sae, xn, l1_weight, mask):
+def reference_loss(sae, xn, l1_coefficient, mask):
     """SPEC 7 written out with dense tensors and no help from the SAE's own code paths."""
     pre = (xn - sae.b_dec) @ sae.W_enc.T + sae.b_enc
     f = F.relu(pre) * mask
@@ -47,7 +47,7 @@ def reference_loss(sae, xn, l1_weight, mask):
         penalty = (f * sae.W_dec.norm(dim=1)).sum(1).mean()
     else:
         penalty = torch.zeros(())
-    return mse + l1_weight * penalty, mse, penalty
+    return mse + l1_coefficient * penalty, mse, penalty
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -62,7 +62,7 @@ def test_loss_and_gradients_equal_the_formula(variant, path):
     total_ref.backward()
     ref_grads = [p.grad.clone() for p in sae.parameters()]
     sae.zero_grad()
-    losses = sae.loss(xn, l1_weight=0.3, path=path)
+    losses = sae.loss(xn, l1_coefficient=0.3, path=path)
     losses.total.backward()
     assert torch.allclose(losses.mse, mse_ref, rtol=1e-5)
     assert torch.allclose(losses.sparsity, pen_ref, rtol=1e-5, atol=1e-6)
@@ -84,7 +84,7 @@ def test_unit_norm_variants_keep_unit_decoder_rows_and_remove_parallel_gradients
     opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
     for _ in range(5):
         opt.zero_grad()
-        sae.loss(x * sae.scale, l1_weight=1.0).total.backward()
+        sae.loss(x * sae.scale, l1_coefficient=1.0).total.backward()
         sae.before_step()
         parallel = (sae.W_dec.grad * sae.W_dec).sum(1)
         assert parallel.abs().max() < 1e-5
@@ -112,7 +112,7 @@ def test_topk_has_exactly_k_actives():
     assert torch.equal(support.crow.diff(), torch.full((len(x),), 4))
     active = (sae.latents(x) > 0).sum(1)
     assert int(active.max()) <= 4 and int(active.min()) >= 1
-    assert sae.loss(xn, l1_weight=0).l0 == pytest.approx(float((sae.latents(x) > 0).sum(1).float().mean()))
+    assert sae.loss(xn, l1_coefficient=0).l0 == pytest.approx(float((sae.latents(x) > 0).sum(1).float().mean()))
 
 
 def test_batchtopk_keeps_k_per_row_on_average_and_learns_a_threshold():
@@ -123,7 +123,7 @@ def test_batchtopk_keeps_k_per_row_on_average_and_learns_a_threshold():
         support = sae.select(pre)
     assert support.nnz == 4 * len(x)
     assert support.crow.diff().max() > support.crow.diff().min()  # rows differ
-    sae.loss(xn, l1_weight=0)
+    sae.loss(xn, l1_coefficient=0)
     assert float(sae.threshold) == pytest.approx(float(pre[support.row, support.col].min()))
 
 
@@ -133,7 +133,7 @@ def test_auxk_trains_only_dead_latents(variant):
     xn = x * sae.scale
     dead = torch.zeros(sae.d_sae, dtype=torch.bool)
     dead[::3] = True
-    with_aux = sae.loss(xn, l1_weight=0, dead=dead)
+    with_aux = sae.loss(xn, l1_coefficient=0, dead=dead)
     assert float(with_aux.aux) > 0
     sae.zero_grad()
     with torch.no_grad():
@@ -161,7 +161,7 @@ def test_resampling_repoints_dead_latents_at_badly_reconstructed_inputs():
 def test_checkpoint_round_trip_gives_identical_outputs(variant, any_store_uri):
     sae, x = fitted(variant)
     if variant == "batchtopk":
-        sae.loss(x * sae.scale, l1_weight=0)  # sets the inference threshold
+        sae.loss(x * sae.scale, l1_coefficient=0)  # sets the inference threshold
     info = ckpt.CheckpointInfo(sae=sae.cfg, d_in=sae.d_in, hook="mixed3a/3x3", store_spec_digest="ab" * 32,
                                model_id="inception_v1.lucid", scale=float(sae.scale))
     ckpt.write_config(any_store_uri, info)
@@ -197,13 +197,13 @@ def test_config_errors_name_the_valid_choices():
 
 
 def test_seed001_defaults_follow_table_1_and_the_checked_in_config():
-    assert seed001("conv2d0") == SAEConfig(variant="relu_l1_scaled", l1=1e-7, expansion=2)
+    assert seed001("conv2d0") == SAEConfig(variant="relu_l1_scaled", l1_coefficient=1e-7, expansion=2)
     assert seed001("mixed3a") == seed001("mixed3a/3x3")
-    assert seed001("mixed3b").expansion == 8 and seed001("mixed3b").l1 == 3.5e-6
+    assert seed001("mixed3b").expansion == 8 and seed001("mixed3b").l1_coefficient == 3.5e-6
     with pytest.raises(ConfigError, match="conv2d0"):
         seed001("mixed5b")
     cfg = tomllib.loads((ROOT / "pipelines/configs/inception_v1_train.toml").read_text())
-    table = {s["hook"]: (s["sae"]["l1"], s["sae"]["expansion"]) for s in cfg["saes"]}
+    table = {s["hook"]: (s["sae"]["l1_coefficient"], s["sae"]["expansion"]) for s in cfg["saes"]}
     assert table == SEED001_TABLE1
     assert all(s["sae"]["variant"] == "relu_l1_scaled" for s in cfg["saes"])
 

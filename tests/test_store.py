@@ -371,9 +371,9 @@ def per_image_rows(spec, lo: int, hi: int) -> dict[str, HookRows]:
         parts = []
         for image in range(lo, hi):
             rng = np.random.default_rng([7, image])
-            acts = np.maximum(rng.standard_normal((k, hook.channels), dtype=np.float32), 0)
+            acts = np.maximum(rng.standard_normal((k, hook.d_in), dtype=np.float32), 0)
             ids = np.full(k, image, dtype=np.int64)
-            if hook.sampler in ("mean", "cls"):
+            if hook.sampler.pooled:
                 parts.append(HookRows.pooled(acts, ids))
             else:
                 parts.append(HookRows(acts, ids, rng.integers(0, 9, (k, 2)).astype(np.int16),

@@ -18,7 +18,6 @@ underneath), checkpoints and tables only through reads; the client has no method
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,12 +30,19 @@ import pyarrow.parquet as pq
 import torch
 
 from vsae.analysis import results
-from vsae.data import read_listing, store_listing_uri
-from vsae.errors import StoreIncomplete, StoreNotFound, UnknownFeature, UnknownHook, UnknownRun
+from vsae.data import read_listing
+from vsae.errors import (
+    StoreIncomplete,
+    StoreNotFound,
+    UnknownFeature,
+    UnknownHook,
+    UnknownRun,
+)
+from vsae.models import card
 from vsae.sae import load_sae, read_metrics
 from vsae.sae.checkpoint import find_saes
 from vsae.store import ActivationStore, HookRows, io
-from vsae.store.layout import hook_folder
+from vsae.store.paths import Location
 
 
 @dataclass(frozen=True)
@@ -52,10 +58,12 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
-class HookInfo:
+class StoredHook:
+    """A hook as a store holds it: its width, sampler and rows per image."""
+
     model_id: str
     name: str
-    channels: int
+    d_in: int
     sampler: str
     rows_per_image: int
 
@@ -115,10 +123,10 @@ class Client:
         """Every store opened, one per model."""
         return [ModelInfo(m, s.uri, s.spec.weights, s.spec.n_images, s.spec.hook_names) for m, s in self._stores.items()]
 
-    def hooks(self, model: str | None = None) -> list[HookInfo]:
+    def hooks(self, model: str | None = None) -> list[StoredHook]:
         """Hooks stored for a model (the only one, if a single store is open)."""
         store = self._store(model)
-        return [HookInfo(store.spec.model_id, h.name, h.channels, h.sampler, h.rows_per_image) for h in store.spec.hooks]
+        return [StoredHook(store.spec.model_id, h.name, h.d_in, str(h.sampler), h.rows_per_image) for h in store.spec.hooks]
 
     def store(self, model: str | None = None) -> ActivationStore:
         """The model's store, opened read-only (``mode="r"``)."""
@@ -131,7 +139,7 @@ class Client:
         out = []
         for r in runs:
             analysed = self._analysis_index(store, r, required=False)
-            for uri, name, info in find_saes(f"{store.uri}/saes/{r}"):
+            for uri, name, info in find_saes(store.layout.saes(r)):
                 done = analysed is not None and name in analysed["hooks"].get(info.hook, ())
                 out.append(SAEInfo(store.spec.model_id, r, info.hook, name, uri, info.sae.expansion * info.d_in,
                                    info.sae.variant, read_metrics(uri), done))
@@ -140,30 +148,22 @@ class Client:
     def runs(self, model: str | None = None) -> list[str]:
         """Names of the training runs saved under the store (``{store}/saes/{run}``)."""
         store = self._store(model)
-        fs, root = io.filesystem(f"{store.uri}/saes", self.storage_options)
-        try:
-            return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(root, detail=False) if fs.isdir(p))
-        except FileNotFoundError:
-            return []
+        return [run.name for run in store.layout.saes_root.children() if run.isdir()]
 
     def latest(self, model: str | None = None) -> str | None:
         """The run ``{store}/latest.json`` points to (the nightly job's last published night), or
         None. Queries may name it as ``"latest/<sae name>"``; it is read anew each time, so a
         long-lived client follows the pointer as nights publish, while any run named explicitly
         stays readable."""
-        store = self._store(model)
-        fs, path = io.filesystem(f"{store.uri}/latest.json", self.storage_options)
-        try:
-            return json.loads(io.get_object(fs, path))["run"]
-        except FileNotFoundError:
-            return None
+        latest = self._store(model).layout.latest.read_json_or_none()
+        return latest["run"] if latest else None
 
     def _run_name(self, store: ActivationStore, run: str) -> str:
         if run != "latest":
             return run
         name = self.latest(store.spec.model_id)
         if name is None:
-            raise UnknownRun(f"{store.uri} has no latest.json: no nightly run was published there; "
+            raise UnknownRun(f"{store.layout.latest.uri} does not exist: no nightly run was published there; "
                              f"runs: {self.runs(store.spec.model_id)}")
         return name
 
@@ -207,13 +207,13 @@ class Client:
 
     def features_table(self, hook: str, sae: str) -> pa.Table:
         """Every feature's row: max, mean, frac_images, frac_rows, mono, top class, interval counts."""
-        return self._table(hook, sae, "features.parquet")
+        return self._table(hook, sae, results.FEATURES)
 
     def class_means(self, feature: int, hook: str, sae: str) -> pa.Table:
         """``freq(d_k)_i`` for every class, largest first: class_index, wnid, name, n_images, mean."""
         store, run, unit, name = self._unit(hook, sae)
         self._check_feature(feature, hook, sae)
-        rows = self._row_group(f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/class_means.parquet",
+        rows = self._row_group(self._unit_folder(store, run, name, unit) / results.CLASS_MEANS,
                                feature // results.FEATURES_PER_GROUP)
         hit = rows.filter(pc.equal(rows["feature"], feature))
         freq = np.asarray(hit["freq"][0].values, dtype=np.float32)
@@ -238,24 +238,24 @@ class Client:
             cls = hit
         if not 0 <= int(cls) < classes.num_rows:
             raise IndexError(f"class index {cls} outside 0..{classes.num_rows - 1}")
-        table = self._table(hook, sae, "class_features.parquet")
+        table = self._table(hook, sae, results.CLASS_FEATURES)
         table = table.filter(pc.equal(table["class_index"], int(cls)))
         return table.slice(0, k) if k is not None else table
 
     def feature_neurons(self, feature: int, hook: str, sae: str) -> pa.Table:
         """The neurons a feature's decoder direction weighs most: rank, neuron, weight."""
         self._check_feature(feature, hook, sae)
-        table = self._table(hook, sae, "feature_neurons.parquet", sae_only=True)
+        table = self._table(hook, sae, results.FEATURE_NEURONS, sae_only=True)
         return table.filter(pc.equal(table["feature"], feature))
 
     def neuron(self, neuron: int, hook: str, sae: str) -> pa.Table:
         """How a neuron decomposes: the SAE features that write to it most (rank, feature, weight)
         with each feature's mono score and top class."""
         store, name = self._hook(hook)
-        channels = store.spec.hook(name).channels
-        if not 0 <= neuron < channels:
-            raise UnknownFeature(f"neuron {neuron} outside 0..{channels - 1} of hook {name!r}")
-        table = self._table(hook, sae, "neuron_features.parquet", sae_only=True)
+        d_in = store.spec.hook(name).d_in
+        if not 0 <= neuron < d_in:
+            raise UnknownFeature(f"neuron {neuron} outside 0..{d_in - 1} of hook {name!r}")
+        table = self._table(hook, sae, results.NEURON_FEATURES, sae_only=True)
         table = table.filter(pc.equal(table["neuron"], neuron))
         feats = self.features_table(hook, sae).select(["feature", "mono", "top_class", "top_class_name"])
         return table.join(feats, "feature").sort_by([("rank", "ascending")])
@@ -276,13 +276,13 @@ class Client:
         dataset's source shards (``source_uri`` overrides where they are); unreachable or
         unreadable images are zeros with ``valid`` False."""
         from vsae.data import read_images
-        from vsae.extract import _input_format
 
         store = self._store(model)
         ids = np.asarray(image_ids, dtype=np.int64)
-        listing = read_listing(store_listing_uri(store.uri))
-        size, resample = _input_format(store.spec.model_id)
-        images, valid, _ = read_images(listing.table.take(pa.array(ids)), source_uri or listing.source_uri, size, resample)
+        listing = read_listing(store.layout.listing)
+        model_card = card(store.spec.model_id)
+        images, valid, _ = read_images(listing.table.take(pa.array(ids)), source_uri or listing.source_uri,
+                                       model_card.input_size, model_card.resample)
         return images, valid
 
     def crops(self, examples: pa.Table, hook: str, source_uri: str | None = None,
@@ -290,12 +290,10 @@ class Client:
         """Image crops for example rows (``image_id``, ``y``, ``x``): ``cells`` x ``cells`` cells
         of the hook's grid around each position (the whole image for pooled rows); None where the
         image could not be read."""
-        from vsae.extract import _hook_grid
-
         store, name = self._hook(hook)
         ids = examples["image_id"].to_numpy()
         images, valid = self.images(ids, store.spec.model_id, source_uri)
-        grid = _hook_grid(store.spec.model_id, name)
+        grid = card(store.spec.model_id).hooks[name].grid_side
         out: list[np.ndarray | None] = []
         for img, ok, y, x in zip(images, valid, examples["y"].to_numpy(), examples["x"].to_numpy()):
             if not ok:
@@ -347,14 +345,14 @@ class Client:
     def _analysis_index(self, store: ActivationStore, run: str, required: bool) -> dict | None:
         key = f"{store.uri}#{run}"
         if key not in self._tables:
-            fs, path = io.filesystem(f"{results.run_uri(store.uri, run)}/{results.INDEX}", self.storage_options)
-            try:
-                self._tables[key] = json.loads(io.get_object(fs, path))
-            except FileNotFoundError:
+            layout = store.layout
+            index = layout.analysis_index(layout.analysis(run)).read_json_or_none()
+            if index is None:
                 if not required:
                     return None
-                raise UnknownRun(f"no complete analysis of run {run!r} in {store.uri} (run pipelines/analyze.py "
-                                 f"with run = {run!r}); runs with SAEs: {self.runs(store.spec.model_id)}") from None
+                raise UnknownRun(f"no complete analysis of run {run!r} in {store.uri} (vsae analyze --run {run}); "
+                                 f"runs with SAEs: {self.runs(store.spec.model_id)}")
+            self._tables[key] = index
         return self._tables[key]
 
     def _sae(self, hook: str, sae: str):
@@ -363,7 +361,7 @@ class Client:
         if not sep or unit == results.NEURONS:
             raise UnknownRun(f"name an SAE as 'run/sae name', got {sae!r}")
         run = self._run_name(store, run)
-        uri = f"{store.uri}/saes/{run}/{hook_folder(name)}/{unit}"
+        uri = store.layout.sae(run, name, unit).uri
         if uri not in self._saes:
             try:
                 self._saes[uri] = load_sae(uri)[0]
@@ -375,16 +373,20 @@ class Client:
         store, run, unit, name = self._unit(hook, sae)
         if sae_only and unit == results.NEURONS:
             raise UnknownRun(f"{file.split('.')[0]} exists for SAEs only, not {sae!r}")
-        uri = f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/{file}"
-        if uri not in self._tables:
-            self._tables[uri] = results.read_table(uri, self.storage_options)
-        return self._tables[uri]
+        where = self._unit_folder(store, run, name, unit) / file
+        if where.uri not in self._tables:
+            self._tables[where.uri] = results.read_table(where)
+        return self._tables[where.uri]
 
-    def _row_group(self, uri: str, group: int) -> pa.Table:
-        if uri not in self._parquet:
-            fs, path = io.filesystem(uri, self.storage_options)
-            self._parquet[uri] = pq.ParquetFile(fs.open(path, "rb"), pre_buffer=True)
-        return self._parquet[uri].read_row_group(group)
+    @staticmethod
+    def _unit_folder(store: ActivationStore, run: str, hook: str, unit: str) -> Location:
+        layout = store.layout
+        return layout.analysis_unit(layout.analysis(run), hook, unit)
+
+    def _row_group(self, where: Location, group: int) -> pa.Table:
+        if where.uri not in self._parquet:
+            self._parquet[where.uri] = pq.ParquetFile(where.fs.open(where.path, "rb"), pre_buffer=True)
+        return self._parquet[where.uri].read_row_group(group)
 
     def _feature_row(self, feature: int, hook: str, sae: str) -> dict[str, Any]:
         self._check_feature(feature, hook, sae)
@@ -398,7 +400,7 @@ class Client:
     def _examples(self, feature: int, hook: str, sae: str, kind: str) -> pa.Table:
         store, run, unit, name = self._unit(hook, sae)
         self._check_feature(feature, hook, sae)
-        rows = self._row_group(f"{results.unit_uri(results.run_uri(store.uri, run), name, unit)}/examples.parquet",
+        rows = self._row_group(self._unit_folder(store, run, name, unit) / results.EXAMPLES,
                                feature // results.FEATURES_PER_GROUP)
         mask = pc.and_(pc.equal(rows["feature"], feature), pc.equal(rows["kind"].cast(pa.string()), kind))
         hit = rows.filter(mask).drop_columns(["kind"])
@@ -409,16 +411,16 @@ class Client:
         return hit
 
     def _classes(self, store: ActivationStore, run: str) -> pa.Table:
-        uri = f"{results.run_uri(store.uri, run)}/classes.parquet"
-        if uri not in self._tables:
-            self._tables[uri] = results.read_table(uri, self.storage_options)
-        return self._tables[uri]
+        where = store.layout.analysis_classes(store.layout.analysis(run))
+        if where.uri not in self._tables:
+            self._tables[where.uri] = results.read_table(where)
+        return self._tables[where.uri]
 
     def _listing(self, store: ActivationStore) -> pa.Table:
         if store.uri not in self._listings:
-            fs, path = io.filesystem(store_listing_uri(store.uri), self.storage_options)
+            where = store.layout.listing
             try:
-                table = pq.read_table(path, filesystem=fs)
+                table = pq.read_table(where.path, filesystem=where.fs)
             except FileNotFoundError:
                 n = store.spec.n_images  # a store without a listing (synthetic): ids only
                 table = pa.table({"image_id": pa.array(np.arange(n)), "shard": pa.nulls(n, pa.string()),
@@ -436,14 +438,9 @@ def _discover(uri: str, storage_options: dict[str, Any] | None) -> dict[str, Act
         return {store.spec.model_id: store}
     except StoreNotFound:
         pass
-    fs, root = io.filesystem(uri, storage_options)
     stores: dict[str, ActivationStore] = {}
-    try:
-        children = sorted(p for p in fs.ls(root, detail=False) if fs.isdir(p))
-    except FileNotFoundError:
-        children = []
-    for child in children:
-        child_uri = f"{uri.rstrip('/')}/{os.path.basename(child.rstrip('/'))}"
+    for child in Location.of(uri, storage_options).children():
+        child_uri = child.uri
         try:
             store = ActivationStore.open(child_uri, storage_options=storage_options)
         except (StoreNotFound, StoreIncomplete):  # not a store, or not published yet

@@ -1,8 +1,11 @@
-"""Frozen job configs from TOML files and the command line.
+"""Frozen job configs, validated by pydantic, from TOML files and the command line.
 
-Every job has one ``@dataclass(frozen=True)`` config whose fields carry docstrings; this module
-builds the CLI from those fields (help text included), reads TOML into the same classes
-(refusing unknown keys), and writes the resolved config as JSON beside the job's outputs.
+Every job has one frozen config class made with :func:`config_class` (a pydantic dataclass:
+every field's type is checked when it is built, from Python, TOML or the command line, and an
+error names the field). Fields carry docstrings, which become the ``--help`` text; this module
+builds the CLI from the fields (nested configs as ``--train.steps``, lists as repeated values,
+lists of tables as JSON), reads TOML into the same classes (refusing unknown keys), and turns
+configs back into plain dicts for the reports saved beside every output.
 """
 
 from __future__ import annotations
@@ -10,17 +13,72 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import functools
 import inspect
 import json
 import textwrap
 import tomllib
+import types
 import typing
 from functools import cache
 from typing import Any, TypeVar
 
+import pydantic
+from pydantic import ConfigDict, TypeAdapter, ValidationError
+
 from vsae.errors import ConfigError
 
 C = TypeVar("C")
+
+_PYDANTIC = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+
+
+def config_class(cls: type[C]) -> type[C]:
+    """Make ``cls`` a frozen, validated config (a pydantic dataclass). Building one with a wrong
+    type or an unknown field raises :class:`~vsae.errors.ConfigError` naming the field; checks
+    across fields go in ``__post_init__`` and raise ConfigError themselves."""
+    made = pydantic.dataclasses.dataclass(frozen=True, config=_PYDANTIC)(cls)
+    init = made.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        try:
+            init(self, *args, **kwargs)
+        except ValidationError as err:
+            raise ConfigError(describe(err, cls.__name__, cls)) from None
+
+    made.__init__ = __init__
+    return made
+
+
+def describe(err: ValidationError, where: str, cls: type | None = None) -> str:
+    """A pydantic error as one line per bad field: ``where: a.b: what is wrong (got X)``; an
+    unknown field is named with the valid ones."""
+    parts = []
+    for e in err.errors(include_url=False):
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "unexpected_keyword_argument":
+            valid = _fields_at(cls, e["loc"][:-1]) if cls is not None else []
+            msg = "unknown field" + (f"; valid: {', '.join(valid)}" if valid else "")
+        got = e.get("input")
+        shown = "" if e["type"] in ("value_error", "missing") or isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{shown}" if loc else f"{msg}{shown}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def _fields_at(cls: type, loc: tuple) -> list[str]:
+    """The field names of the (nested) config class at ``loc`` below ``cls``."""
+    kind: Any = cls
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not dataclasses.is_dataclass(kind):
+            return []
+        kind = _unwrap_optional(typing.get_type_hints(kind).get(part))
+        if typing.get_origin(kind) is tuple:
+            kind = (typing.get_args(kind) or (None,))[0]
+    return sorted(f.name for f in dataclasses.fields(kind)) if dataclasses.is_dataclass(kind) else []
 
 
 @cache
@@ -40,43 +98,27 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
-    """Build ``cls`` from nested dicts, refusing unknown keys with the valid ones named."""
+    """Build ``cls`` from nested dicts (TOML tables, JSON), checking every field's type.
+
+    Raises:
+        ConfigError: naming each bad or unknown field and what was given.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a table of fields for {cls.__name__}, got {data!r}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown fields {unknown} for {cls.__name__}; valid: {sorted(names)}")
-    hints = _hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            kwargs[key] = from_dict(kind, value, f"{where}.{key}")
-        elif typing.get_origin(kind) is tuple and isinstance(value, (list, tuple)):  # TOML arrays, to_dict tuples
-            item = typing.get_args(kind)[0] if typing.get_args(kind) else None
-            if dataclasses.is_dataclass(item):
-                value = [from_dict(item, v, f"{where}.{key}[{i}]") for i, v in enumerate(value)]
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = value
     try:
-        return cls(**kwargs)
-    except TypeError as err:
-        raise ConfigError(f"{where}: {err}") from err
+        return TypeAdapter(cls).validate_python(data)
+    except ValidationError as err:
+        raise ConfigError(describe(err, where, cls)) from None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
+    """The config as plain nested dicts (tuples stay tuples)."""
     return dataclasses.asdict(cfg)
 
 
 def load(cls: type[C], path: str | None = None, overrides: dict[str, Any] | None = None) -> C:
-    """Read a TOML file (optional) into ``cls`` and apply dotted ``overrides``."""
+    """Read a TOML file (optional) into ``cls`` and apply dotted ``overrides`` on top."""
     data: dict[str, Any] = {}
     if path:
         try:
@@ -90,36 +132,95 @@ def load(cls: type[C], path: str | None = None, overrides: dict[str, Any] | None
         node = data
         *parents, leaf = dotted.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--{dotted}: {p} is not a table of fields")
+            node = child
         node[leaf] = value
     return from_dict(cls, data, where=path or cls.__name__)
 
 
+def _unwrap_optional(kind: Any) -> Any:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return kind
+
+
+def _show_default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        value = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(value):
+            return ""
+    else:
+        return ""
+    if value is None:
+        return " (default: unset)"
+    if isinstance(value, tuple):
+        value = " ".join(str(v) for v in value) if value and not dataclasses.is_dataclass(value[0]) else (
+            "none" if not value else "")
+        return f" (default: {value})" if value else ""
+    return f" (default: {value!r})" if isinstance(value, str) else f" (default: {value})"
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
-    """One ``--a.b`` option per scalar field of ``cls`` (recursing into nested configs)."""
-    docs, hints = field_docs(cls), _hints(cls)
+    """One ``--a.b`` option per field of ``cls``, recursing into nested configs. Values reach
+    the config as given and are checked by its types: ``--grow ture`` is refused naming the field.
+    Lists take several values (``--hooks mixed4a=mean conv2d0=mean``); lists of tables take JSON
+    (``--saes '[{"hook": "mixed4a"}]'``)."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        kind = hints[f.name]
+        kind = _unwrap_optional(hints[f.name])
         name = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(kind):
             add_arguments(parser, kind, f"{name}.")
             continue
-        if typing.get_origin(kind) is not None and kind not in (int, float, str, bool):
-            continue  # lists and tables come from the TOML file
-        convert = (lambda s: s.lower() in ("1", "true", "yes")) if kind is bool else kind
-        parser.add_argument(f"--{name}", dest=name, type=convert, default=None,
-                            help=docs.get(f.name, ""), metavar=kind.__name__.upper())
+        help_text = (docs.get(f.name, "") + _show_default(f)).replace("%", "%%")
+        if typing.get_origin(kind) is tuple:
+            item = (typing.get_args(kind) or (str,))[0]
+            if dataclasses.is_dataclass(item):
+                parser.add_argument(f"--{name}", dest=name, type=_json_list(name), default=None, metavar="JSON",
+                                    help=help_text + " (a JSON list of tables)")
+            else:
+                parser.add_argument(f"--{name}", dest=name, nargs="*", default=None,
+                                    metavar=getattr(item, "__name__", "VALUE").upper(), help=help_text)
+            continue
+        metavar = getattr(kind, "__name__", "VALUE").upper()
+        parser.add_argument(f"--{name}", dest=name, default=None, metavar=metavar, help=help_text)
+
+
+def _json_list(name: str):
+    def parse(text: str) -> list:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise argparse.ArgumentTypeError(f"--{name} takes a JSON list of tables: {err}") from None
+        if not isinstance(value, list):
+            raise argparse.ArgumentTypeError(f"--{name} takes a JSON list of tables, got {type(value).__name__}")
+        return value
+    return parse
+
+
+def config_parser(cls: type, parser: argparse.ArgumentParser | None = None, description: str = "",
+                  prog: str | None = None) -> argparse.ArgumentParser:
+    """An argument parser with ``--config FILE`` and one option per field of ``cls``."""
+    parser = parser or argparse.ArgumentParser(description=description, prog=prog)
+    parser.add_argument("--config", help="TOML file with the job's settings (options override it)")
+    add_arguments(parser, cls)
+    return parser
+
+
+def from_namespace(cls: type[C], ns: argparse.Namespace | dict[str, Any], skip: tuple[str, ...] = ()) -> C:
+    """The config a parsed command line describes (``--config`` file, then the options)."""
+    values = dict(vars(ns) if isinstance(ns, argparse.Namespace) else ns)
+    path = values.pop("config", None)
+    overrides = {k: v for k, v in values.items() if v is not None and k not in skip}
+    return load(cls, path, overrides)
 
 
 def parse_args(cls: type[C], argv: list[str] | None = None, description: str = "") -> C:
     """``--config FILE`` plus one option per field; options override the file."""
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", help="TOML file with the job's settings")
-    add_arguments(parser, cls)
-    ns = vars(parser.parse_args(argv))
-    path = ns.pop("config")
-    return load(cls, path, {k: v for k, v in ns.items() if v is not None})
-
-
-def dumps(cfg: Any) -> str:
-    return json.dumps(to_dict(cfg), indent=1, sort_keys=True)
+    return from_namespace(cls, config_parser(cls, description=description).parse_args(argv))

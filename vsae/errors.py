@@ -43,6 +43,15 @@ class StoreCorrupted(VsaeError, OSError):
     """Stored bytes failed their checksum or do not match the task's completion marker."""
 
 
+class StaleStore(VsaeError, RuntimeError):
+    """A store written by an older version of its model's code, whose activations the current
+    code would compute differently: it is read with a warning, never grown or resumed."""
+
+
+class StaleStoreWarning(UserWarning):
+    """Reading a store whose activations the current model code would compute differently."""
+
+
 class StorageUnavailable(VsaeError, OSError):
     """The object store kept refusing or dropping connections past the retry budget."""
 
@@ -67,6 +76,14 @@ class UnknownRun(VsaeError, KeyError):
 
 class UnknownFeature(VsaeError, IndexError):
     """A feature or neuron index outside the SAE's or hook's width."""
+
+
+class TrainingDiverged(VsaeError, FloatingPointError):
+    """A training loss or gradient became NaN or infinite."""
+
+
+class WordNetMissing(VsaeError, LookupError):
+    """WordNet 3.0 is not available to nltk (and could not be installed from a system copy)."""
 
 
 class UnsafePath(VsaeError, ValueError):

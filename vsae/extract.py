@@ -1,7 +1,7 @@
 """Extraction of one task: read its images, one forward pass per batch, sample every hook.
 
 :class:`ExtractTasks` is the producer the runners call for each task (in process or on Ray
-workers). The model and the dataset manifest are loaded once per process and reused; many
+workers). The model and the dataset listing are loaded once per process and reused; many
 hooks come from the same forward pass. Images that cannot be read become invalid rows and are
 counted by reason in the task's marker.
 """
@@ -9,6 +9,7 @@ counted by reason in the task's marker.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -16,60 +17,19 @@ import numpy as np
 import torch
 
 from vsae.data import read_images, read_listing
-from vsae.errors import ConfigError, TaskDataError
-from vsae.models import apply_weights, build, capture, resolve_hooks
-from vsae.sampling import Sampler, sample
-from vsae.store import ActivationStore, HookRows, HookSpec, StoreSpec
+from vsae.errors import TaskDataError
+from vsae.models import apply_weights, capture, card, factory, resolve_hooks
+from vsae.models.card import ModelCard
+from vsae.models.inputs import model_input
+from vsae.sampling import sample
+from vsae.store import ActivationStore, HookRows, StoreSpec
 from vsae.store.dtypes import decode_acts
 from vsae.store.layout import task_image_range
 
 
-def parse_hook_samplers(entries: tuple[str, ...]) -> list[tuple[str, str]]:
-    """``("mixed4a=magnitude:16", "conv2d0=mean")`` -> ``[("mixed4a", "magnitude:16"), ...]``."""
-    out = []
-    for entry in entries:
-        hook, eq, sampler = entry.partition("=")
-        if not eq or not hook or not sampler:
-            raise ConfigError(f"hook entry {entry!r} must read HOOK=SAMPLER, e.g. mixed4a=magnitude:16")
-        Sampler.parse(sampler)
-        out.append((hook.strip(), sampler.strip()))
-    names = [h for h, _ in out]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"hooks are listed more than once: {entries}")
-    return out
-
-
-def hook_specs(model_id: str, entries: tuple[str, ...]) -> tuple[HookSpec, ...]:
-    """Store hook specs from the model's hook table (widths, rows per image)."""
-    table = build(model_id).hooks
-    specs = []
-    for hook, sampler in parse_hook_samplers(entries):
-        (info,) = resolve_hooks(table, [hook], model_id)
-        rows = Sampler.parse(sampler).rows_per_image(info.layout, info.shape)
-        specs.append(HookSpec(hook, info.channels, sampler, rows))
-    return tuple(specs)
-
-
-def hook_positions(model_id: str, hook: str) -> int:
-    """Spatial positions (or patch tokens) of one image's activations at ``hook``: the ``n`` of
-    the inverse-probability mean of ``magnitude:K`` rows."""
-    (info,) = resolve_hooks(build(model_id).hooks, [hook], model_id)
-    return Sampler.parse("all").rows_per_image(info.layout, info.shape)
-
-
-@lru_cache(maxsize=16)
-def _hook_grid(model_id: str, hook: str) -> int | None:
-    """Side of the square position grid at ``hook`` (for crops), None for pooled layouts."""
-    (info,) = resolve_hooks(build(model_id).hooks, [hook], model_id)
-    if info.layout == "nchw":
-        return info.shape[1]
-    side = int(round((info.shape[0] - 1) ** 0.5))
-    return side if side * side == info.shape[0] - 1 else None
-
-
 @lru_cache(maxsize=2)
-def _model(model_id: str, weights: str, device: str) -> torch.nn.Module:
-    model = build(model_id).eval()
+def _model(factory: Callable[[], torch.nn.Module], model_id: str, weights: str, device: str) -> torch.nn.Module:
+    model = factory().eval()
     apply_weights(model, weights, model_id)
     model = model.to(device)
     if _is_conv(model):
@@ -112,6 +72,17 @@ class ExtractTasks:
     """Images below this id are already stored (the store grew from this many images): the task
     that straddles it keeps their stored rows, byte for byte, and extracts only the rest. A
     forward pass over a different batch could round differently, so recomputing would not do."""
+    card: ModelCard | None = None
+    """The model's card (default: the registry's); travels with the producer to the workers."""
+    factory: Callable[[], torch.nn.Module] | None = None
+    """The model's constructor (default: the registry's), so workers build a model registered in
+    the driver (a custom model) without a registry of their own."""
+
+    def __post_init__(self) -> None:
+        if self.card is None:
+            object.__setattr__(self, "card", card(self.spec.model_id))
+        if self.factory is None:
+            object.__setattr__(self, "factory", factory(self.spec.model_id))
 
     def __call__(self, task: int) -> tuple[dict[str, HookRows], dict]:
         return self.forward(task, self.decode(task))
@@ -126,7 +97,7 @@ class ExtractTasks:
         started = time.perf_counter()
         _, start, stop = self._fresh(task)
         listing = _listing(self.listing_uri, self.spec.dataset)
-        size, resample = _input_format(self.spec.model_id)
+        size, resample = self.card.input_size, self.card.resample
         images, valid, reasons = read_images(listing.table.slice(start, stop - start), self.dataset_uri,
                                              size, resample)
         return DecodedTask(task, images, valid, dict(reasons), time.perf_counter() - started)
@@ -136,7 +107,7 @@ class ExtractTasks:
         assert decoded.task == task, (decoded.task, task)
         started = time.perf_counter()
         first, start, stop = self._fresh(task)
-        model = _model(self.spec.model_id, self.weights_uri, device())
+        model = _model(self.factory, self.spec.model_id, self.weights_uri, device())
         images, valid = decoded.images, decoded.valid
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
         parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
@@ -146,7 +117,7 @@ class ExtractTasks:
                 torch.autocast(device().split(":")[0], dtype=torch.bfloat16, enabled=bf16):
             for a in range(0, stop - start, self.batch_size):
                 b = min(a + self.batch_size, stop - start)
-                x = model.preprocess(images[a:b]).to(device())
+                x = model_input(model, self.card, images[a:b]).to(device())
                 model(x.contiguous(memory_format=torch.channels_last) if _is_conv(model) else x)
                 for hook in self.spec.hooks:
                     info = model.hooks[hook.name]
@@ -187,10 +158,3 @@ class DecodedTask:
     reasons: dict[str, int]
     seconds: float = 0.0
     """Time spent reading and decoding."""
-
-
-@lru_cache(maxsize=4)
-def _input_format(model_id: str) -> tuple[int, str]:
-    """The model's input size and resize filter, without building its weights."""
-    model = build(model_id)
-    return model.input_size, model.resample

@@ -1,24 +1,29 @@
-"""Resource settings, kept apart from algorithm configs so a job hashes the same on any cluster."""
+"""Resource settings, kept apart from algorithm configs so a job hashes the same on any cluster.
+
+Every job config has a ``resources`` field; the executor that runs the job reads it (how many
+CPUs and GPUs a unit of work gets, how many run at once, how often a failed one is retried).
+Results never depend on it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from vsae.config import config_class
 from vsae.errors import ConfigError
 
 
-@dataclass(frozen=True)
+@config_class
 class Resources:
     """How much of the cluster a job uses; never part of a store spec or SAE config."""
 
     num_cpus_per_task: float = 1.0
-    """CPUs Ray reserves for each store task."""
+    """CPUs reserved for each unit of work (a store task, a hook's trainer, an analysis call)."""
     num_gpus_per_task: float = 0.0
-    """GPUs Ray reserves for each store task (fractions share a GPU); 0 on CPU-only clusters."""
+    """GPUs reserved for each unit of work that runs a model or an SAE (fractions share a GPU);
+    0 on CPU-only clusters."""
     batch_size: int = 32
     """Images per forward pass (throughput only; results do not depend on it)."""
     max_in_flight: int = 16
-    """Tasks submitted at once; bounds driver memory and lets progress reflect finished work."""
+    """Units of work submitted at once; bounds driver memory and lets progress reflect finished work."""
     runner: str = "auto"
     """How extraction runs on Ray: ``pipeline`` (Ray Data: decode tasks, a model actor pool, write
     tasks), ``tasks`` (one Ray task decodes, runs and writes each store task), or ``auto``: the
@@ -27,13 +32,18 @@ class Resources:
     """Most model actors of the extraction pipeline (each with ``num_cpus_per_task`` CPUs and
     ``num_gpus_per_task`` GPUs); Ray Data scales the pool between 1 and this."""
     max_retries: int = 3
-    """Retries of a task whose worker died or that hit a storage error (OSError)."""
+    """Retries of a unit whose worker died or that hit a storage error (OSError)."""
     local_num_cpus: int = 0
     """CPUs of the embedded local Ray (0: all of this machine); ignored on a running cluster."""
+    executor: str = "ray"
+    """Where the units of work run: ``ray`` (a Ray cluster, or an embedded local Ray when none is
+    given by ``RAY_ADDRESS``), or ``local`` (one after another in this process, no Ray)."""
 
     def __post_init__(self) -> None:
         if self.runner not in ("auto", "pipeline", "tasks"):
             raise ConfigError(f"runner must be auto, pipeline or tasks, got {self.runner!r}")
+        if self.executor not in ("ray", "local"):
+            raise ConfigError(f"executor must be ray or local, got {self.executor!r}")
         if (self.num_cpus_per_task <= 0 or self.num_gpus_per_task < 0 or self.batch_size < 1
                 or self.max_in_flight < 1 or self.max_retries < 0 or self.model_actors < 1):
             raise ConfigError(f"invalid resources {self}: need num_cpus_per_task > 0, "

@@ -1,9 +1,10 @@
-"""Running store tasks: the producer protocol, the in-process runner, and the run report.
+"""Store tasks as units of work: the producer protocol, writing one task, and the tally of a run.
 
 A *producer* is a picklable callable ``task -> {hook: HookRows}`` (or ``(rows, info)`` where
-``info`` is plain JSON such as skipped inputs by reason); a runner calls it for each task and
-hands the rows to :meth:`ActivationStore.write_task`. The in-process runner here is the
-reference; ``cluster.tasks`` runs the very same function on Ray workers.
+``info`` is plain JSON such as skipped inputs by reason, and seconds per stage). :func:`write_one`
+is the unit every executor runs for a store job: produce the task's rows unless its completion
+marker exists, and hand them to :meth:`ActivationStore.write_task`. :func:`write_tasks` runs it
+over many tasks on an executor and tallies what happened in a :class:`TaskTally`.
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
-
-from tqdm.auto import tqdm
+from functools import lru_cache, partial
+from typing import Any
 
 from vsae.errors import TaskDataError
 from vsae.store import ActivationStore, HookRows, TaskResult
@@ -40,15 +40,9 @@ def finished_result(task: int, marker: dict) -> TaskResult:
                       {h: c["valid_rows"] for h, c in hooks.items()}, marker.get("info", {}))
 
 
-def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
-    """Produce and write one task unless its marker exists (the unit every runner executes)."""
-    spec = getattr(producer, "spec", None)
-    store = _writable(uri, spec.digest if spec is not None else None)
-    if not overwrite:
-        marker = store.read_marker(task)
-        if marker is not None:
-            return finished_result(task, marker)
-    out = producer(task)
+def write_rows(uri: str, spec_digest: str | None, task: int, out: Any, overwrite: bool = False) -> TaskResult:
+    """Write a task's produced rows (``rows`` or ``(rows, info)``) with the time it took."""
+    store = _writable(uri, spec_digest)
     rows, info = out if isinstance(out, tuple) else (out, {})
     started = time.perf_counter()
     result = store.write_task(task, rows, overwrite=overwrite, info=info)
@@ -58,11 +52,22 @@ def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) 
     return result
 
 
-@dataclass
-class RunReport:
-    """What a run of tasks did; printed at the end of every job and saved as JSON."""
+def write_one(uri: str, producer: Producer, task: int, overwrite: bool = False) -> TaskResult:
+    """Produce and write one task unless its marker exists (the unit of every store job)."""
+    spec = getattr(producer, "spec", None)
+    digest = spec.digest if spec is not None else None
+    store = _writable(uri, digest)
+    if not overwrite:
+        marker = store.read_marker(task)
+        if marker is not None:
+            return finished_result(task, marker)
+    return write_rows(uri, digest, task, producer(task), overwrite)
 
-    store_uri: str
+
+@dataclass
+class TaskTally:
+    """What a run of store tasks did; becomes part of the job's report."""
+
     tasks_written: int = 0
     tasks_skipped: int = 0
     rows_written: dict[str, int] = field(default_factory=dict)
@@ -74,7 +79,6 @@ class RunReport:
     task_seconds: dict[str, float] = field(default_factory=dict)
     """Time per stage (decode, forward, write), summed over the tasks written: with tasks in
     parallel the sums exceed ``seconds``; their ratios show which stage bounds the run."""
-    notes: list[str] = field(default_factory=list)
 
     def add(self, result: TaskResult) -> None:
         self.inputs.update(result.info.get("inputs", {}))
@@ -88,32 +92,48 @@ class RunReport:
             self.rows_written[hook] = self.rows_written.get(hook, 0) + n
             self.valid_rows_written[hook] = self.valid_rows_written.get(hook, 0) + result.valid_rows[hook]
 
-    def summary(self) -> str:
+    def collect(self, outcomes: Iterable) -> TaskTally:
+        """Add every task's outcome (an executor's :class:`~vsae.executor.Outcome` of a
+        :class:`TaskResult`) as it arrives, and the time they took."""
+        started = time.perf_counter()
+        for outcome in outcomes:
+            if outcome.ok:
+                self.add(outcome.value)
+            else:
+                self.failed[outcome.item] = outcome.error
+        self.seconds += time.perf_counter() - started
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks_written": self.tasks_written, "tasks_skipped": self.tasks_skipped,
+                "tasks_failed": len(self.failed), "rows_written": dict(self.rows_written),
+                "valid_rows_written": dict(self.valid_rows_written), "inputs": dict(self.inputs),
+                "seconds": self.seconds, "task_seconds": dict(self.task_seconds)}
+
+    def lines(self) -> list[str]:
         rows = sum(self.rows_written.values())
-        lines = [
-            f"store          {self.store_uri}",
-            f"tasks          {self.tasks_written} written, {self.tasks_skipped} already done, {len(self.failed)} failed",
-            f"rows written   {rows:,} in {self.seconds:.1f} s ({rows / max(self.seconds, 1e-9):,.0f} rows/s)",
-        ]
+        out = [f"tasks          {self.tasks_written} written, {self.tasks_skipped} already done, {len(self.failed)} failed",
+               f"rows written   {rows:,} in {self.seconds:.1f} s ({rows / max(self.seconds, 1e-9):,.0f} rows/s)"]
         for hook, n in sorted(self.rows_written.items()):
-            lines.append(f"  {hook:<28} {n:>12,} rows, {self.valid_rows_written[hook]:,} valid")
+            out.append(f"  {hook:<28} {n:>12,} rows, {self.valid_rows_written[hook]:,} valid")
         if self.task_seconds:
-            lines.append("task time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.task_seconds.items())
-                         + " (summed over tasks)")
+            out.append("task time      " + ", ".join(f"{k} {v:.1f} s" for k, v in self.task_seconds.items())
+                       + " (summed over tasks)")
         if self.inputs:
-            lines.append("inputs         " + ", ".join(f"{k} {v}" for k, v in sorted(self.inputs.items())))
-        for task, err in sorted(self.failed.items()):
-            lines.append(f"  task {task} FAILED: {err}")
-        lines.extend(self.notes)
-        return "\n".join(lines)
+            out.append("inputs         " + ", ".join(f"{k} {v}" for k, v in sorted(self.inputs.items())))
+        return out
+
+
+def write_tasks(executor, uri: str, producer: Producer, tasks: Iterable[int], *, overwrite: bool = False,
+                accelerator: bool = False, tally: TaskTally | None = None) -> TaskTally:
+    """Write ``tasks`` with ``executor`` (one :func:`write_one` per task); returns the tally."""
+    return (tally or TaskTally()).collect(executor.map(partial(write_one, uri, producer, overwrite=overwrite), tasks,
+                                                       desc="tasks", accelerator=accelerator))
 
 
 def run_local(uri: str, producer: Producer, tasks: Iterable[int], *, overwrite: bool = False,
-              progress: bool = True) -> RunReport:
-    """Write ``tasks`` one after another in this process."""
-    report = RunReport(uri)
-    started = time.perf_counter()
-    for task in tqdm(list(tasks), desc="tasks", unit="task", disable=not progress):
-        report.add(write_one(uri, producer, task, overwrite))
-    report.seconds = time.perf_counter() - started
-    return report
+              progress: bool = True) -> TaskTally:
+    """Write ``tasks`` one after another in this process (a :class:`~vsae.executor.LocalExecutor`)."""
+    from vsae.executor import LocalExecutor
+
+    return write_tasks(LocalExecutor(progress=progress), uri, producer, tasks, overwrite=overwrite)

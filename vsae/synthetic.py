@@ -16,25 +16,25 @@ from functools import lru_cache
 
 import numpy as np
 
+from vsae.config import config_class
 from vsae.errors import ConfigError
 from vsae.store.layout import task_image_range
 from vsae.store.rows import HookRows
 from vsae.store.spec import HookSpec, StoreSpec
 
 HOOK = "synthetic"
-TRUTH_KEY = "_synthetic/truth.safetensors"
 
 
-@dataclass(frozen=True)
+@config_class
 class SyntheticConfig:
     """Ground-truth generator settings; one row per synthetic image."""
 
     n_rows: int = 65_536
     """Rows (synthetic images) in the store."""
-    d: int = 512
-    """Dimension of each activation row."""
+    d_in: int = 512
+    """Dimension of each activation row (the d_in of an SAE trained on it)."""
     n_features: int = 2048
-    """True feature directions; more than ``d`` puts them in superposition."""
+    """True feature directions; more than ``d_in`` puts them in superposition."""
     active_per_row: float = 32.0
     """Expected number of features active on a row."""
     noise: float = 0.01
@@ -45,7 +45,7 @@ class SyntheticConfig:
     def __post_init__(self) -> None:
         if not 0 < self.active_per_row <= self.n_features:
             raise ConfigError(f"active_per_row must lie in (0, n_features={self.n_features}], got {self.active_per_row}")
-        for name in ("n_rows", "d", "n_features"):
+        for name in ("n_rows", "d_in", "n_features"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -60,7 +60,7 @@ class SyntheticConfig:
             weights=f"synthetic:{self.digest[:16]}",
             dataset=f"synthetic:{self.digest}",
             n_images=self.n_rows,
-            hooks=(HookSpec(HOOK, self.d, "mean", 1),),
+            hooks=(HookSpec(HOOK, self.d_in, "mean", 1),),
             dtype=dtype,
             seed=self.seed,
             images_per_task=images_per_task,
@@ -71,7 +71,7 @@ class SyntheticConfig:
 def make_features(cfg: SyntheticConfig) -> np.ndarray:
     """The true directions, ``[n_features, d]`` float32 with unit rows."""
     rng = np.random.default_rng([cfg.seed, 0xFEA7])
-    f = rng.standard_normal((cfg.n_features, cfg.d)).astype(np.float32)
+    f = rng.standard_normal((cfg.n_features, cfg.d_in)).astype(np.float32)
     return f / np.linalg.norm(f, axis=1, keepdims=True)
 
 
@@ -84,7 +84,7 @@ def make_rows(cfg: SyntheticConfig, features: np.ndarray, start: int, stop: int,
     """
     rng = np.random.default_rng([cfg.seed, task])
     p = cfg.active_per_row / cfg.n_features
-    out = np.zeros((stop - start, cfg.d), dtype=np.float32)
+    out = np.zeros((stop - start, cfg.d_in), dtype=np.float32)
     block = 512
     for a in range(0, stop - start, block):
         b = min(a + block, stop - start)
@@ -96,7 +96,7 @@ def make_rows(cfg: SyntheticConfig, features: np.ndarray, start: int, stop: int,
             starts = np.cumsum(counts) - counts
             active = counts > 0
             out[a:b][active] = np.add.reduceat(contrib, starts[active], axis=0)
-        out[a:b] += cfg.noise * rng.standard_normal((b - a, cfg.d), dtype=np.float32)
+        out[a:b] += cfg.noise * rng.standard_normal((b - a, cfg.d_in), dtype=np.float32)
     return out
 
 
@@ -121,18 +121,20 @@ def load_truth(blob: bytes) -> tuple[SyntheticConfig, np.ndarray]:
     features = load(blob)["features"]
     header_len = int.from_bytes(blob[:8], "little")
     meta = json.loads(blob[8:8 + header_len])["__metadata__"]
-    return SyntheticConfig(**json.loads(meta["config"])), features
+    saved = json.loads(meta["config"])
+    if "d" in saved:  # written before the width was named d_in
+        saved["d_in"] = saved.pop("d")
+    return SyntheticConfig(**saved), features
 
 
 
 
 def store_truth(store_uri: str) -> np.ndarray | None:
     """The true directions saved beside a synthetic store, or None for any other store."""
-    from vsae.store import io
+    from vsae.store.paths import StoreLayout
 
-    fs, root = io.filesystem(io.resolve_uri(store_uri))
-    path = f"{root}/{TRUTH_KEY}"
-    return load_truth(io.get_object(fs, path))[1] if fs.exists(path) else None
+    where = StoreLayout(store_uri).synthetic_truth
+    return load_truth(where.read_bytes())[1] if where.exists() else None
 
 
 def recovery(features: np.ndarray, directions: np.ndarray) -> float:
@@ -158,5 +160,5 @@ class SyntheticTasks:
         return task_rows(self.cfg, self.spec, task, cached_features(self.cfg))
 
 
-__all__ = ["HOOK", "TRUTH_KEY", "SyntheticConfig", "SyntheticTasks", "load_truth", "make_features",
+__all__ = ["HOOK", "SyntheticConfig", "SyntheticTasks", "load_truth", "make_features",
            "make_rows", "recovery", "store_truth", "task_rows", "truth_bytes"]

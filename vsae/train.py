@@ -15,85 +15,23 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
-from vsae.errors import ConfigError, VsaeError
+from vsae import progress as vsae_progress
+from vsae.errors import ConfigError, TrainingDiverged
 from vsae.sae import checkpoint as ckpt
 from vsae.sae.base import Losses, SparseAutoencoder, make_sae
-from vsae.sae.config import SAEConfig
-from vsae.sae.metrics import reconstruction_stats
+from vsae.sae.metrics import dead_fraction, reconstruction_stats
+from vsae.sae.runs import SAERun, TrainConfig
 from vsae.store import ActivationStore, HookReader
-from vsae.store.layout import hook_folder
 
 log_ = logging.getLogger(__name__)
-
-
-class TrainingDiverged(VsaeError, FloatingPointError):
-    """A loss or gradient became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How SAEs are trained (shared by every SAE trained in one pass over a hook)."""
-
-    batch_rows: int = 4096
-    """Rows per optimiser step."""
-    steps: int = 0
-    """Optimiser steps; 0 derives them from ``epochs``."""
-    epochs: float = 1.0
-    """Passes over the training rows (when ``steps`` is 0)."""
-    lr_warmup_steps: int = 100
-    """Linear learning-rate warm-up from 0."""
-    lr_decay_frac: float = 0.2
-    """The learning rate decays linearly to 0 over this final fraction of training."""
-    l1_warmup_frac: float = 0.05
-    """The sparsity weight λ rises linearly from 0 over this first fraction of training."""
-    grad_clip: float = 1.0
-    """Maximum gradient norm (0: no clipping)."""
-    eval_rows: int = 16384
-    """Held-out rows at the end of the store; evaluated, never trained on."""
-    normaliser_rows: int = 65536
-    """Rows used to fit the input scale (E||x||² = d_in) and initial decoder bias."""
-    checkpoint_every: int = 500
-    """Steps between checkpoints (and evaluations); the last step always checkpoints."""
-    log_every: int = 100
-    """Steps between log lines."""
-    compute_dtype: str = "auto"
-    """float32, bfloat16 (autocast, fp32 master weights), or auto: bfloat16 where the device
-    multiplies bf16 much faster than fp32."""
-    window_chunks: int = 8
-    """Store chunks shuffled together into batches."""
-    prefetch: int = 4
-    """Batches read ahead on a background thread."""
-    seed: int = 0
-    """Data-order seed."""
-
-    def __post_init__(self) -> None:
-        if self.batch_rows < 1 or self.steps < 0 or self.epochs <= 0 or self.checkpoint_every < 1:
-            raise ConfigError(f"need batch_rows >= 1, steps >= 0, epochs > 0, checkpoint_every >= 1 in {self}")
-        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
-        if not (0 <= self.lr_decay_frac <= 1 and 0 <= self.l1_warmup_frac <= 1):
-            raise ConfigError("lr_decay_frac and l1_warmup_frac must lie in [0, 1]")
-
-
-@dataclass(frozen=True)
-class SAERun:
-    """One SAE to train on one hook; ``name`` (default: the config's) names its folder."""
-
-    hook: str
-    sae: SAEConfig = field(default_factory=SAEConfig)
-    name: str = ""
-
-    @property
-    def folder(self) -> str:
-        return f"{hook_folder(self.hook)}/{self.name or self.sae.name}"
 
 
 # ---- precision ------------------------------------------------------------------------------
@@ -142,6 +80,8 @@ class Member:
     last: dict[str, float] = field(default_factory=dict)
 
     def dead(self, window: int | None = None) -> torch.Tensor:
+        """Latents silent for the last ``window`` training rows (default ``dead_window_rows``,
+        capped at the rows seen): the running count resampling and AuxK act on."""
         window = min(window or self.run.sae.dead_window_rows, max(self.rows_seen, 1))
         return self.since_fired >= window
 
@@ -189,7 +129,7 @@ def make_member(run: SAERun, uri: str, d_in: int, device: torch.device, store: A
         previous, info = ckpt.load_sae(init_uri, device)
         if info.sae != run.sae or info.d_in != d_in:
             raise ConfigError(f"cannot warm-start {run.folder} from {init_uri}: it was trained with "
-                              f"{info.sae} on {info.d_in} channels")
+                              f"{info.sae} on d_in={info.d_in}")
         sae.load_state_dict(previous.state_dict())
         scale = float(sae.scale)
         train_info["warm_started_from"] = init_uri
@@ -224,9 +164,9 @@ def step(m: Member, x: torch.Tensor, cfg: TrainConfig, total: int, dtype: torch.
     xn = x * sae.scale
     dead = m.dead() if m.rows_seen >= sae_cfg.dead_window_rows else None
     with torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
-        losses = sae.loss(xn, l1_weight=sae_cfg.l1 * l1_f, dead=dead)
+        losses = sae.loss(xn, l1_coefficient=sae_cfg.l1_coefficient * l1_f, dead=dead)
     if not torch.isfinite(losses.total):
-        raise TrainingDiverged(f"{m.run.hook} / {m.run.name or sae_cfg.name}: loss is {float(losses.total.detach())} "
+        raise TrainingDiverged(f"{m.run.hook} / {m.run.sae_name}: loss is {float(losses.total.detach())} "
                                f"at step {m.step} (mse {float(losses.mse)}); lower the learning rate "
                                f"(lr={sae_cfg.lr}) or check the store for extreme values")
     m.opt.zero_grad(set_to_none=True)
@@ -259,15 +199,29 @@ def _resample(m: Member, xn: torch.Tensor, losses: Losses) -> None:
         m.n_resampled += len(idx)
 
 
-def evaluate(m: Member, eval_x: torch.Tensor, batch_rows: int) -> dict[str, Any]:
-    """Held-out reconstruction and sparsity, plus the training-side dead fraction."""
+def evaluate(m: Member, eval_x: torch.Tensor, batch_rows: int, train_x: torch.Tensor | None = None) -> dict[str, Any]:
+    """Held-out reconstruction and sparsity with the current weights; dead fractions counted
+    three ways, each with the rows it counts over (see :data:`DEAD_COUNTS`)."""
     m.sae.eval()
     stats = reconstruction_stats(m.sae, eval_x.split(batch_rows))
+    train_dead, train_rows = (dead_fraction(m.sae, train_x.split(batch_rows)) if train_x is not None and len(train_x)
+                              else (float("nan"), 0))
     m.sae.train()
-    return {**stats, "dead_frac": float(m.dead().float().mean()), "step": m.step, "rows_seen": m.rows_seen,
-            "hook": m.run.hook, "name": m.run.name or m.run.sae.name, "variant": m.run.sae.variant,
+    window = min(m.run.sae.dead_window_rows, max(m.rows_seen, 1))
+    return {**stats, "eval_rows": stats.get("rows", 0), "dead_frac_train": train_dead, "dead_train_rows": train_rows,
+            "dead_window_frac": float(m.dead().float().mean()), "dead_window_rows": window,
+            "step": m.step, "rows_seen": m.rows_seen,
+            "hook": m.run.hook, "name": m.run.sae_name, "variant": m.run.sae.variant,
             "d_in": m.sae.d_in, "d_sae": m.sae.d_sae, "n_resampled": m.n_resampled,
             "resumed_from": m.resumed_from, "train": m.last, "uri": m.uri}
+
+
+DEAD_COUNTS = {
+    "dead_frac": "latents that fire on none of the eval_rows held-out rows, with the weights of this step",
+    "dead_frac_train": "latents that fire on none of dead_train_rows training rows (a fixed sample), same weights",
+    "dead_window_frac": "latents that fired on none of the last dead_window_rows training rows as they were "
+                        "trained on (weights changing meanwhile): what resampling and the AuxK loss act on",
+}
 
 
 def checkpoint(m: Member, metrics: dict[str, Any], total: int) -> None:
@@ -280,8 +234,8 @@ def checkpoint(m: Member, metrics: dict[str, Any], total: int) -> None:
 
 
 def log(m: Member, bar: Any) -> None:
-    line = (f"{m.run.hook} {m.run.name or m.run.sae.name} step {m.step}: loss {m.last['loss']:.4g} "
-            f"mse {m.last['mse']:.4g} L0 {m.last['l0']:.1f} dead {float(m.dead().float().mean()):.1%}")
+    line = (f"{m.run.hook} {m.run.sae_name} step {m.step}: loss {m.last['loss']:.4g} "
+            f"mse {m.last['mse']:.4g} L0 {m.last['l0']:.1f} dead(window) {float(m.dead().float().mean()):.1%}")
     if hasattr(bar, "set_postfix_str") and not getattr(bar, "disable", False):
         bar.set_postfix_str(line[:120])
     log_.info(line)
@@ -338,16 +292,23 @@ def _held_out(reader: HookReader, cfg: TrainConfig) -> tuple[int, torch.Tensor]:
     return start, torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
 
 
-def _normaliser_sample(reader: HookReader, cfg: TrainConfig, row_stop: int) -> torch.Tensor:
+def _training_sample(reader: HookReader, n_rows: int, seed: int, row_stop: int,
+                     dtype: np.dtype = np.float32) -> torch.Tensor:
+    """``n_rows`` valid training rows drawn by the shuffled stream of ``seed`` (fewer if the
+    store has fewer)."""
     parts, got = [], 0
-    for rows in reader.iter_batches(min(cfg.normaliser_rows, 65536), seed=cfg.seed + 1, row_stop=row_stop):
-        parts.append(np.asarray(rows.acts, dtype=np.float32))
+    for rows in reader.iter_batches(min(n_rows, 65536), seed=seed, row_stop=row_stop):
+        parts.append(np.asarray(rows.acts, dtype=dtype))
         got += len(rows)
-        if got >= cfg.normaliser_rows:
+        if got >= n_rows:
             break
     if not got:
         raise ConfigError(f"hook {reader.hook.name!r} has no valid training rows")
-    return torch.from_numpy(np.concatenate(parts)[:cfg.normaliser_rows])
+    return torch.from_numpy(np.concatenate(parts)[:n_rows])
+
+
+def _normaliser_sample(reader: HookReader, cfg: TrainConfig, row_stop: int) -> torch.Tensor:
+    return _training_sample(reader, cfg.normaliser_rows, cfg.seed + 1, row_stop)
 
 
 def total_steps(cfg: TrainConfig, train_rows: int) -> int:
@@ -355,15 +316,14 @@ def total_steps(cfg: TrainConfig, train_rows: int) -> int:
 
 
 def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfig, *,
-               device: str | torch.device = "cpu", progress: bool = True,
-               make_bar: Callable[..., Any] | None = None, init_from: str = "") -> list[dict[str, Any]]:
+               device: str | torch.device = "cpu", progress: bool = True, init_from: str = "") -> list[dict[str, Any]]:
     """Train every SAE in ``runs`` (all on one hook) in one pass; resume those with checkpoints.
 
     Each SAE's checkpoint goes to ``{out_uri}/{run.folder}``; with ``init_from`` (an earlier run's
     folder), an SAE that has no checkpoint yet starts from ``{init_from}/{run.folder}`` when that
     exists (nightly retraining warm-starts this way). Returns each SAE's final metrics;
-    SAEs whose checkpoint is already final are left alone (a rerun is a no-op). ``make_bar(total,
-    desc)`` makes the progress bar (default: tqdm; Ray actors pass Ray's driver-side bars).
+    SAEs whose checkpoint is already final are left alone (a rerun is a no-op). The progress bar
+    comes from :func:`vsae.progress.bar` (shown on the driver when an executor runs this remotely).
     """
     hooks = {r.hook for r in runs}
     assert len(hooks) == 1, f"train_hook takes SAEs of one hook, got {sorted(hooks)}"
@@ -385,14 +345,18 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
             init = ""  # a new SAE in this run's config: nothing to start from
         if ckpt.read_state(uri) is None and sample is None and not init:
             sample = _normaliser_sample(reader, cfg, row_stop)
-        members.append(make_member(r, uri, reader.channels, device, store, cfg, sample, init))
+        members.append(make_member(r, uri, reader.d_in, device, store, cfg, sample, init))
     results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= total}
     todo = [m for m in members if m.step < total]
     if todo:
+        dead_x = (_training_sample(reader, cfg.dead_sample_rows, cfg.seed + 2, row_stop, np.float16)
+                  if cfg.dead_sample_rows else None)
         desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
-        bar = (make_bar or _tqdm_bar(progress))(total=total, desc=desc)
+        with nullcontext() if progress else vsae_progress.using(enabled=False):
+            bar = vsae_progress.bar(total, desc, "step")
         try:
-            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results)
+            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results,
+                 None if dead_x is None else dead_x.to(device))
         finally:
             bar.close()
     return [results[id(m)] for m in members]
@@ -400,7 +364,7 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
 
 def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, row_stop: int,
          eval_x: torch.Tensor, device: torch.device, dtype: torch.dtype, bar: Any,
-         results: dict[int, dict]) -> None:
+         results: dict[int, dict], dead_x: torch.Tensor | None) -> None:
     first = min(todo, key=lambda m: m.step)
     position = first.step
     bar.update(position)
@@ -414,7 +378,7 @@ def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, r
             if m.step % cfg.log_every == 0:
                 log(m, bar)
             if m.step % cfg.checkpoint_every == 0 or m.step == total:
-                metrics = evaluate(m, eval_x, cfg.batch_rows)
+                metrics = evaluate(m, eval_x, cfg.batch_rows, dead_x)
                 metrics["steps_per_s"] = (m.step - start_pos) / max(time.perf_counter() - started, 1e-9)
                 metrics["compute_dtype"] = str(dtype).removeprefix("torch.")
                 checkpoint(m, metrics, total)
@@ -425,9 +389,5 @@ def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, r
             break
 
 
-def _tqdm_bar(progress: bool) -> Callable[..., Any]:
-    return lambda total, desc: tqdm(total=total, desc=desc, unit="step", disable=not progress)
-
-
-__all__ = ["Member", "SAERun", "TrainConfig", "TrainingDiverged", "checkpoint", "compute_dtype", "evaluate",
-           "hook_folder", "log", "make_member", "schedule", "step", "total_steps", "train_hook"]
+__all__ = ["DEAD_COUNTS", "Member", "SAERun", "TrainConfig", "checkpoint", "compute_dtype", "evaluate", "log",
+           "make_member", "schedule", "step", "total_steps", "train_hook"]

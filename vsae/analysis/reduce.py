@@ -3,56 +3,31 @@
 Pass 1 (:func:`stats_task`) reduces a task's images to per-unit :class:`UnitStats`; the driver
 merges them, which fixes every feature's max. Pass 2 (:func:`examples_task`) draws the interval
 examples, which need that max. Both read the task's rows once and encode them with every unit
-(the neurons, then each SAE of the hook), so a hook's SAEs share the reading. :func:`finish_hook`
-turns the merged partials into the tables of :mod:`vsae.analysis.results`. Nothing here imports
-Ray: ``cluster/analysis_job.py`` fans the tasks out, and a loop over tasks does the same in
-process.
+(the neurons, then each SAE of the hook), so a hook's SAEs share the reading. :func:`finish_unit`
+turns the merged partials into the tables of :mod:`vsae.analysis.results`. Nothing here knows
+where it runs: the analysis job (:mod:`vsae.jobs.analyze`) hands the passes to an executor.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from functools import lru_cache
 
 import numpy as np
 import torch
 
 from vsae.analysis import results
+from vsae.analysis.config import AnalysisConfig
 from vsae.analysis.examples import IntervalSample
-from vsae.analysis.stats import AnalysisConfig, ImageActs, UnitStats, image_level, mono
+from vsae.analysis.plan import Classes, HookPlan, Unit
+from vsae.analysis.stats import ImageActs, UnitStats, image_level, mono
 from vsae.sae import load_sae
 from vsae.store import ActivationStore
 from vsae.store.layout import task_image_range
+from vsae.store.paths import Location
 from vsae.train import compute_dtype
-
-
-@dataclass(frozen=True)
-class Unit:
-    """What is analysed at a hook: ``neurons`` (the channels) or one SAE (``sae_uri``)."""
-
-    name: str
-    sae_uri: str = ""
-    weights_digest: str = ""
-    """sha256 of the SAE's weights: workers cache loaded SAEs by it, so a retrained SAE at the
-    same URI is loaded again."""
-
-
-@dataclass(frozen=True)
-class HookPlan:
-    """Everything a task needs to analyse its images at one hook."""
-
-    store_uri: str
-    hook: str
-    units: tuple[Unit, ...]
-    n_positions: int
-    """Positions per image (the ``n`` of the inverse-probability mean of ``magnitude:K`` rows)."""
-    n_classes: int
-    cfg: AnalysisConfig
-    store_digest: str = ""
-    """The published store spec analysed: workers cache store handles by it (a store that grew
-    is opened again)."""
 
 
 @lru_cache(maxsize=4)
@@ -102,7 +77,7 @@ def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tupl
 
 def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
     k = reader.rows_per_image
-    magnitude = reader.hook.sampler.startswith("magnitude")
+    magnitude = reader.hook.sampler.weighted
     acts = torch.as_tensor(rows.acts, dtype=torch.float32).to(device)
     yx = rows.yx.reshape(hi - lo, k, 2)
     dtype = compute_dtype(plan.cfg, torch.device(device))
@@ -118,7 +93,7 @@ def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
 
 
 def _width(plan: HookPlan, unit: Unit, device: str) -> int:
-    return _unit_sae(unit, device).d_sae if unit.sae_uri else _store(plan.store_uri, plan.store_digest).hook(plan.hook).channels
+    return _unit_sae(unit, device).d_sae if unit.sae_uri else _store(plan.store_uri, plan.store_digest).hook(plan.hook).d_in
 
 
 def stats_task(plan: HookPlan, tasks: Sequence[int], image_class: np.ndarray,
@@ -158,37 +133,28 @@ def _writable(partial):
     return replace(partial, **arrays)
 
 
-@dataclass(frozen=True)
-class Classes:
-    """The classes of the dataset's images, with their tree distances (empty when unlabelled)."""
-
-    wnids: tuple[str, ...]
-    names: tuple[str, ...]
-    d: np.ndarray
-
-
-def finish_unit(out_uri: str, unit: Unit, stats: UnitStats, sample: IntervalSample, classes: Classes,
+def finish_unit(out: Location, unit: Unit, stats: UnitStats, sample: IntervalSample, classes: Classes,
                 cfg: AnalysisConfig) -> dict:
-    """Write one unit's tables; returns its summary (mono scores for the job report)."""
+    """Write one unit's tables into its folder ``out``; returns its summary (mono scores for the
+    job report)."""
     freq = stats.class_means()
     scores = mono(freq, classes.d) if classes.wnids else np.full(stats.n_features, np.nan)
     wn, names = list(classes.wnids), list(classes.names)
     mean = stats.total / max(stats.n_images, 1)
-    results.write_table(f"{out_uri}/features.parquet",
-                        results.features_table(stats, freq, scores, wn, names, sample.counts))
-    results.write_table(f"{out_uri}/class_means.parquet", results.class_means_table(freq),
+    results.write_table(out / results.FEATURES, results.features_table(stats, freq, scores, wn, names, sample.counts))
+    results.write_table(out / results.CLASS_MEANS, results.class_means_table(freq),
                         features_per_group=results.FEATURES_PER_GROUP)
-    results.write_table(f"{out_uri}/examples.parquet", results.examples_table(stats, sample),
+    results.write_table(out / results.EXAMPLES, results.examples_table(stats, sample),
                         features_per_group=results.FEATURES_PER_GROUP)
-    results.write_table(f"{out_uri}/class_features.parquet",
+    results.write_table(out / results.CLASS_FEATURES,
                         results.class_features_table(freq, mean, wn, names, cfg.class_features))
     if unit.sae_uri:
         directions = _unit_sae(unit, "cpu").directions().float().numpy()
         by_feature, by_neuron = results.decoder_maps(directions, cfg.map_top)
-        results.write_table(f"{out_uri}/feature_neurons.parquet", by_feature)
-        results.write_table(f"{out_uri}/neuron_features.parquet", by_neuron)
+        results.write_table(out / results.FEATURE_NEURONS, by_feature)
+        results.write_table(out / results.NEURON_FEATURES, by_neuron)
     fired = np.isfinite(scores)
-    return {"unit": unit.name, "sae_uri": unit.sae_uri, "uri": out_uri, "n_features": stats.n_features,
+    return {"unit": unit.name, "sae_uri": unit.sae_uri, "uri": out.uri, "n_features": stats.n_features,
             "n_images": stats.n_images, "fired": int((stats.fired_images > 0).sum()),
             "mono": scores, "mono_scored": int(fired.sum()),
             "top_class": [wn[c] if fired[i] else None for i, c in enumerate(freq.argmax(1) if wn else [0] * len(scores))],

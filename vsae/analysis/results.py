@@ -1,6 +1,7 @@
 """Analysis results as parquet tables under the store root, one folder per SAE run.
 
-Layout (``{store}/analysis/{run}/``)::
+The folders come from :class:`~vsae.store.paths.StoreLayout` (``analysis/{run}/``, and
+``analysis/{run}/{hook}/{unit}/`` per unit); the files in them are this module's format::
 
     classes.parquet                    class_index, wnid, name, n_images, d (the row of D)
     <hook>/<unit>/features.parquet     per feature: max, mean, firing fractions, mono, top class
@@ -26,25 +27,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vsae.store import io
-from vsae.store.layout import hook_folder
+from vsae.store.paths import Location
 
 FEATURES_PER_GROUP = 256
 NEURONS = "neurons"
-INDEX = "analysis.json"
 SCHEMA_VERSION = 1
+# The tables of one unit's folder
+FEATURES, CLASS_MEANS, EXAMPLES = "features.parquet", "class_means.parquet", "examples.parquet"
+CLASS_FEATURES, FEATURE_NEURONS, NEURON_FEATURES = ("class_features.parquet", "feature_neurons.parquet",
+                                                    "neuron_features.parquet")
 
 
-def run_uri(store_uri: str, run: str) -> str:
-    return f"{io.resolve_uri(store_uri).rstrip('/')}/analysis/{run}"
-
-
-def unit_uri(analysis_uri: str, hook: str, unit: str) -> str:
-    return f"{analysis_uri}/{hook_folder(hook)}/{unit}"
-
-
-def write_table(uri: str, table: pa.Table, *, features_per_group: int | None = None,
-                storage_options: dict | None = None) -> None:
+def write_table(where: str | Location, table: pa.Table, *, features_per_group: int | None = None) -> None:
     """Write a table as one object (readers never see half of it). With ``features_per_group``
     the (feature-sorted) table is cut so row group g holds features [g*n, (g+1)*n)."""
     sink = _io.BytesIO()
@@ -59,13 +53,11 @@ def write_table(uri: str, table: pa.Table, *, features_per_group: int | None = N
             for g in range(n_groups):  # one row group per feature block, even an empty one
                 part = table.slice(int(bounds[g]), int(bounds[g + 1] - bounds[g]))
                 writer.write_table(part, row_group_size=max(1, part.num_rows))
-    fs, path = io.filesystem(uri, storage_options)
-    io.put_object(fs, path, sink.getvalue())
+    Location.of(where).write_bytes(sink.getvalue())
 
 
-def write_json(uri: str, value: dict[str, Any], storage_options: dict | None = None) -> None:
-    fs, path = io.filesystem(uri, storage_options)
-    io.put_object(fs, path, json.dumps(value, indent=1, default=str).encode())
+def write_json(where: str | Location, value: dict[str, Any]) -> None:
+    Location.of(where).write_bytes(json.dumps(value, indent=1, default=str).encode())
 
 
 def features_table(stats, freq_sc: np.ndarray, mono_s: np.ndarray, class_wnids: list[str],
@@ -204,6 +196,7 @@ def classes_table(wnids: list[str], names: list[str], counts: np.ndarray, d_cc: 
     })
 
 
-def read_table(uri: str, storage_options: dict | None = None, **kwargs) -> pa.Table:
-    fs, path = io.filesystem(uri, storage_options)
-    return pq.read_table(path, filesystem=fs, **kwargs)
+def read_table(where: str | Location, **kwargs) -> pa.Table:
+    """A table written by :func:`write_table`. Raises FileNotFoundError."""
+    where = Location.of(where)
+    return pq.read_table(where.path, filesystem=where.fs, **kwargs)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vsae.errors import VsaeError
+from vsae.errors import WordNetMissing
 
 ROOT_SYNSET = "entity.n.01"
 RULE = ("shortest hypernym path to entity.n.01; ties broken by the lexicographic order of the "
@@ -53,10 +53,6 @@ LEXNAMES = (
 _SYNTACTIC_CATEGORY = {"adj": 3, "adv": 4, "noun": 1, "verb": 2}
 _DATABASE_FILES = ("data.", "index.", ".exc", "cntlist", "lexnames", "sentidx.vrb", "sents.vrb",
                    "frames.vrb", "verb.Framestext", "LICENSE", "citation.bib")
-
-
-class WordNetMissing(VsaeError, LookupError):
-    """WordNet 3.0 is not available to nltk and could not be prepared."""
 
 
 HOW_TO_GET = (

@@ -3,7 +3,7 @@
 Reasons a row can carry: ``converted:<mode>`` (CMYK, greyscale, palette, RGBA... made RGB, kept),
 and skips ``corrupt`` (does not decode, truncated), ``too_small`` (under 8 px a side),
 ``too_large`` (over 80 megapixels, refused before decoding), ``unreadable_shard`` (the bytes
-could not be fetched), ``unsafe_path`` (the manifest names a file outside the dataset root). A skipped image's rows are stored as invalid; nothing stops the job.
+could not be fetched), ``unsafe_path`` (the listing names a file outside the dataset root). A skipped image's rows are stored as invalid; nothing stops the job.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def decode(blob: bytes, size: int, resample: str = "bilinear") -> tuple[np.ndarr
 
 def read_images(rows: pa.Table, source_uri: str, size: int,
                 resample: str = "bilinear") -> tuple[np.ndarray, np.ndarray, Counter]:
-    """Fetch and decode the images of manifest ``rows``: ``(images [n, size, size, 3], valid [n],
+    """Fetch and decode the images of listing ``rows``: ``(images [n, size, size, 3], valid [n],
     reasons)``. Each image is one ranged read; reads run concurrently."""
     fs, root = fsspec.core.url_to_fs(source_uri)
     root = root.rstrip("/")
@@ -62,7 +62,7 @@ def read_images(rows: pa.Table, source_uri: str, size: int,
         try:
             path = store_io.safe_join(root, shards[i])
         except UnsafePath:
-            return "unsafe_path"  # a manifest naming something outside the dataset is never read
+            return "unsafe_path"  # a listing naming something outside the dataset is never read
         try:
             return fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
         except OSError:

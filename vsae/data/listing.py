@@ -1,4 +1,4 @@
-"""Listing a dataset once into its manifest: one row per image, dense stable ``image_id``s.
+"""Listing a dataset once: one row per image, dense stable ``image_id``s (the dataset listing).
 
 Sources (any fsspec URI):
 
@@ -12,7 +12,7 @@ Sources (any fsspec URI):
 source gives (``.cls``), else -1, and is never renumbered, so rows stay stable as shards are
 added. Each row records where the image's bytes are (shard, offset, size), so a worker reads exactly
 its images with ranged reads, never re-scanning a tar. Ids follow sorted shard order, then
-order within the shard; relisting with the previous manifest keeps every existing id and puts
+order within the shard; relisting with the previous listing keeps every existing id and puts
 images of new shards after them. Members that are not images are counted, not listed.
 """
 
@@ -26,14 +26,12 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 
-import fsspec
 import pyarrow as pa
 
 from vsae.errors import ConfigError, UnsafePath
 from vsae.store.io import safe_relative
+from vsae.store.paths import Location
 
-LISTING_NAME = "dataset.parquet"
-"""The dataset manifest's name in a store root (image ids there index this listing)."""
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 KINDS = ("imagenet_folder", "webdataset")
 SCHEMA = pa.schema([
@@ -45,7 +43,7 @@ SCHEMA = pa.schema([
 
 @dataclass
 class Listing:
-    """A dataset manifest and what listing it skipped."""
+    """A dataset listing (``table``, :data:`SCHEMA`) and what listing skipped, by reason."""
 
     table: pa.Table
     source_uri: str
@@ -65,14 +63,10 @@ class Listing:
             h.update(json.dumps(row).encode())
         return h.hexdigest()
 
-    @property
-    def classes(self) -> list[str]:
-        return sorted({w for w in self.table.column("wnid").to_pylist() if w})
-
 
 def _fs(uri: str):
-    fs, root = fsspec.core.url_to_fs(uri)
-    return fs, root.rstrip("/")
+    where = Location.of(uri)
+    return where.fs, where.path.rstrip("/")
 
 
 def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
@@ -152,7 +146,11 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
 
 
 def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) -> Listing:
-    """List ``source_uri`` into a manifest; with ``previous``, keep its ids and append new shards."""
+    """List ``source_uri``; with ``previous``, keep its ids and append the new shards' images.
+
+    Raises:
+        ConfigError: unknown ``kind``, a missing source, no shards, or no images at all.
+    """
     if kind not in KINDS:
         raise ConfigError(f"dataset kind {kind!r} is not one of {KINDS}")
     fs, root = _fs(source_uri)
@@ -178,13 +176,8 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) ->
     return Listing(table, source_uri, kind, skipped)
 
 
-def store_listing_uri(store_uri: str) -> str:
-    """Where a store keeps the listing its image ids refer to."""
-    return f"{store_uri.rstrip('/')}/{LISTING_NAME}"
-
-
-def write_listing(listing: Listing, uri: str) -> None:
-    """Save the manifest as parquet, with its source, kind and digest in the schema metadata."""
+def write_listing(listing: Listing, where: str | Location) -> None:
+    """Save the listing as parquet, with its source, kind and digest in the schema metadata."""
     import pyarrow.parquet as pq
 
     meta = {"vsae": json.dumps({"source_uri": listing.source_uri, "kind": listing.kind,
@@ -192,18 +185,19 @@ def write_listing(listing: Listing, uri: str) -> None:
     table = listing.table.replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf)
-    with fsspec.open(uri, "wb") as f:
-        f.write(buf.getvalue())
+    Location.of(where).write_bytes(buf.getvalue())
 
 
-def read_listing(uri: str) -> Listing:
+def read_listing(where: str | Location) -> Listing:
+    """The listing saved at ``where``. Raises FileNotFoundError, or ConfigError if it was altered."""
     import pyarrow.parquet as pq
 
-    with fsspec.open(uri, "rb") as f:
-        table = pq.read_table(io.BytesIO(f.read()))
+    where = Location.of(where)
+    uri = where.uri
+    table = pq.read_table(io.BytesIO(where.read_bytes()))
     meta = json.loads(table.schema.metadata[b"vsae"])
     listing = Listing(table.replace_schema_metadata(None), meta["source_uri"], meta["kind"],
                       Counter(meta.get("skipped", {})))
     if listing.digest != meta["digest"]:
-        raise ConfigError(f"dataset manifest {uri} does not match its recorded digest")
+        raise ConfigError(f"dataset listing {uri} does not match its recorded digest")
     return listing

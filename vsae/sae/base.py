@@ -153,7 +153,7 @@ class SparseAutoencoder(nn.Module):
         w = self.W_dec.detach()
         return w / w.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
-    def loss(self, xn: torch.Tensor, *, l1_weight: float, dead: torch.Tensor | None = None,
+    def loss(self, xn: torch.Tensor, *, l1_coefficient: float, dead: torch.Tensor | None = None,
              path: str = "auto") -> Losses:
         """The training loss of normalised inputs ``xn`` (``x * scale``).
 
@@ -182,7 +182,7 @@ class SparseAutoencoder(nn.Module):
         mse = err.mean()
         sparsity = self.penalty(latent_sums, xn.shape[0])
         aux = self.aux_loss(xc, pre, (xn - recon.float()).detach(), dead)
-        return Losses(total=mse + l1_weight * sparsity + aux, mse=mse.detach(), sparsity=sparsity.detach(),
+        return Losses(total=mse + l1_coefficient * sparsity + aux, mse=mse.detach(), sparsity=sparsity.detach(),
                       aux=aux.detach(), fired=fired, l0=float(active.sum()) / xn.shape[0],
                       row_sq_err=err.detach())
 

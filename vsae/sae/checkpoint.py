@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any
 
 from vsae.errors import SchemaVersionError, StoreNotFound
-from vsae.sae.base import SparseAutoencoder, make_sae
-from vsae.sae.config import SAEConfig
-from vsae.store import io
 
-SCHEMA_VERSION = 1
+if TYPE_CHECKING:  # torch is imported by the functions that move tensors, so configs read without it
+    import torch
+
+    from vsae.sae.base import SparseAutoencoder
+from vsae.sae.config import SAEConfig
+from vsae.store.paths import Location
+
+SCHEMA_VERSION = 2
 CFG, WEIGHTS, METRICS, STATE = "cfg.json", "sae.safetensors", "metrics.json", "train_state.safetensors"
 
 
@@ -52,91 +52,105 @@ class CheckpointInfo:
 def migrate(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     """Bring a stored ``cfg.json`` to the current schema (the one place that knows old versions)."""
     version = cfg.get("schema_version")
+    if version == 1:  # version 2 named the SAE's sparsity weight l1_coefficient (it was l1)
+        sae = dict(cfg["sae"])
+        sae["l1_coefficient"] = sae.pop("l1")
+        cfg = {**cfg, "sae": sae, "schema_version": 2}
+        version = 2
     if version != SCHEMA_VERSION:
         raise SchemaVersionError(f"{where}: SAE checkpoint schema version {version!r}; this vsae reads "
                                  f"version {SCHEMA_VERSION} (upgrade vsae to read newer checkpoints)")
     return cfg
 
 
-def _fs(uri: str):
-    return io.filesystem(io.resolve_uri(uri))
+def _at(uri: str | Location, name: str) -> Location:
+    return Location.of(uri) / name
 
 
 def write_config(uri: str, info: CheckpointInfo) -> None:
-    fs, root = _fs(uri)
-    io.put_object(fs, f"{root}/{CFG}", json.dumps(info.to_json(), indent=1, sort_keys=True).encode())
+    _at(uri, CFG).write_bytes(json.dumps(info.to_json(), indent=1, sort_keys=True).encode())
 
 
 def write_weights(uri: str, sae: SparseAutoencoder, metrics: dict[str, Any]) -> None:
-    fs, root = _fs(uri)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in sae.state_dict().items()}
-    io.put_object(fs, f"{root}/{WEIGHTS}", st_save(tensors, metadata={"variant": sae.variant}))
-    io.put_object(fs, f"{root}/{METRICS}", json.dumps(metrics, indent=1, sort_keys=True).encode())
+    from safetensors.torch import save as st_save
+
+    _at(uri, WEIGHTS).write_bytes(st_save(tensors, metadata={"variant": sae.variant}))
+    _at(uri, METRICS).write_bytes(json.dumps(metrics, indent=1, sort_keys=True, default=_json_default).encode())
+
+
+def _json_default(value: Any) -> Any:
+    return float(value) if isinstance(value, float) else str(value)
 
 
 def write_state(uri: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    fs, root = _fs(uri)
+    from safetensors.torch import save as st_save
+
     blob = st_save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
                    metadata={"meta": json.dumps(meta, sort_keys=True)})
-    io.put_object(fs, f"{root}/{STATE}", blob)
+    _at(uri, STATE).write_bytes(blob)
 
 
 def read_state(uri: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """The resumable state, or None if the run has not checkpointed yet."""
-    fs, root = _fs(uri)
-    path = f"{root}/{STATE}"
-    if not fs.exists(path):
+    where = _at(uri, STATE)
+    if not where.exists():
         return None
-    blob = io.get_object(fs, path)
+    blob = where.read_bytes()
     header_len = int.from_bytes(blob[:8], "little")
     meta = json.loads(json.loads(blob[8:8 + header_len])["__metadata__"]["meta"])
+    from safetensors.torch import load as st_load
+
     return st_load(blob), meta
 
 
 def read_info(uri: str) -> CheckpointInfo:
-    fs, root = _fs(uri)
-    path = f"{root}/{CFG}"
-    if not fs.exists(path):
+    """What ``cfg.json`` says. Raises StoreNotFound if there is no checkpoint at ``uri``."""
+    where = _at(uri, CFG)
+    if not where.exists():
         raise StoreNotFound(f"no SAE checkpoint at {uri} (missing {CFG})")
-    cfg = migrate(json.loads(io.get_object(fs, path)), uri)
+    cfg = migrate(where.read_json(), uri)
     normaliser = cfg.pop("normaliser")
     sae_cfg = SAEConfig(**cfg.pop("sae"))
     return CheckpointInfo(sae=sae_cfg, scale=float(normaliser["scale"]), **cfg)
 
 
 def read_metrics(uri: str) -> dict[str, Any]:
-    fs, root = _fs(uri)
-    path = f"{root}/{METRICS}"
-    return json.loads(io.get_object(fs, path)) if fs.exists(path) else {}
+    return _at(uri, METRICS).read_json_or_none() or {}
 
 
 def load_sae(uri: str, device: str | torch.device = "cpu") -> tuple[SparseAutoencoder, CheckpointInfo]:
-    """The SAE saved at ``uri`` with its ``cfg.json`` contents."""
+    """The SAE saved at ``uri`` with its ``cfg.json`` contents.
+
+    Raises:
+        StoreNotFound: no checkpoint, or one that never saved weights.
+        SchemaVersionError: a checkpoint newer than this vsae.
+    """
     info = read_info(uri)
-    fs, root = _fs(uri)
-    path = f"{root}/{WEIGHTS}"
-    if not fs.exists(path):
+    where = _at(uri, WEIGHTS)
+    if not where.exists():
         raise StoreNotFound(f"SAE checkpoint {uri} has {CFG} but no {WEIGHTS} (training never checkpointed)")
+    from safetensors.torch import load as st_load
+
+    from vsae.sae.base import make_sae
+
     sae = make_sae(info.sae, info.d_in)
-    sae.load_state_dict(st_load(io.get_object(fs, path)))
+    sae.load_state_dict(st_load(where.read_bytes()))
     return sae.to(device).eval(), info
 
 
 def has_weights(uri: str) -> bool:
     """Whether an SAE checkpoint with weights exists at ``uri``."""
-    fs, root = _fs(uri)
-    return fs.exists(f"{root}/{WEIGHTS}")
+    return _at(uri, WEIGHTS).exists()
 
 
-def find_saes(run_uri: str) -> list[tuple[str, str, CheckpointInfo]]:
+def find_saes(run_uri: str | Location) -> list[tuple[str, str, CheckpointInfo]]:
     """Every SAE with saved weights under a run folder (``{run}/{hook}/{name}/``), sorted: a list
     of (checkpoint URI, SAE name, its ``cfg.json``)."""
-    fs, root = _fs(run_uri)
     found = []
-    for cfg_path in sorted(fs.glob(f"{root}/*/*/{CFG}")):
-        folder = cfg_path.rsplit("/", 1)[0]
-        if not fs.exists(f"{folder}/{WEIGHTS}"):
+    for cfg in Location.of(run_uri).glob(f"*/*/{CFG}"):
+        folder = Location.of(cfg.uri.rsplit("/", 1)[0])
+        if not (folder / WEIGHTS).exists():
             continue  # a run that never checkpointed
-        uri = f"{run_uri.rstrip('/')}/{folder[len(root.rstrip('/')) + 1:]}"
-        found.append((uri, folder.rsplit("/", 1)[1], read_info(uri)))
+        found.append((folder.uri, folder.name, read_info(folder.uri)))
     return found

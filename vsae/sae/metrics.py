@@ -1,4 +1,10 @@
-"""Scores of an SAE: reconstruction (MSE, FVU), sparsity (L0, dead, dense) and feature recovery."""
+"""Scores of an SAE: reconstruction (MSE, FVU), sparsity (L0, dead, dense) and feature recovery.
+
+Dead and dense fractions here are measured with the weights as they are, over the rows given,
+and always reported with that row count: "dead" means the latent fired on none of them.
+(The trainer's running count of rows since each latent last fired, which resampling and the
+AuxK loss use, is a different number and keeps its own name, ``dead_window_frac``.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,10 @@ DENSE_ABOVE = 0.1  # a latent active on more than this fraction of rows is dense
 
 @torch.no_grad()
 def reconstruction_stats(sae, batches) -> dict[str, float]:
-    """MSE (per element, input units), FVU, L0 and the dense fraction over ``batches`` of raw rows."""
+    """Over ``batches`` of raw rows ``[b, d_in]``: ``rows``, ``mse`` (per element, input units),
+    ``fvu``, ``l0`` (mean active latents per row), ``dead_frac`` (latents active on none of the
+    rows) and ``dense_frac`` (latents active on more than 10% of them), all with the SAE's
+    current weights."""
     sq_err = total_sq = 0.0
     n = 0
     l0_sum = 0.0
@@ -36,8 +45,21 @@ def reconstruction_stats(sae, batches) -> dict[str, float]:
         "mse": sq_err / (n * sae.d_in),
         "fvu": sq_err / max(total_sq, 1e-12),
         "l0": l0_sum / n,
+        "dead_frac": float((fires == 0).double().mean()),
         "dense_frac": float((fires / n > DENSE_ABOVE).double().mean()),
     }
+
+
+@torch.no_grad()
+def dead_fraction(sae, batches) -> tuple[float, int]:
+    """(fraction of latents active on none of the rows, number of rows) over ``batches`` of raw
+    rows, with the SAE's current weights."""
+    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    n = 0
+    for x in batches:
+        fired |= (sae.latents(x.float()) > 0).any(0).cpu()
+        n += x.shape[0]
+    return float((~fired).double().mean()), n
 
 
 def mmcs(true_fd: torch.Tensor, learned_sd: torch.Tensor) -> float:

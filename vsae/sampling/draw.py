@@ -1,13 +1,4 @@
-"""Samplers: which rows of a hook's activations an image contributes to the store (SPEC 5).
-
-A sampler turns one batch of activations at one hook into ``rows_per_image`` rows per image:
-
-- ``mean``: the spatial mean, one row per image (seed 000);
-- ``magnitude:K``: K positions drawn with replacement, each with probability proportional to the
-  L2 norm of its channel vector (seed 001); every row keeps its (y, x) and its draw probability
-  so that inverse-probability weights give unbiased image-level estimates;
-- ``all``: every spatial position, row-major;
-- ``cls`` (ViT): the CLS token; ``tokens`` (ViT): every token, CLS first.
+"""Drawing a hook's rows from a batch of activations, one function per sampler kind.
 
 Activations arrive as ``[b, c, h, w]`` (``layout="nchw"``, conv layers) or ``[b, t, d]`` with the
 CLS token first and a square grid of patches after it (``layout="ntd"``). Spatial positions of
@@ -21,67 +12,16 @@ gets the same positions whatever batch it falls in and whichever worker runs it.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from vsae.errors import ConfigError
+from vsae.sampling import Sampler
 from vsae.store.rows import HookRows
-from vsae.store.spec import sampler_rows
 
-LAYOUTS = ("nchw", "ntd")
-
-
-@dataclass(frozen=True)
-class Sampler:
-    """A parsed sampler spec such as ``magnitude:16``."""
-
-    kind: str
-    k: int = 1
-
-    @classmethod
-    def parse(cls, spec: str) -> Sampler:
-        fixed = sampler_rows(spec)  # validates the name, with the valid ones in the message
-        kind = spec.split(":", 1)[0]
-        return cls(kind, fixed or 1)
-
-    def rows_per_image(self, layout: str, shape: tuple[int, ...]) -> int:
-        """Rows per image for activations of ``shape`` (one image's, without the batch axis)."""
-        _check_layout(layout, self.kind)
-        if self.kind in ("mean", "cls"):
-            return 1
-        if self.kind == "magnitude":
-            return self.k
-        if self.kind == "tokens":
-            return shape[0]
-        return _n_positions(layout, shape)
-
-    def __str__(self) -> str:
-        return f"magnitude:{self.k}" if self.kind == "magnitude" else self.kind
-
-
-def _check_layout(layout: str, kind: str) -> None:
-    if layout not in LAYOUTS:
-        raise ConfigError(f"activation layout {layout!r} is not one of {LAYOUTS}")
-    if kind in ("cls", "tokens") and layout != "ntd":
-        raise ConfigError(f"sampler {kind!r} needs token activations (layout 'ntd'), not {layout!r}")
-
-
-def _n_positions(layout: str, shape: tuple[int, ...]) -> int:
-    if layout == "nchw":
-        return shape[1] * shape[2]
-    return shape[0] - 1  # patch tokens
-
-
-def _positions(acts: torch.Tensor, layout: str) -> tuple[torch.Tensor, int]:
-    """``[b, n, c]`` vectors at the spatial positions (row-major), and the grid width."""
-    if layout == "nchw":
-        b, c, h, w = acts.shape
-        return acts.permute(0, 2, 3, 1).reshape(b, h * w, c), w
-    side = int(round((acts.shape[1] - 1) ** 0.5))
-    assert side * side == acts.shape[1] - 1, f"token count {acts.shape[1]} is not 1 + a square grid"
-    return acts[:, 1:], side
+# What a kind's function returns: values [b*k, d] (torch), yx [b, k, 2] int16, prob [b, k] float32
+Drawn = tuple[torch.Tensor, np.ndarray, np.ndarray]
 
 
 def hook_key(hook: str) -> int:
@@ -96,63 +36,99 @@ def draw_uniforms(seed: int, image_ids: np.ndarray, hook: str, k: int) -> np.nda
         if len(image_ids) else np.zeros((0, k))
 
 
+def _positions(acts: torch.Tensor, layout: str) -> tuple[torch.Tensor, int]:
+    """``[b, n, c]`` vectors at the spatial positions (row-major), and the grid width."""
+    if layout == "nchw":
+        b, c, h, w = acts.shape
+        return acts.permute(0, 2, 3, 1).reshape(b, h * w, c), w
+    side = int(round((acts.shape[1] - 1) ** 0.5))
+    assert side * side == acts.shape[1] - 1, f"token count {acts.shape[1]} is not 1 + a square grid"
+    return acts[:, 1:], side
+
+
+def _grid_yx(n: int, width: int) -> np.ndarray:
+    grid = np.arange(n)
+    return np.stack([grid // width, grid % width], -1).astype(np.int16)
+
+
+def _unpositioned(b: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.full((b, k, 2), -1, dtype=np.int16), np.ones((b, k), dtype=np.float32)
+
+
+def _mean(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    vectors, _ = _positions(acts, layout)
+    return (vectors.float().mean(dim=1), *_unpositioned(acts.shape[0], 1))
+
+
+def _all(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    vectors, width = _positions(acts, layout)
+    b, n = vectors.shape[:2]
+    yx = np.broadcast_to(_grid_yx(n, width), (b, n, 2)).copy()
+    return vectors.reshape(b * n, -1), yx, np.ones((b, n), dtype=np.float32)
+
+
+def _magnitude(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    vectors, width = _positions(acts, layout)
+    b, n = vectors.shape[:2]
+    k = sampler.k
+    norms = vectors.float().norm(dim=-1).double()  # [b, n]
+    totals = norms.sum(dim=1, keepdim=True)
+    # An all-zero image has no magnitudes to follow: draw its positions uniformly.
+    p = torch.where(totals > 0, norms / totals.clamp_min(1e-300), torch.full_like(norms, 1.0 / n))
+    cdf = p.cumsum(dim=1)
+    cdf[:, -1] = 1.0
+    u = torch.from_numpy(draw_uniforms(seed, ids, hook, k)).to(cdf.device, torch.float64)
+    idx = torch.searchsorted(cdf, u, right=True).clamp_max(n - 1)  # [b, k]
+    values = torch.gather(vectors, 1, idx.unsqueeze(-1).expand(b, k, vectors.shape[2])).reshape(b * k, -1)
+    prob = torch.gather(p, 1, idx).float().cpu().numpy()
+    idx_np = idx.cpu().numpy()
+    return values, np.stack([idx_np // width, idx_np % width], -1).astype(np.int16), prob
+
+
+def _cls(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    return (acts[:, 0], *_unpositioned(acts.shape[0], 1))
+
+
+def _tokens(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    b, t = acts.shape[:2]
+    yx, prob = _unpositioned(b, t)
+    side = int(round((t - 1) ** 0.5))
+    yx[:, 1:] = _grid_yx(t - 1, side)
+    return acts.reshape(b * t, -1), yx, prob
+
+
+KIND_DRAW: dict[str, Callable[..., Drawn]] = {
+    "mean": _mean, "all": _all, "magnitude": _magnitude, "cls": _cls, "tokens": _tokens}
+
+
 def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids: np.ndarray,
            hook: str, seed: int, valid: np.ndarray | None = None) -> HookRows:
     """Rows of one batch at one hook, ``rows_per_image`` per image, image-major.
 
-    Rows of images marked invalid are zeros with ``valid=False`` (they keep their place, so the
-    row arithmetic ``image*K + j`` holds).
+    Args:
+        acts: ``[b, c, h, w]`` or ``[b, t, d]`` activations of ``b`` images (any float dtype).
+        layout: ``nchw`` or ``ntd``.
+        sampler: a :class:`Sampler` or its spec string.
+        image_ids: ``[b]`` int64 ids (they seed the draws).
+        hook, seed: the hook name and run seed (they seed the draws).
+        valid: ``[b]`` bool; rows of invalid images are zeros with ``valid=False`` (they keep
+            their place, so the row arithmetic ``image*K + j`` holds).
+
+    Raises:
+        ConfigError: the sampler cannot read this layout.
     """
-    sampler = Sampler.parse(sampler) if isinstance(sampler, str) else sampler
-    _check_layout(layout, sampler.kind)
+    sampler = Sampler.parse(sampler)
+    sampler.check_layout(layout)
     ids = np.asarray(image_ids, dtype=np.int64)
     b = acts.shape[0]
     assert len(ids) == b, (len(ids), b)
     valid = np.ones(b, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
     with torch.no_grad():
-        if sampler.kind in ("cls", "tokens"):
-            rows = acts[:, :1] if sampler.kind == "cls" else acts
-            k = rows.shape[1]
-            values = rows.reshape(b * k, -1)
-            yx = np.full((b, k, 2), -1, dtype=np.int16)
-            if sampler.kind == "tokens":
-                side = int(round((k - 1) ** 0.5))
-                grid = np.arange(k - 1)
-                yx[:, 1:, 0], yx[:, 1:, 1] = grid // side, grid % side
-            prob = np.ones((b, k), dtype=np.float32)
-        else:
-            vectors, width = _positions(acts, layout)
-            n = vectors.shape[1]
-            if sampler.kind == "mean":
-                k = 1
-                values = vectors.float().mean(dim=1)
-                yx = np.full((b, 1, 2), -1, dtype=np.int16)
-                prob = np.ones((b, 1), dtype=np.float32)
-            elif sampler.kind == "all":
-                k = n
-                values = vectors.reshape(b * n, -1)
-                grid = np.arange(n)
-                yx = np.broadcast_to(np.stack([grid // width, grid % width], -1), (b, n, 2)).astype(np.int16)
-                prob = np.ones((b, n), dtype=np.float32)
-            else:
-                k = sampler.k
-                norms = vectors.float().norm(dim=-1).double()  # [b, n]
-                totals = norms.sum(dim=1, keepdim=True)
-                # An all-zero image has no magnitudes to follow: draw its positions uniformly.
-                p = torch.where(totals > 0, norms / totals.clamp_min(1e-300), torch.full_like(norms, 1.0 / n))
-                cdf = p.cumsum(dim=1)
-                cdf[:, -1] = 1.0
-                u = torch.from_numpy(draw_uniforms(seed, ids, hook, k)).to(cdf.device, torch.float64)
-                idx = torch.searchsorted(cdf, u, right=True).clamp_max(n - 1)  # [b, k]
-                values = torch.gather(vectors, 1, idx.unsqueeze(-1).expand(b, k, vectors.shape[2]))
-                values = values.reshape(b * k, -1)
-                prob = torch.gather(p, 1, idx).float().cpu().numpy()
-                idx_np = idx.cpu().numpy()
-                yx = np.stack([idx_np // width, idx_np % width], -1).astype(np.int16)
+        values, yx, prob = KIND_DRAW[sampler.kind](acts, layout, sampler, ids, hook, seed)
+    k = yx.shape[1]
     acts_np = _to_numpy(values)
     if not valid.all():
-        bad = np.repeat(~valid, k)
-        acts_np[bad] = 0
+        acts_np[np.repeat(~valid, k)] = 0
         yx[~valid] = -1
         prob[~valid] = 1.0
     return HookRows(acts=acts_np, image_id=np.repeat(ids, k), yx=yx.reshape(b * k, 2),

@@ -67,9 +67,3 @@ def chunk_images(
                     best = max(best, candidate)
         d += 1
     return best
-
-
-def hook_folder(hook: str) -> str:
-    """A hook name as one path segment (``mixed3a/3x3`` -> ``mixed3a.3x3``), for folders of
-    per-hook outputs (SAE checkpoints, analysis tables)."""
-    return hook.replace("/", ".")

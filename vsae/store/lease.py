@@ -1,6 +1,6 @@
 """A lease on a store: at most one driver grows, extracts into and publishes a store at a time.
 
-The lease is one small JSON object (``{store}/_lease.json``) created with a conditional write:
+The lease is one small JSON object (``_lease.json`` under the store root) created with a conditional write:
 on local disk a fully written temp file hard-linked into place (atomic, and it fails if the name
 exists), on S3 a PUT with ``If-None-Match: *``. It names its holder and when it expires; the holder renews it from a background thread
 while it works and deletes it when done. A driver that finds a live lease leaves the store alone;
@@ -21,12 +21,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vsae.store import io
+from vsae.store.paths import Location, StoreLayout
 
-LEASE = "_lease.json"
 
-
-def create_object(fs, path: str, data: bytes) -> None:
-    """Write ``path`` only if it does not exist (raises ``FileExistsError`` if it does)."""
+def create_object(where: Location, data: bytes) -> None:
+    """Write ``where`` only if it does not exist (raises ``FileExistsError`` if it does)."""
+    fs, path = where.fs, where.path
     if io.is_local(fs):
         # Whole file first, then a hard link into place: the link is atomic and fails if the name
         # exists, so a concurrent reader never sees a created-but-empty lease.
@@ -58,8 +58,8 @@ class Lease:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
-    def _location(self) -> tuple:
-        return io.filesystem(f"{self.store_uri.rstrip('/')}/{LEASE}")
+    def _location(self) -> Location:
+        return StoreLayout(self.store_uri).lease
 
     def _body(self) -> bytes:
         return json.dumps({"holder": self.holder, "token": self.token, "host": socket.gethostname(),
@@ -69,19 +69,16 @@ class Lease:
     def acquire(cls, store_uri: str, holder: str, seconds: float) -> tuple[Lease | None, dict | None]:
         """``(lease, None)`` if taken, else ``(None, what the current holder wrote)``."""
         lease = cls(store_uri, holder, seconds)
-        fs, path = lease._location
+        where = lease._location
         for _ in range(2):
             try:
-                create_object(fs, path, lease._body())
+                create_object(where, lease._body())
                 return lease, None
             except FileExistsError:
                 current = read_lease(store_uri)
                 if current is not None and current.get("expires", 0) > time.time():
                     return None, current
-                try:
-                    fs.rm(path)  # expired (its holder died) or torn: take it over
-                except FileNotFoundError:
-                    pass  # another driver removed it first; try to create it ourselves
+                where.remove()  # expired (its holder died) or torn: take it over (gone already: fine)
         return None, read_lease(store_uri)
 
     def renew(self) -> bool:
@@ -89,15 +86,13 @@ class Lease:
         current = read_lease(self.store_uri)
         if current is None or current.get("token") != self.token:
             return False
-        fs, path = self._location
-        io.put_object(fs, path, self._body())
+        self._location.write_bytes(self._body())
         return True
 
     def release(self) -> None:
         current = read_lease(self.store_uri)
         if current is not None and current.get("token") == self.token:
-            fs, path = self._location
-            fs.rm(path)
+            self._location.remove()
 
     @contextmanager
     def kept(self):
@@ -119,9 +114,9 @@ class Lease:
 
 
 def read_lease(store_uri: str) -> dict | None:
-    fs, path = io.filesystem(f"{store_uri.rstrip('/')}/{LEASE}")
+    """What the lease's holder wrote, None if there is no lease, ``{}`` if it is torn."""
     try:
-        return json.loads(io.get_object(fs, path))
+        return json.loads(StoreLayout(store_uri).lease.read_bytes())
     except FileNotFoundError:
         return None
     except ValueError:

@@ -90,7 +90,7 @@ class HookReader:
         self.store = store
         self.hook = hook
         self.rows_per_image = hook.rows_per_image
-        self.channels = hook.channels
+        self.d_in = hook.d_in
         self.n_rows = store.spec.n_images * hook.rows_per_image
         self._acts_chunk_rows = store.shard_codec(hook.name, "acts").chunk_rows
         self._indexes = _Cache(INDEX_CACHE_BYTES)
@@ -260,7 +260,7 @@ class HookReader:
         return {k: v[0] for k, v in self._read([(a, b)], written_arrays(self.hook)).items()}
 
     def _empty(self) -> HookRows:
-        return HookRows(np.zeros((0, self.channels), np.float32), np.zeros(0, np.int64),
+        return HookRows(np.zeros((0, self.d_in), np.float32), np.zeros(0, np.int64),
                         np.zeros((0, 2), np.int16), np.zeros(0, np.float32), np.zeros(0, bool))
 
     def iter_batches(self, batch_rows: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,

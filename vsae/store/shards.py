@@ -223,7 +223,7 @@ def hook_codecs(spec: StoreSpec, hook: HookSpec) -> dict[str, ShardCodec]:
     chunks of ``acts`` hold about ``spec.chunk_bytes``; the small arrays are one chunk a shard."""
     k = hook.rows_per_image
     shard_rows = spec.images_per_task * k
-    chunk_rows = k * chunk_images(spec.images_per_task, k, hook.channels, spec.stored_dtype.itemsize,
+    chunk_rows = k * chunk_images(spec.images_per_task, k, hook.d_in, spec.stored_dtype.itemsize,
                                   spec.chunk_bytes)
     level = None if spec.compression == "none" else int(spec.compression.split(":", 1)[1])
 
@@ -232,7 +232,7 @@ def hook_codecs(spec: StoreSpec, hook: HookSpec) -> dict[str, ShardCodec]:
                           np.dtype(dtype).type(fill), level)
 
     return {
-        "acts": codec(chunk_rows, (hook.channels,), spec.stored_dtype.name, 0),
+        "acts": codec(chunk_rows, (hook.d_in,), spec.stored_dtype.name, 0),
         "image_id": codec(shard_rows, (), "int64", -1),
         "yx": codec(shard_rows, (2,), "int16", -1),
         "prob": codec(shard_rows, (), "float32", 1),

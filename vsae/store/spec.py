@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from vsae.errors import ConfigError, SchemaVersionError, UnknownHook
+from vsae.sampling import Sampler
 
 SCHEMA_VERSION = 1
 DTYPES = ("float16", "bfloat16", "float32")
 COMPRESSIONS = ("zstd:1", "zstd:3", "none")
 ARRAY_NAMES = ("acts", "image_id", "yx", "prob", "valid")
-_SAMPLER = re.compile(r"^(mean|all|cls|tokens|magnitude:[1-9][0-9]*)$")
 _HOOK_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
@@ -42,22 +42,9 @@ def validate_hook_name(name: str) -> str:
     return name
 
 
-def sampler_rows(sampler: str) -> int | None:
-    """Rows per image a sampler fixes (``mean``/``cls``: 1, ``magnitude:K``: K), else None."""
-    if not _SAMPLER.match(sampler):
-        raise ConfigError(
-            f"unknown sampler {sampler!r}; valid: mean, magnitude:K (K >= 1), all, cls, tokens"
-        )
-    if sampler in ("mean", "cls"):
-        return 1
-    if sampler.startswith("magnitude:"):
-        return int(sampler.split(":", 1)[1])
-    return None
-
-
 def is_pooled(hook: HookSpec) -> bool:
     """Rows without a position (``mean``, ``cls``): yx is always -1 and prob always 1."""
-    return hook.sampler in ("mean", "cls")
+    return hook.sampler.pooled
 
 
 def written_arrays(hook: HookSpec) -> tuple[str, ...]:
@@ -72,27 +59,47 @@ class HookSpec:
 
     name: str
     """Canonical hook name local to the model, e.g. ``mixed4a/5x5`` or ``blocks.3/resid_post``."""
-    channels: int
-    """Width of one activation row (channels of a conv layer, d_model of a transformer)."""
-    sampler: str = "mean"
-    """``mean``, ``magnitude:K``, ``all``, ``cls`` or ``tokens`` (SPEC section 5)."""
+    d_in: int
+    """Width of one activation row (channels of a conv layer, d_model of a transformer): the
+    ``d_in`` of an SAE trained on it. Stored in the spec's JSON under ``channels``."""
+    sampler: Sampler = Sampler("mean")
+    """How rows are drawn (SPEC section 5); given as its spec string (``mean``, ``magnitude:K``,
+    ``all``, ``cls``, ``tokens``) or a :class:`~vsae.sampling.Sampler`, kept as the latter and
+    written as the string."""
     rows_per_image: int = 1
     """Rows each image contributes: 1 for mean/cls, K for magnitude:K, H*W for all, T for tokens."""
 
     def __post_init__(self) -> None:
         validate_hook_name(self.name)
-        if not isinstance(self.channels, int) or self.channels < 1:
-            raise ConfigError(f"hook {self.name!r}: channels must be a positive int, got {self.channels!r}")
+        object.__setattr__(self, "sampler", Sampler.parse(self.sampler))
+        if not isinstance(self.d_in, int) or self.d_in < 1:
+            raise ConfigError(f"hook {self.name!r}: d_in must be a positive int, got {self.d_in!r}")
         if not isinstance(self.rows_per_image, int) or self.rows_per_image < 1:
             raise ConfigError(
                 f"hook {self.name!r}: rows_per_image must be a positive int, got {self.rows_per_image!r}"
             )
-        fixed = sampler_rows(self.sampler)
+        fixed = self.sampler.fixed_rows
         if fixed is not None and fixed != self.rows_per_image:
             raise ConfigError(
-                f"hook {self.name!r}: sampler {self.sampler!r} gives {fixed} rows per image, "
+                f"hook {self.name!r}: sampler '{self.sampler}' gives {fixed} rows per image, "
                 f"but rows_per_image={self.rows_per_image}"
             )
+
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> HookSpec:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(d)
+        unknown = sorted(set(d) - {"name", "channels", "sampler", "rows_per_image"})
+        if unknown or "channels" not in d:
+            raise ConfigError(f"store spec hook {d.get('name')!r}: unknown fields {unknown}" if unknown
+                              else f"store spec hook {d.get('name')!r} has no channels")
+        return cls(d["name"], d["channels"], d.get("sampler", "mean"), d.get("rows_per_image", 1))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: the sampler as its spec string, the width under ``channels``."""
+        return {"name": self.name, "channels": self.d_in, "sampler": str(self.sampler),
+                "rows_per_image": self.rows_per_image}
 
 
 @dataclass(frozen=True)
@@ -121,6 +128,10 @@ class StoreSpec:
     """Compression of chunks: ``zstd:1``, ``zstd:3`` or ``none`` (checksums are always on)."""
     compute_dtype: str = "float32"
     """Precision of the forward pass that produced the activations: float32 or bfloat16."""
+    model_code: int = 0
+    """Version of the model's forward code that wrote the activations (its card's
+    ``code_version``); 0: written before stores recorded it. Left out of the spec's JSON when 0,
+    so stores written before the field existed keep their digests."""
     schema_version: int = SCHEMA_VERSION
     """Version of this layout; readers refuse newer versions."""
 
@@ -132,6 +143,8 @@ class StoreSpec:
             raise ConfigError(f"compute_dtype {self.compute_dtype!r} is not float32 or bfloat16")
         if self.compression not in COMPRESSIONS:
             raise ConfigError(f"compression {self.compression!r} is not one of {COMPRESSIONS}")
+        if not isinstance(self.model_code, int) or self.model_code < 0:
+            raise ConfigError(f"model_code must be an int >= 0, got {self.model_code!r}")
         for name, value in (("n_images", self.n_images), ("images_per_task", self.images_per_task),
                             ("chunk_bytes", self.chunk_bytes)):
             if not isinstance(value, int) or value < 1:
@@ -168,7 +181,9 @@ class StoreSpec:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["hooks"] = [asdict(h) for h in self.hooks]
+        d["hooks"] = [h.to_dict() for h in self.hooks]
+        if not d["model_code"]:
+            del d["model_code"]
         return d
 
     def to_json(self) -> str:
@@ -190,7 +205,7 @@ class StoreSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StoreSpec:
         d = migrate_spec(dict(d))
-        hooks = tuple(HookSpec(**h) for h in d.pop("hooks"))
+        hooks = tuple(HookSpec.from_dict(h) for h in d.pop("hooks"))
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(d) - known)
         if unknown:

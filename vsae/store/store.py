@@ -6,12 +6,9 @@ marker; a task whose marker exists is skipped, and a rewrite produces identical 
 driver publishes by checking every marker and writing ``manifest.json`` last. Readers refuse an
 unpublished store unless asked to read committed tasks only.
 
-Layout under the root::
-
-    zarr.json                    root group; attributes["vsae"] = {"spec": <StoreSpec JSON>}
-    hooks/<hook>/acts|image_id|yx|prob|valid
-    _tasks/<task:08d>.json       completion markers (rows, valid rows, crc32c per array)
-    manifest.json                written last by publish
+Paths under the root come from :class:`~vsae.store.paths.StoreLayout` (``zarr.json`` with the
+spec, ``hooks/<hook>/...`` arrays, ``_tasks/`` completion markers, ``manifest.json`` written last
+by publish); ``docs/store-layout.md`` has the whole table.
 """
 
 from __future__ import annotations
@@ -29,6 +26,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 from vsae.errors import (
     ReadOnlyStore,
+    StaleStoreWarning,
     StoreCorrupted,
     StoreIncomplete,
     StoreNotFound,
@@ -37,14 +35,12 @@ from vsae.errors import (
 )
 from vsae.store import io
 from vsae.store.layout import task_image_range
+from vsae.store.paths import Location, StoreLayout
 from vsae.store.rows import HookRows
 from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.spec import ARRAY_NAMES, HookSpec, StoreSpec, written_arrays
 from vsae.store.writer import encode_task
 
-MANIFEST = "manifest.json"
-TASKS_DIR = "_tasks"
-HOOKS_GROUP = "hooks"
 ROOT_ATTR = "vsae"
 
 
@@ -91,7 +87,8 @@ class ActivationStore:
         self.committed_only = committed_only
         self.manifest = manifest
         self.storage_options = storage_options
-        self._fs, self._root = io.filesystem(uri, storage_options)
+        self.layout = StoreLayout(uri, storage_options)
+        self._fs, self._root = self.layout.root.fs, self.layout.root.path
         self._arrays: dict[str, dict[str, zarr.Array]] = {}
         self._codecs: dict[str, dict[str, ShardCodec]] = {}
         self._committed: tuple[int, ...] | None = None
@@ -103,9 +100,9 @@ class ActivationStore:
                storage_options: dict[str, Any] | None = None) -> ActivationStore:
         """Create the store and size every array (driver only). Reopens an identical existing
         store, so a restarted job resumes; refuses one created from a different spec."""
-        uri = io.resolve_uri(uri)
-        fs, root = io.filesystem(uri, storage_options)
-        existing = _read_root_spec(uri, fs, root, storage_options)
+        layout = StoreLayout(uri, storage_options)
+        uri, fs, root = layout.root.uri, layout.root.fs, layout.root.path
+        existing = _read_root_spec(layout)
         if existing is not None:
             if existing.digest != spec.digest:
                 raise StoreSpecMismatch(
@@ -131,18 +128,20 @@ class ActivationStore:
         ``committed_only``; ``mode="a"`` lets workers write tasks and the driver publish."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' (read-only) or 'a' (write tasks), got {mode!r}")
-        uri = io.resolve_uri(uri)
-        fs, root = io.filesystem(uri, storage_options)
-        spec = _read_root_spec(uri, fs, root, storage_options)
+        layout = StoreLayout(uri, storage_options)
+        uri = layout.root.uri
+        spec = _read_root_spec(layout)
         if spec is None:
             raise StoreNotFound(f"no vsae store at {uri} (no zarr group with a '{ROOT_ATTR}' spec attribute)")
-        manifest = _read_json(fs, f"{root}/{MANIFEST}")
+        manifest = _read_json(layout.manifest)
         if mode == "r" and manifest is not None and "spec" in manifest:
             # Readers see the published generation: while the driver grows the store for new
             # shards, the root spec is already the next one, the manifest still the last one.
             spec = StoreSpec.from_dict(manifest["spec"])
         store = cls(uri, spec, read_only=(mode == "r"), committed_only=committed_only,
                     manifest=manifest, storage_options=storage_options)
+        if mode == "r":
+            _warn_if_stale(store)
         if mode == "r" and manifest is None and not committed_only:
             missing = store.missing_tasks()
             if not missing:
@@ -164,7 +163,7 @@ class ActivationStore:
         return self.manifest is not None
 
     def _marker_path(self, task: int) -> str:
-        return f"{self._root}/{TASKS_DIR}/{task:08d}.json"
+        return self.layout.task_marker(task).path
 
     def _check_task(self, task: int) -> None:
         if not (isinstance(task, (int, np.integer)) and 0 <= task < self.spec.n_tasks):
@@ -173,7 +172,7 @@ class ActivationStore:
     def committed_tasks(self, refresh: bool = True) -> tuple[int, ...]:
         """Tasks whose completion marker exists (one listing of the marker folder)."""
         if self._committed is None or refresh:
-            folder = f"{self._root}/{TASKS_DIR}"
+            folder = self.layout.tasks.path
             self._fs.invalidate_cache(folder)
             try:
                 names = io.with_retries(self._fs, f"listing {folder}", lambda: self._fs.ls(folder, detail=False))
@@ -199,7 +198,7 @@ class ActivationStore:
 
     def read_marker(self, task: int) -> dict[str, Any] | None:
         self._check_task(task)
-        return _read_json(self._fs, self._marker_path(task))
+        return _read_json(self.layout.task_marker(task))
 
     # -- writing --------------------------------------------------------------------------
     def _require_writable(self, action: str) -> None:
@@ -212,7 +211,7 @@ class ActivationStore:
         if hook not in self._arrays:
             zstore = io.zarr_store(self.uri, self._fs, self._root, read_only=self.read_only,
                                    storage_options=self.storage_options)
-            g = zarr.open_group(store=zstore, mode="r" if self.read_only else "r+")[f"{HOOKS_GROUP}/{hook}"]
+            g = zarr.open_group(store=zstore, mode="r" if self.read_only else "r+")[f"{StoreLayout.HOOKS}/{hook}"]
             self._arrays[hook] = {name: g[name] for name in ("acts", "image_id", "yx", "prob", "valid")}
         return self._arrays[hook]
 
@@ -224,7 +223,7 @@ class ActivationStore:
 
     def shard_path(self, hook: str, name: str, shard: int) -> str:
         """Storage path of one shard object (zarr's chunk key for shard ``(shard, 0...)``)."""
-        return f"{self._root}/{HOOKS_GROUP}/{hook}/{shard_key(name, shard, self.shard_codec(hook, name))}"
+        return f"{self.layout.hook_group(hook).path}/{shard_key(name, shard, self.shard_codec(hook, name))}"
 
     def write_task(self, task: int, rows: Mapping[str, HookRows], *, overwrite: bool = False,
                    info: dict[str, Any] | None = None) -> TaskResult:
@@ -268,7 +267,7 @@ class ActivationStore:
                 for hook, arrays in encoded.items()
             },
         }
-        io.put_object(self._fs, self._marker_path(task), json.dumps(marker, sort_keys=True, indent=1).encode())
+        self.layout.task_marker(task).write_bytes(json.dumps(marker, sort_keys=True, indent=1).encode())
         self._committed = None
         return TaskResult(task, "written", *_marker_counts(marker), marker["info"])
 
@@ -285,7 +284,7 @@ class ActivationStore:
                 f"completion marker: {format_ranges(missing)}. Re-run the job to write them.",
                 missing,
             )
-        existing = _read_json(self._fs, f"{self._root}/{MANIFEST}")
+        existing = _read_json(self.layout.manifest)
         if existing is not None and existing.get("spec_digest") == self.spec.digest:
             self.manifest = existing
             return existing
@@ -310,7 +309,7 @@ class ActivationStore:
             "hooks": totals,
             "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        io.put_object(self._fs, f"{self._root}/{MANIFEST}", json.dumps(manifest, sort_keys=True, indent=1).encode())
+        self.layout.manifest.write_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
         self.manifest = manifest
         return manifest
 
@@ -351,7 +350,7 @@ class ActivationStore:
         group = zarr.open_group(store=zstore, mode="r+")
         for hook in spec.hooks:
             for name in ARRAY_NAMES:
-                array = group[f"{HOOKS_GROUP}/{hook.name}/{name}"]
+                array = group[f"{StoreLayout.HOOKS}/{hook.name}/{name}"]
                 array.resize((spec.n_images * hook.rows_per_image, *array.shape[1:]))
         history = list(group.attrs.get(ROOT_ATTR, {}).get("history", []))
         history.append({"n_images": old.n_images, "dataset": old.dataset, "spec_digest": old.digest,
@@ -412,23 +411,42 @@ class ActivationStore:
         return f"ActivationStore({self.uri!r}, {self.spec.model_id}, hooks={list(self.spec.hook_names)}, {state})"
 
 
+def stale_reason(spec: StoreSpec) -> str:
+    """Why the store's activations are out of date for its model's current code, or ``""``."""
+    from vsae.models.registry import (
+        stale_reason as model_stale_reason,  # the cards of registered models
+    )
+
+    return model_stale_reason(spec.model_id, spec.model_code)
+
+
+def _warn_if_stale(store: ActivationStore) -> None:
+    import warnings
+
+    why = stale_reason(store.spec)
+    if why:
+        warnings.warn(StaleStoreWarning(f"store {store.uri} is STALE: {why}. Results from it do not describe "
+                                        "the model as vsae now computes it; re-extract into a new store."),
+                      stacklevel=3)
+
+
 def _marker_counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, int]]:
     hooks = marker["hooks"]
     return ({h: c["rows"] for h, c in hooks.items()}, {h: c["valid_rows"] for h, c in hooks.items()})
 
 
-def _read_json(fs, path: str) -> dict[str, Any] | None:
+def _read_json(where: Location) -> dict[str, Any] | None:
     try:
-        return json.loads(io.get_object(fs, path))
+        return where.read_json()
     except FileNotFoundError:
         return None
     except json.JSONDecodeError:
         return None  # a torn marker counts as absent: the task is rewritten
 
 
-def _read_root_spec(uri: str, fs, root: str, storage_options) -> StoreSpec | None:
+def _read_root_spec(layout: StoreLayout) -> StoreSpec | None:
     try:
-        meta = json.loads(io.get_object(fs, f"{root}/zarr.json"))
+        meta = layout.zarr_root.read_json()
     except FileNotFoundError:
         return None
     attrs = meta.get("attributes", {}).get(ROOT_ATTR)
@@ -439,9 +457,9 @@ def _read_root_spec(uri: str, fs, root: str, storage_options) -> StoreSpec | Non
 
 def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec) -> None:
     g = group
-    for part in f"{HOOKS_GROUP}/{hook.name}".split("/"):
+    for part in f"{StoreLayout.HOOKS}/{hook.name}".split("/"):
         g = g.require_group(part)
-    g.attrs.update({"hook": hook.name, "sampler": hook.sampler, "rows_per_image": hook.rows_per_image})
+    g.attrs.update({"hook": hook.name, "sampler": str(hook.sampler), "rows_per_image": hook.rows_per_image})
     n_rows = spec.n_images * hook.rows_per_image
     names = {"acts": ("row", "channel"), "image_id": ("row",), "yx": ("row", "axis"),
              "prob": ("row",), "valid": ("row",)}

@@ -33,9 +33,9 @@ def encode_task(spec: StoreSpec, task: int, image_range: tuple[int, int],
         r = rows[hook.name]
         label = f"{where} task {task} hook {hook.name!r}"
         n = (stop - start) * hook.rows_per_image
-        if r.acts.shape != (n, hook.channels):
+        if r.acts.shape != (n, hook.d_in):
             raise TaskDataError(
-                f"{label}: acts shape {r.acts.shape}, expected ({n}, {hook.channels}) for images "
+                f"{label}: acts shape {r.acts.shape}, expected ({n}, {hook.d_in}) for images "
                 f"[{start}, {stop}) x {hook.rows_per_image} rows per image"
             )
         ids = np.asarray(r.image_id, dtype=np.int64)
@@ -59,7 +59,7 @@ def encode_task(spec: StoreSpec, task: int, image_range: tuple[int, int],
         if not (np.isfinite(prob) & (prob > 0) & (prob <= 1)).all():
             raise TaskDataError(f"{label}: prob must lie in (0, 1]")
         if is_pooled(hook) and ((out[hook.name]["yx"] != -1).any() or (prob != 1).any()):
-            raise TaskDataError(f"{label}: sampler {hook.sampler!r} rows have no position: "
+            raise TaskDataError(f"{label}: sampler '{hook.sampler}' rows have no position: "
                                 "yx must be -1 and prob 1 (use HookRows.pooled)")
     return out
 

@@ -1,0 +1,96 @@
+"""What every job shares: checks made before any work, the end of a store job, report lines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable
+
+import fsspec
+
+from vsae.errors import ConfigError, StoreNotFound
+from vsae.report import Report
+from vsae.runner import TaskTally
+from vsae.store import ActivationStore
+from vsae.store.paths import Location
+
+
+def check_uri(uri: str, what: str) -> Location:
+    """``uri`` resolved, or a ConfigError naming ``what`` if its scheme is unknown to fsspec or
+    its filesystem cannot be set up (a missing package, bad options)."""
+    if not uri:
+        raise ConfigError(f"{what} is empty: give a local path or a URI such as s3://bucket/prefix")
+    protocol = uri.split("://", 1)[0] if "://" in uri else "file"
+    try:
+        fsspec.get_filesystem_class(protocol)
+    except (ValueError, ImportError) as err:
+        raise ConfigError(f"{what} {uri!r}: unknown or unavailable storage scheme {protocol!r} ({err})") from None
+    return Location.of(uri)
+
+
+def check_writable(where: Location, what: str) -> None:
+    """Write and delete a small probe object under ``where``, so a job that cannot write its
+    outputs fails before any work (read-only disk, missing bucket, no credentials)."""
+    probe = where / f".vsae-probe-{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.remove()
+    except OSError as err:
+        raise ConfigError(f"{what} {where.uri} is not writable: {type(err).__name__}: {err}") from None
+
+
+def check_exists(uri: str, what: str, hint: str = "") -> Location:
+    where = check_uri(uri, what)
+    try:
+        found = where.exists()
+    except OSError as err:
+        raise ConfigError(f"{what} {uri}: cannot be reached: {type(err).__name__}: {err}") from None
+    if not found:
+        raise ConfigError(f"{what} {uri} does not exist{'; ' + hint if hint else ''}")
+    return where
+
+
+def open_published(store_uri: str) -> ActivationStore:
+    """The published store at ``store_uri``, read-only (clear errors if there is none)."""
+    check_uri(store_uri, "store_uri")
+    try:
+        return ActivationStore.open(store_uri)
+    except StoreNotFound as err:
+        raise StoreNotFound(f"{err}; extract into it first (vsae extract ...)") from None
+
+
+def weights_note(weights: str, model_id: str) -> list[str]:
+    """The line every report leads with when the model ran with random weights."""
+    if str(weights).startswith("random:"):
+        return [f"WEIGHTS        {model_id} ran with {weights}: RANDOM weights, not a pretrained model"]
+    return []
+
+
+def finish_store(store: ActivationStore, tally: TaskTally, report: Report, *, verify: bool,
+                 verify_tasks: Iterable[int] | None = None) -> ActivationStore | None:
+    """The end of a store job: publish unless tasks failed, verify the shards of
+    ``verify_tasks`` (default: every task) if asked; the tally and what happened go into the
+    report. Returns the store if it was published."""
+    for task, why in sorted(tally.failed.items()):
+        report.fail(f"task {task}", why)
+    report.lines += tally.lines()
+    report.data["tasks"] = tally.to_dict()
+    if tally.failed:
+        report.lines.append("store NOT published: re-run the same command to retry the failed tasks")
+        return None
+    started = time.perf_counter()
+    manifest = store.publish()
+    report.lines.append(f"published      {manifest['n_tasks']} tasks, {manifest['n_images']} images, "
+                        f"spec {store.spec.digest[:12]} ({time.perf_counter() - started:.1f} s)")
+    report.data["published"] = {"n_tasks": manifest["n_tasks"], "n_images": manifest["n_images"],
+                                "spec_digest": store.spec.digest}
+    if verify:
+        started = time.perf_counter()
+        check = store.verify(None if verify_tasks is None else list(verify_tasks))
+        scope = "" if verify_tasks is None else f" of {store.spec.n_tasks}"
+        report.lines.append(f"verified       {check.tasks_checked}{scope} tasks in {time.perf_counter() - started:.1f} s: "
+                            + ("all checksums match" if check.ok else "; ".join(check.problems[:5])))
+        report.data["verified"] = {"tasks": check.tasks_checked, "problems": list(check.problems)}
+        if not check.ok:
+            report.fail("verify", "; ".join(check.problems[:3]))
+    return store

@@ -1,0 +1,279 @@
+"""Where things are: resolved locations, and the one table of every path under a store root.
+
+A :class:`Location` is a URI resolved once into its fsspec filesystem and the path inside it,
+with the few object operations vsae needs (whole-object reads and writes through the storage
+edge's retries, listing, existence). A :class:`StoreLayout` names every path under a store root:
+the activation store itself, the dataset listing, SAE runs, analyses, run records, the
+``latest`` pointer, reports and the lease, and the results the seed analyses write. Nothing else
+in vsae spells a path under a store root; ``docs/store-layout.md`` is :data:`LAYOUT_TABLE`
+rendered, and a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from vsae.store import io
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place on some filesystem: ``uri`` (a local absolute path or any fsspec URI), resolved
+    once into ``fs`` and ``path``. Build with :meth:`of`; join with ``/``."""
+
+    uri: str
+    fs: fsspec.AbstractFileSystem = field(compare=False, repr=False)
+    path: str = field(compare=False, repr=False)
+    storage_options: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def of(cls, uri: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None) -> Location:
+        """Resolve ``uri`` (local paths become absolute, so workers elsewhere agree)."""
+        if isinstance(uri, Location):
+            return uri
+        resolved = io.resolve_uri(uri)
+        fs, path = io.filesystem(resolved, storage_options)
+        return cls(resolved, fs, path, storage_options)
+
+    def __truediv__(self, relative: str) -> Location:
+        """The location ``relative`` below this one; refuses ``..``, absolute parts and URIs."""
+        rel = io.safe_relative(relative)
+        return Location(f"{self.uri.rstrip('/')}/{rel}", self.fs, posixpath.join(self.path, rel),
+                        self.storage_options)
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def __reduce__(self):  # filesystems need not pickle; the URI and options rebuild them
+        return (Location.of, (self.uri, self.storage_options))
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def local(self) -> bool:
+        return io.is_local(self.fs)
+
+    def exists(self) -> bool:
+        return io.with_retries(self.fs, f"checking {self.uri}", lambda: self.fs.exists(self.path))
+
+    def isdir(self) -> bool:
+        return io.with_retries(self.fs, f"checking {self.uri}", lambda: self.fs.isdir(self.path))
+
+    def read_bytes(self, start: int | None = None, end: int | None = None) -> bytes:
+        """The object's bytes (or the range ``[start, end)``). Raises FileNotFoundError."""
+        return io.get_object(self.fs, self.path, start, end)
+
+    def write_bytes(self, data: bytes | list) -> None:
+        """Write the object whole (atomically on local disk, one PUT on object stores)."""
+        io.put_object(self.fs, self.path, data)
+
+    def read_json(self) -> Any:
+        """The object parsed as JSON. Raises FileNotFoundError, json.JSONDecodeError."""
+        return json.loads(self.read_bytes())
+
+    def read_json_or_none(self) -> Any:
+        """The object parsed as JSON, or None if it does not exist."""
+        try:
+            return self.read_json()
+        except FileNotFoundError:
+            return None
+
+    def write_json(self, value: Any) -> None:
+        self.write_bytes(json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+
+    def children(self) -> list[Location]:
+        """The entries directly below this folder (none if it does not exist), sorted."""
+        self.fs.invalidate_cache(self.path)
+        try:
+            names = io.with_retries(self.fs, f"listing {self.uri}", lambda: self.fs.ls(self.path, detail=False))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in sorted(names):
+            base = posixpath.basename(name.rstrip("/"))
+            if base and name.rstrip("/") != self.path.rstrip("/"):
+                out.append(self / base)
+        return out
+
+    def glob(self, pattern: str) -> list[Location]:
+        """Objects below this folder matching the relative glob ``pattern``, sorted."""
+        root = self.path.rstrip("/")
+        found = io.with_retries(self.fs, f"listing {self.uri}", lambda: self.fs.glob(f"{root}/{pattern}"))
+        return [self / p[len(root) + 1:] for p in sorted(found)]
+
+    def remove(self) -> None:
+        """Delete the object (not an error if it is gone already)."""
+        try:
+            io.with_retries(self.fs, f"deleting {self.uri}", lambda: self.fs.rm(self.path))
+        except FileNotFoundError:
+            pass
+
+
+def hook_folder(hook: str) -> str:
+    """A hook name as one path segment (``mixed3a/3x3`` -> ``mixed3a.3x3``), for folders of
+    per-hook outputs (SAE checkpoints, analysis tables)."""
+    return hook.replace("/", ".")
+
+
+LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
+    ("zarr.json", "root zarr group; attribute `vsae.spec` is the store spec (plain JSON)", "extract, synthetic"),
+    ("hooks/{hook}/{array}", "one hook's arrays: acts, image_id, yx, prob, valid (zarr v3, one shard per task)",
+     "extract, synthetic"),
+    ("_tasks/{task:08d}.json", "a task's completion marker (rows, checksums), written after its shards", "extract, synthetic"),
+    ("manifest.json", "written last by publish: what readers see", "extract, synthetic"),
+    ("dataset.parquet", "the dataset listing (image_id, shard, key, label, wnid, caption)", "extract"),
+    ("_synthetic/truth.safetensors", "the true feature directions of a synthetic store", "synthetic"),
+    ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors",
+     "train"),
+    ("analysis/{run}/analysis.json", "the analysis index, written last (its presence means complete)", "analyze"),
+    ("analysis/{run}/classes.parquet", "the classes analysed, their names, image counts and distances", "analyze"),
+    ("analysis/{run}/{hook}/{unit}/", "one unit's tables: features, class means, examples, decoder maps", "analyze"),
+    ("runs/{run}.json", "a published run's record (created once, conditionally)", "nightly"),
+    ("latest.json", "the run readers follow, replaced in one write", "nightly"),
+    ("_reports/{job}-{time}.json", "every job's report (config, figures, failures)", "every job"),
+    ("_lease.json", "which driver holds the store, until when (one at a time)", "nightly"),
+    ("dictionaries/{run}/{hook}/{name}/", "K-SVD dictionaries, in the SAE checkpoint format", "reserved (seed 004)"),
+    ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
+    ("tuning/{run}/", "curve stimuli responses and tuning curves", "reserved (seed 001)"),
+    ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
+    ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
+)
+"""(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
+with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
+
+
+class StoreLayout:
+    """Every path under one store root (see :data:`LAYOUT_TABLE`). Runs, reports and analyses
+    of a store live under its root, so a store is one self-contained folder or bucket prefix."""
+
+    HOOKS = "hooks"
+    TASKS = "_tasks"
+
+    def __init__(self, root: str | os.PathLike | Location, storage_options: dict[str, Any] | None = None):
+        self.root = Location.of(root, storage_options)
+
+    def __repr__(self) -> str:
+        return f"StoreLayout({self.root.uri!r})"
+
+    # -- the activation store -----------------------------------------------------------------
+    @property
+    def zarr_root(self) -> Location:
+        return self.root / "zarr.json"
+
+    def hook_group(self, hook: str) -> Location:
+        """The zarr group of ``hook``'s arrays (the hook's own ``/`` kept: nested groups)."""
+        return self.root / f"{self.HOOKS}/{hook}"
+
+    @property
+    def tasks(self) -> Location:
+        return self.root / self.TASKS
+
+    def task_marker(self, task: int) -> Location:
+        return self.root / f"{self.TASKS}/{task:08d}.json"
+
+    @property
+    def manifest(self) -> Location:
+        return self.root / "manifest.json"
+
+    @property
+    def listing(self) -> Location:
+        return self.root / "dataset.parquet"
+
+    @property
+    def synthetic_truth(self) -> Location:
+        return self.root / "_synthetic/truth.safetensors"
+
+    # -- training and analysis runs -------------------------------------------------------------
+    @property
+    def saes_root(self) -> Location:
+        return self.root / "saes"
+
+    def saes(self, run: str) -> Location:
+        """The folder of one training run's SAEs."""
+        return self.root / f"saes/{_segment(run, 'run')}"
+
+    @staticmethod
+    def sae_folder(hook: str, name: str) -> str:
+        """An SAE's folder relative to its run's folder: ``{hook}/{name}``."""
+        return f"{hook_folder(hook)}/{_segment(name, 'SAE name')}"
+
+    def sae(self, run: str, hook: str, name: str) -> Location:
+        return self.saes(run) / self.sae_folder(hook, name)
+
+    def analysis(self, run: str) -> Location:
+        """The folder of one run's analysis results."""
+        return self.root / f"analysis/{_segment(run, 'run')}"
+
+    @staticmethod
+    def analysis_index(analysis: Location) -> Location:
+        return analysis / "analysis.json"
+
+    @staticmethod
+    def analysis_classes(analysis: Location) -> Location:
+        return analysis / "classes.parquet"
+
+    @staticmethod
+    def analysis_unit(analysis: Location, hook: str, unit: str) -> Location:
+        return analysis / f"{hook_folder(hook)}/{_segment(unit, 'unit')}"
+
+    @property
+    def runs(self) -> Location:
+        return self.root / "runs"
+
+    def run_record(self, run: str) -> Location:
+        return self.root / f"runs/{_segment(run, 'run')}.json"
+
+    @property
+    def latest(self) -> Location:
+        return self.root / "latest.json"
+
+    @property
+    def reports(self) -> Location:
+        return self.root / "_reports"
+
+    def report(self, job: str, stamp: str) -> Location:
+        return self.root / f"_reports/{_segment(job, 'job')}-{stamp}.json"
+
+    @property
+    def lease(self) -> Location:
+        return self.root / "_lease.json"
+
+    # -- the seed analyses ----------------------------------------------------------------------
+    def dictionaries(self, run: str) -> Location:
+        return self.root / f"dictionaries/{_segment(run, 'run')}"
+
+    def graph(self, run: str) -> Location:
+        return self.root / f"graph/{_segment(run, 'run')}"
+
+    def tuning(self, run: str) -> Location:
+        return self.root / f"tuning/{_segment(run, 'run')}"
+
+    def visualisations(self, run: str) -> Location:
+        return self.root / f"visualisations/{_segment(run, 'run')}"
+
+    def dashboards(self, run: str) -> Location:
+        return self.root / f"dashboards/{_segment(run, 'run')}"
+
+
+def _segment(name: str, what: str) -> str:
+    """``name`` if it is one safe path segment (a run, SAE or job name)."""
+    from vsae.errors import ConfigError
+
+    if not name or "/" in name or name in (".", "..") or "\\" in name or "://" in name:
+        raise ConfigError(f"{what} name {name!r} must be one non-empty path segment (no '/', '..')")
+    return name
+
+
+def render_layout_table() -> str:
+    """:data:`LAYOUT_TABLE` as a Markdown table (the one in docs/store-layout.md)."""
+    lines = ["| path under the store root | holds | written by |", "|---|---|---|"]
+    lines += [f"| `{p}` | {what} | {who} |" for p, what, who in LAYOUT_TABLE]
+    return "\n".join(lines)
