@@ -171,8 +171,9 @@ def test_a_full_disk_fails_the_write_at_once_with_the_path(tmp_path, drill_repor
 
 
 def test_credentials_from_the_environment_appear_in_no_log_report_or_store(s3_endpoint, tmp_path):
-    """The jobs run as users run them (scripts, local Ray, S3 through the environment's
-    credentials); nothing they print, log or write contains the key id or the secret."""
+    """The jobs run as users run them (scripts, S3 through the environment's credentials; the
+    first on a local Ray, whose workers get the credentials, the others in-process); nothing they
+    print, log or write contains the key id or the secret."""
     import subprocess
     import sys
     from pathlib import Path
@@ -186,8 +187,9 @@ def test_credentials_from_the_environment_appear_in_no_log_report_or_store(s3_en
         ["pipelines/synthetic.py", "--config", "pipelines/configs/synthetic.toml", "--data.n_rows", "2000",
          "--images_per_task", "1000"],
         ["pipelines/train.py", "--config", "pipelines/configs/synthetic_train.toml", "--train.steps", "3",
-         "--train.batch_rows", "256", "--train.eval_rows", "256", "--train.normaliser_rows", "512"],
-        ["pipelines/analyze.py", "--run", "recovery", "--analysis.top_k", "2"],
+         "--train.batch_rows", "256", "--train.eval_rows", "256", "--train.normaliser_rows", "512",
+         "--resources.executor", "local"],
+        ["pipelines/analyze.py", "--run", "recovery", "--analysis.top_k", "2", "--resources.executor", "local"],
     ]
     logs = []
     for step in steps:

@@ -36,15 +36,16 @@ def job_env(tmp_path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """A separate Ray head (its own ports and temp dir) as on a cluster's head node.
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory):
+    """A separate Ray head (its own ports and temp dir) as on a cluster's head node, shared by the
+    jobs submitted in this module (each job gets its own driver, as on a cluster).
 
     ``ray start --block`` keeps the head's processes in this fixture's process group, so teardown
     stops exactly them (``ray stop`` would stop every Ray on the machine, the other tests' too).
     """
     port, dashboard = free_port(), free_port()
-    env = job_env(tmp_path)
+    env = job_env(tmp_path_factory.mktemp("head"))
     temp_dir = Path("/tmp") / f"ray-head-{port}"  # short: Ray's socket paths have a length limit
     # Every listener on a free port: another Ray on this machine (the other tests') holds the defaults.
     others = [f"--{flag}={free_port()}" for flag in (
@@ -72,9 +73,13 @@ def ray_head(tmp_path):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
-            head.wait(timeout=60)
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
+            pass
+        try:  # whatever of the head's group is still shutting down: nothing of it is kept
             os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

@@ -44,9 +44,10 @@ def test_every_hook_fires_with_its_declared_shape(forwarded, model_id, hook):
 @pytest.mark.parametrize("model_id", MODELS)
 def test_hooks_are_removed_after_capture_even_on_error(model_id):
     model = build(model_id)
+    hooks = list(model.hooks.values())[:5]
     with pytest.raises(RuntimeError):
-        with capture(model, list(model.hooks.values())[:5]):
-            assert sum(len(m._forward_hooks) for m in model.modules()) == 5
+        with capture(model, hooks):
+            assert sum(len(m._forward_hooks) for m in model.modules()) == len(hooks)
             raise RuntimeError("boom")
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
     with pytest.raises(UnknownHook, match="has no hook 'mixed9z'"):

@@ -211,7 +211,8 @@ local_num_cpus = 2
     assert drill_report.check("nightly driver killed mid-extraction, rerun", str(store),
                               tasks_before_kill=written)["complete"]
     assert read_latest(str(store))["run"] == "nightly-2026-11-24"
-    again = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    again = subprocess.run([*cmd, "--resources.executor", "local"], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=600)
     assert "ALREADY PUBLISHED" in again.stdout
 
 

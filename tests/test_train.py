@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import ray
 import torch
 
+from vsae import progress
 from vsae.errors import ConfigError
 from vsae.runner import run_local
 from vsae.sae import SAEConfig, load_sae, mmcs
@@ -14,10 +14,7 @@ from vsae.store import ActivationStore
 from vsae.synthetic import SyntheticConfig, SyntheticTasks, make_features
 from vsae.train import SAERun, TrainConfig, TrainingDiverged, train_hook
 
-TRUTH = SyntheticConfig(n_rows=65536, d=64, n_features=256, active_per_row=4, noise=0.01)
-FAST = TrainConfig(batch_rows=1024, steps=2000, eval_rows=4096, checkpoint_every=1000, lr_warmup_steps=50,
-                   normaliser_rows=8192)
-
+TRUTH = SyntheticConfig(n_rows=65536, d_in=64, n_features=256, active_per_row=4, noise=0.01)
 
 def write_synthetic(uri: str, cfg: SyntheticConfig = TRUTH) -> str:
     spec = cfg.store_spec(images_per_task=8192)
@@ -32,27 +29,50 @@ def synthetic_store(tmp_path_factory):
     return write_synthetic(str(tmp_path_factory.mktemp("train") / "synthetic.zarr"))
 
 
-RECOVERY = {  # (config, MMCS required by the issue)
-    "topk": (SAEConfig(variant="topk", k=4, expansion=8, lr=2e-3), 0.95),
-    "batchtopk": (SAEConfig(variant="batchtopk", k=4, expansion=8, lr=2e-3), 0.95),
-    "relu_l1": (SAEConfig(variant="relu_l1", l1=1.0, expansion=4, lr=2e-3), 0.9),
-    "relu_l1_scaled": (SAEConfig(variant="relu_l1_scaled", l1=3.0, expansion=4, lr=2e-3), 0.9),
-}
+# The hard recovery setting of issue 11 and bench/sae_defaults.py: 2,048 unit-norm true features in
+# 512 dimensions, 32 active per row. Every variant trains at its SAEConfig defaults (learning rate,
+# λ, expansion 8, k 32) with the documented step budget (SAEConfig docstring: 800 steps x 512 rows);
+# each variant draws its own initialisation seed, so the four cases cover four seeds.
+HARD = SyntheticConfig(n_rows=65536, d_in=512, n_features=2048, active_per_row=32, noise=0.01, seed=0)
+BUDGET = TrainConfig(batch_rows=512, steps=800, eval_rows=4096, normaliser_rows=8192, dead_sample_rows=8192,
+                     checkpoint_every=800, log_every=800)
+RECOVERY_SEEDS = {"topk": 1, "batchtopk": 2, "relu_l1": 3, "relu_l1_scaled": 4}
 
 
-@pytest.mark.parametrize("variant", sorted(RECOVERY))
-def test_training_recovers_the_true_features(synthetic_store, tmp_path, variant):
-    sae_cfg, required = RECOVERY[variant]
-    (result,) = train_hook(synthetic_store, [SAERun("synthetic", sae_cfg)], str(tmp_path / "saes"), FAST,
-                           progress=False)
-    sae, info = load_sae(result["uri"])
-    score = mmcs(torch.from_numpy(make_features(TRUTH)), sae.directions())
-    assert score >= required, (variant, score, result)
-    assert result["fvu"] < 0.3 and result["done"] and result["step"] == FAST.steps
-    assert info.hook == "synthetic" and info.store_spec_digest == ActivationStore.open(synthetic_store).spec.digest
+@pytest.fixture(scope="module")
+def hard_store(tmp_path_factory):
+    return write_synthetic(str(tmp_path_factory.mktemp("hard") / "synthetic.zarr"), HARD)
+
+
+def check_recovery(store: str, out: str, sae_cfg: SAEConfig) -> None:
+    (result,) = train_hook(store, [SAERun("synthetic", sae_cfg)], out, BUDGET, progress=False)
+    sae, _ = load_sae(result["uri"])
+    score = mmcs(torch.from_numpy(make_features(HARD)), sae.directions())
+    summary = {k: result[k] for k in ("fvu", "l0", "dead_frac", "dead_frac_train")}
+    assert score >= 0.95, (sae_cfg, score, summary)
+    assert result["done"] and result["step"] == BUDGET.steps
+    assert result["fvu"] < 0.3, summary  # the noise floor is about 0.1 of the variance at this budget
+    if sae_cfg.variant == "topk":
+        assert result["l0"] == pytest.approx(32, abs=0.5)  # fewer where a top-k value is not positive
+    else:  # BatchTopK: k on average over a batch; ReLU variants: λ sets L0 near the 32 true features
+        assert 16 <= result["l0"] <= 96, summary
+    # Dead latents are counted with the final weights: 4,096 TopK latents for 2,048 features leave
+    # many unused (about 0.4 of them), where the old training-window count reported none.
+    assert 0 <= result["dead_frac_train"] <= result["dead_frac"] + 0.02 and result["dead_frac"] < 0.7, summary
     if sae_cfg.sparse_by_k:
-        assert result["l0"] == pytest.approx(4, abs=0.5)
-    assert result["dead_frac"] < 0.05
+        assert result["dead_frac"] > 0.1 and result["dead_window_frac"] < result["dead_frac"], summary
+
+
+@pytest.mark.parametrize("variant", sorted(RECOVERY_SEEDS))
+def test_each_variant_recovers_2048_true_features_at_its_defaults(hard_store, tmp_path, variant):
+    check_recovery(hard_store, str(tmp_path), SAEConfig(variant=variant, seed=RECOVERY_SEEDS[variant]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [10, 11, 12])
+@pytest.mark.parametrize("variant", sorted(RECOVERY_SEEDS))
+def test_recovery_holds_over_more_seeds(hard_store, tmp_path, variant, seed):
+    check_recovery(hard_store, str(tmp_path), SAEConfig(variant=variant, seed=seed))
 
 
 class Interrupt(Exception):
@@ -61,7 +81,7 @@ class Interrupt(Exception):
 
 def interrupting_bar(at_step: int):
     class Bar:
-        def __init__(self, total, desc):
+        def __init__(self, total, desc, unit="it"):
             self.n = 0
 
         def update(self, n):
@@ -84,12 +104,13 @@ def weights(uri: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("variant", ["relu_l1", "topk"])
 def test_a_killed_run_resumes_from_its_checkpoint_on_the_same_batches(synthetic_store, tmp_path, variant):
-    runs = [SAERun("synthetic", SAEConfig(variant=variant, k=4, l1=1.0, expansion=2, lr=1e-3,
+    runs = [SAERun("synthetic", SAEConfig(variant=variant, k=4, l1_coefficient=1.0, expansion=2, lr=1e-3,
                                           dead_window_rows=4096,
                                           resample_every=30 if variant == "relu_l1" else 0))]
     (whole,) = train_hook(synthetic_store, runs, str(tmp_path / "a"), SHORT, progress=False)
     with pytest.raises(Interrupt):
-        train_hook(synthetic_store, runs, str(tmp_path / "b"), SHORT, make_bar=interrupting_bar(95))
+        with progress.using(interrupting_bar(95)):
+            train_hook(synthetic_store, runs, str(tmp_path / "b"), SHORT)
     _, meta = ckpt.read_state(f"{tmp_path}/b/synthetic/{runs[0].sae.name}")
     assert meta["step"] == 80 and not meta["done"]
     (resumed,) = train_hook(synthetic_store, runs, str(tmp_path / "b"), SHORT, progress=False)
@@ -111,7 +132,7 @@ def test_a_finished_run_is_not_retrained(synthetic_store, tmp_path):
 
 def test_saes_of_one_hook_share_one_pass_and_match_training_alone(synthetic_store, tmp_path):
     a = SAERun("synthetic", SAEConfig(variant="topk", k=4, expansion=2))
-    b = SAERun("synthetic", SAEConfig(variant="relu_l1", l1=1.0, expansion=2), name="relu")
+    b = SAERun("synthetic", SAEConfig(variant="relu_l1", l1_coefficient=1.0, expansion=2), name="relu")
     together = train_hook(synthetic_store, [a, b], str(tmp_path / "both"), SHORT, progress=False)
     alone = [train_hook(synthetic_store, [r], str(tmp_path / r.sae.variant), SHORT, progress=False)[0]
              for r in (a, b)]
@@ -123,7 +144,7 @@ def test_saes_of_one_hook_share_one_pass_and_match_training_alone(synthetic_stor
 
 
 def test_divergence_stops_with_a_clear_error(synthetic_store, tmp_path):
-    runs = [SAERun("synthetic", SAEConfig(variant="relu_l1", l1=1.0, expansion=2, lr=1e30))]
+    runs = [SAERun("synthetic", SAEConfig(variant="relu_l1", l1_coefficient=1.0, expansion=2, lr=1e30))]
     cfg = TrainConfig(**{**SHORT.__dict__, "grad_clip": 0.0, "lr_warmup_steps": 0})
     with pytest.raises(TrainingDiverged, match="lower the learning rate"):
         train_hook(synthetic_store, runs, str(tmp_path), cfg, progress=False)
@@ -139,7 +160,7 @@ def test_training_reads_and_writes_s3(s3_endpoint, tmp_path):
     from tests.conftest import BUCKET
 
     store = write_synthetic(f"s3://{BUCKET}/train-s3/synthetic.zarr",
-                            SyntheticConfig(n_rows=20000, d=32, n_features=64, active_per_row=3))
+                            SyntheticConfig(n_rows=20000, d_in=32, n_features=64, active_per_row=3))
     out = f"s3://{BUCKET}/train-s3/saes"
     (result,) = train_hook(store, [SAERun("synthetic", SAEConfig(variant="topk", k=3, expansion=2))], out,
                            TrainConfig(batch_rows=512, steps=30, eval_rows=2048, normaliser_rows=2048,
@@ -147,25 +168,3 @@ def test_training_reads_and_writes_s3(s3_endpoint, tmp_path):
     assert result["uri"].startswith(out) and result["done"]
     sae, info = load_sae(result["uri"])
     assert info.d_in == 32 and sae.d_sae == 64
-
-
-@pytest.mark.usefixtures("ray_local")
-def test_a_trainer_actor_killed_mid_run_is_restarted_and_resumes(synthetic_store, tmp_path):
-    import time
-
-    from cluster.train_job import HookTrainer
-
-    run = SAERun("synthetic", SAEConfig(variant="topk", k=4, expansion=2))
-    cfg = TrainConfig(**{**SHORT.__dict__, "steps": 400, "checkpoint_every": 25, "batch_rows": 1024})
-    out = str(tmp_path / "saes")
-    trainer = HookTrainer.options(num_cpus=1, max_restarts=2, max_task_retries=2).remote()
-    ref = trainer.train.remote(synthetic_store, [run], out, cfg, False)
-    uri = f"{out}/synthetic/{run.sae.name}"
-    deadline = time.monotonic() + 120
-    while ckpt.read_state(uri) is None:
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.2)
-    ray.kill(trainer, no_restart=False)
-    (result,) = ray.get(ref, timeout=300)
-    assert result["done"] and result["step"] == 400
-    assert result["resumed_from"] is not None and 0 < result["resumed_from"] < 400

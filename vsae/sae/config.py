@@ -1,32 +1,55 @@
 """What defines one sparse autoencoder: its variant, width and loss settings (SPEC section 7).
 
 An ``SAEConfig`` is independent of the hook it is trained on and of the cluster it runs on, so the
-same config hashes the same anywhere and can be swept over many hooks. The seed-001 defaults for
-InceptionV1 (Table 1) are in :data:`SEED001_TABLE1`.
+same config hashes the same anywhere and can be swept over many hooks. The learning rate and λ
+default per variant (:data:`VARIANT_DEFAULTS`): a field left unset takes its variant's value when
+the config is made, so saved configs always hold the numbers that were used. The seed-001
+defaults for InceptionV1 (Table 1) are in :data:`SEED001_TABLE1`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 
+from vsae.config import config_class
 from vsae.errors import ConfigError
 
 VARIANTS = ("relu_l1", "relu_l1_scaled", "topk", "batchtopk")
 
+# Per-variant defaults of the fields left unset (None). Chosen on the synthetic benchmark of
+# bench/sae_defaults.py (d_in 512, 2048 true features, 32 active per row; inputs scaled so that
+# E||x||² = d_in); the λ x lr tables are in bench/RESULTS.md.
+VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
+    "relu_l1": {"lr": 3e-3, "l1_coefficient": 2.0},
+    "relu_l1_scaled": {"lr": 3e-3, "l1_coefficient": 2.0},
+    "topk": {"lr": 3e-3, "l1_coefficient": 0.0},
+    "batchtopk": {"lr": 3e-3, "l1_coefficient": 0.0},
+}
 
-@dataclass(frozen=True)
+
+@config_class
 class SAEConfig:
-    """One sparse autoencoder: architecture, loss and optimiser settings."""
+    """One sparse autoencoder: architecture, loss and optimiser settings.
+
+    Left unset, ``lr`` and ``l1_coefficient`` take their variant's default
+    (:data:`VARIANT_DEFAULTS`: lr 3e-3 for every variant, λ 2 for the ReLU variants). Step budget
+    those defaults are known to need, on 2,048 true features in 512 dimensions with 32 active per
+    row at expansion 8 and k 32: MMCS ≥ 0.95 for every variant within 800 steps of 512 rows
+    (410 k rows; ``tests/test_train.py``) and ≥ 0.98 within 300 steps of 4,096 rows (1.2 M rows;
+    ``bench/sae_defaults.py``, tables in bench/RESULTS.md). Expect real activations, with more
+    features than latents, to need more.
+    """
 
     variant: str = "topk"
     """relu_l1 (unit-norm decoder, L1), relu_l1_scaled (Conerly: penalty weighted by decoder
     norms), topk or batchtopk (k active latents per row, AuxK loss for dead latents)."""
     expansion: int = 8
     """Latents per input dimension: d_sae = expansion * d_in."""
-    l1: float = 5.0
-    """Sparsity weight λ of the ReLU variants (inputs are normalised so that E||x||² = d_in)."""
+    l1_coefficient: float | None = None
+    """Sparsity weight λ of the ReLU variants (inputs are normalised so that E||x||² = d_in);
+    unset: the variant's default (:data:`VARIANT_DEFAULTS`). The TopK variants ignore it."""
     k: int = 32
     """Active latents per row for topk (per row) and batchtopk (on average over a batch)."""
     aux_k: int = 0
@@ -39,18 +62,22 @@ class SAEConfig:
     """relu_l1 only: resample dead latents every this many steps (0: never), as in seed 000."""
     resample_until: float = 0.5
     """Resampling stops after this fraction of training, so the dictionary can settle."""
-    lr: float = 4e-4
-    """Adam learning rate (peak; warm-up and final decay come from the training config)."""
+    lr: float | None = None
+    """Adam learning rate (peak; warm-up and final decay come from the training config); unset:
+    the variant's default (:data:`VARIANT_DEFAULTS`)."""
     seed: int = 0
     """Initialisation seed."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ConfigError(f"unknown SAE variant {self.variant!r}; valid: {', '.join(VARIANTS)}")
+        for name, value in VARIANT_DEFAULTS[self.variant].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         if self.expansion < 1 or self.k < 1 or self.aux_k < 0 or self.dead_window_rows < 1:
             raise ConfigError(f"need expansion >= 1, k >= 1, aux_k >= 0, dead_window_rows >= 1 in {self}")
-        if self.l1 < 0 or self.lr <= 0 or self.aux_coeff < 0 or self.resample_every < 0:
-            raise ConfigError(f"need l1 >= 0, lr > 0, aux_coeff >= 0, resample_every >= 0 in {self}")
+        if self.l1_coefficient < 0 or self.lr <= 0 or self.aux_coeff < 0 or self.resample_every < 0:
+            raise ConfigError(f"need l1_coefficient >= 0, lr > 0, aux_coeff >= 0, resample_every >= 0 in {self}")
         if not 0 <= self.resample_until <= 1:
             raise ConfigError(f"resample_until must lie in [0, 1], got {self.resample_until}")
         if self.resample_every and self.variant != "relu_l1":
@@ -70,7 +97,7 @@ class SAEConfig:
     @property
     def name(self) -> str:
         """A readable default name: ``topk-x8-k32``, ``relu_l1_scaled-x8-l1_3.5e-06``."""
-        tail = f"k{self.k}" if self.sparse_by_k else f"l1_{self.l1:g}"
+        tail = f"k{self.k}" if self.sparse_by_k else f"l1_{self.l1_coefficient:g}"
         return f"{self.variant}-x{self.expansion}-{tail}"
 
     @property
@@ -96,4 +123,4 @@ def seed001(hook: str, **overrides) -> SAEConfig:
     if key not in SEED001_TABLE1:
         raise ConfigError(f"seed 001 has no default for hook {hook!r}; it covers {sorted(SEED001_TABLE1)}")
     l1, expansion = SEED001_TABLE1[key]
-    return replace(SAEConfig(variant="relu_l1_scaled", l1=l1, expansion=expansion), **overrides)
+    return replace(SAEConfig(variant="relu_l1_scaled", l1_coefficient=l1, expansion=expansion), **overrides)
