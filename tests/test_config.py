@@ -38,6 +38,7 @@ def test_checked_in_extraction_configs_load(name):
 @pytest.mark.parametrize("job, name", [("analyze", "demo_analyze"), ("analyze", "inception_v1_analyze"),
                                        ("train", "demo_train"), ("train", "inception_v1_train"),
                                        ("train", "synthetic_train"), ("train", "clip_vit_train"),
+                                       ("train", "clip_vit_ksvd"), ("train", "demo_ksvd"),
                                        ("nightly", "demo_nightly"), ("nightly", "inception_v1_nightly")])
 def test_checked_in_configs_load_and_round_trip(job, name):
     cls = JOBS[job].config_class

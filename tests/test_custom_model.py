@@ -78,12 +78,23 @@ def test_a_registered_custom_cnn_is_extracted_trained_and_analysed(tmp_path, ray
 
     local = LocalExecutor(res, progress=False)
     trained = train.run(train.TrainJob(
-        store_uri=store, run="tiny", saes=(SAERun("conv1", SAEConfig(variant="topk", k=4, expansion=2)),),
+        store_uri=store, run="tiny", saes=(SAERun("conv1", SAEConfig(variant="topk", k=4, expansion=2)),
+                                           SAERun("conv1", SAEConfig(variant="ksvd", k=2, expansion=2,
+                                                                     ksvd_iterations=3, ksvd_rows=64))),
         train=TrainConfig(batch_rows=16, steps=20, eval_rows=16, normaliser_rows=32, lr_warmup_steps=2,
                           dead_sample_rows=32), resources=res), local)
     assert trained.ok and trained.data["saes"][0]["d_sae"] == 16, trained.summary()
     analysed = analyze.run(analyze.AnalyzeJob(store_uri=store, run="tiny", analysis=AnalysisConfig(top_k=2, per_interval=1),
                                               resources=res), local)
     assert analysed.ok, analysed.summary()
-    assert {(u["hook"], u["unit"]) for u in analysed.data["units"]} == {("conv1", "neurons"), ("conv1", "topk-x2-k4")}
+    assert {(u["hook"], u["unit"]) for u in analysed.data["units"]} == {
+        ("conv1", "neurons"), ("conv1", "topk-x2-k4"), ("conv1", "ksvd-x2-k2")}
     assert analysed.data["n_classes"] == 10
+    # A K-SVD dictionary is queried like an SAE: codes by OMP, analysis tables by feature.
+    from vsae import Client
+
+    client = Client(store)
+    feats = client.features([0, 1], "conv1", "tiny/ksvd-x2-k2")
+    assert feats.acts.shape == (8, 16) and ((feats.acts != 0).sum(1) <= 2).all()
+    assert client.features_table("conv1", "tiny/ksvd-x2-k2").num_rows == 16
+    assert np.isfinite(client.mono(int(np.abs(feats.acts).sum(0).argmax()), "conv1", "tiny/ksvd-x2-k2"))

@@ -91,3 +91,104 @@ def test_bad_training_input_gets_a_clear_error():
         ksvd(zeros, 8, 2, iterations=1)
     atoms, history = ksvd(torch.cat([x[:7], x[8:], zeros]), 32, 2, iterations=2)
     assert torch.isfinite(atoms).all() and history[-1].fvu < 1
+
+
+# ---- as a dictionary variant of the train job ----------------------------------------------
+
+def ksvd_run(**kw):
+    from vsae.sae import SAEConfig, SAERun
+
+    return SAERun("synthetic", SAEConfig(variant="ksvd", **{"expansion": 4, "k": 4, "ksvd_iterations": 15,
+                                                             "ksvd_rows": 16384, **kw}))
+
+
+@pytest.fixture(scope="module")
+def small_truth_store(tmp_path_factory):
+    from tests.helpers import write_synthetic
+    from vsae.synthetic import SyntheticConfig
+
+    cfg = SyntheticConfig(n_rows=20000, d_in=32, n_features=128, active_per_row=3, noise=0.01, seed=5)
+    return write_synthetic(str(tmp_path_factory.mktemp("ksvd") / "synthetic.zarr"), cfg), cfg
+
+
+
+def train_cfg():
+    from vsae.sae import TrainConfig
+
+    return TrainConfig(batch_rows=512, steps=200, eval_rows=2048, normaliser_rows=4096, dead_sample_rows=2048,
+                       lr_warmup_steps=20, checkpoint_every=100)
+
+
+def test_the_train_job_trains_a_ksvd_dictionary_beside_a_topk_sae_and_scores_it_like_one(small_truth_store, tmp_path):
+    from vsae.sae import SAEConfig, SAERun, load_sae
+    from vsae.sae.variants.ksvd import KSVDDictionary
+    from vsae.synthetic import make_features
+    from vsae.train import train_hook
+
+    store, truth_cfg = small_truth_store
+    runs = [ksvd_run(), SAERun("synthetic", SAEConfig(variant="topk", k=4, expansion=4))]
+    dictionary, sae = train_hook(store, runs, str(tmp_path), train_cfg(), progress=False)
+    assert dictionary["done"] and dictionary["step"] == 15 and dictionary["ksvd_rows"] == 16384
+    truth = torch.from_numpy(make_features(truth_cfg))
+    model, info = load_sae(dictionary["uri"])
+    assert isinstance(model, KSVDDictionary) and info.sae.variant == "ksvd" and model.d_sae == 128
+    score, sae_score = mmcs(truth, model.directions()), mmcs(truth, load_sae(sae["uri"])[0].directions())
+    assert score >= 0.95, (score, dictionary)
+    # Same k, same rows: K-SVD reconstructs at least as well as the TopK SAE (held-out FVU).
+    assert dictionary["fvu"] <= sae["fvu"], (dictionary["fvu"], sae["fvu"], score, sae_score)
+    assert dictionary["l0"] <= 4 and 0 <= dictionary["dead_frac"] < 0.5
+    rows = torch.randn(10, 32).abs()
+    acts = model.feature_acts(rows)
+    assert acts.shape == (10, 128) and ((acts != 0).sum(1) <= 4).all()
+    torch.testing.assert_close(model(rows), model.decode(acts))
+
+
+def test_a_killed_ksvd_run_resumes_from_its_last_iteration_to_the_same_atoms(small_truth_store, tmp_path):
+    from vsae import progress
+    from vsae.sae import checkpoint as ckpt
+    from vsae.sae import load_sae
+    from vsae.train import train_hook
+
+    store, _ = small_truth_store
+    runs = [ksvd_run(ksvd_iterations=4, ksvd_rows=4096)]
+    (whole,) = train_hook(store, runs, str(tmp_path / "a"), train_cfg(), progress=False)
+
+    class Killed(Exception):
+        pass
+
+    class Bar:
+        def __init__(self, total, desc, unit="it"):
+            self.n = 0
+
+        def update(self, n):
+            self.n += n
+            if self.n >= 2:
+                raise Killed
+
+        def close(self):
+            pass
+
+    with pytest.raises(Killed), progress.using(Bar):
+        train_hook(store, runs, str(tmp_path / "b"), train_cfg())
+    _, meta = ckpt.read_state(f"{tmp_path}/b/{runs[0].folder}")
+    assert meta["step"] == 2 and not meta["done"]
+    (resumed,) = train_hook(store, runs, str(tmp_path / "b"), train_cfg(), progress=False)
+    assert resumed["resumed_from"] == 2 and resumed["step"] == 4
+    torch.testing.assert_close(load_sae(resumed["uri"])[0].W_dec, load_sae(whole["uri"])[0].W_dec, rtol=0, atol=1e-6)
+    (again,) = train_hook(store, runs, str(tmp_path / "b"), train_cfg(), progress=False)
+    assert again["done"] and again["fvu"] == resumed["fvu"]
+
+
+def test_the_train_job_refuses_ksvd_settings_it_cannot_train(small_truth_store, tmp_path):
+    from vsae.sae import SAEConfig
+    from vsae.train import train_hook
+
+    store, _ = small_truth_store
+    with pytest.raises(ConfigError, match="hook 'synthetic'.*as many non-zero training rows as atoms"):
+        train_hook(store, [ksvd_run(ksvd_rows=100)], str(tmp_path), train_cfg(), progress=False)
+    with pytest.raises(ConfigError, match="cannot exceed d_in"):
+        train_hook(store, [ksvd_run(k=40)], str(tmp_path / "k"), train_cfg(), progress=False)
+    with pytest.raises(ConfigError, match="ksvd_update"):
+        SAEConfig(variant="ksvd", ksvd_update="svd")
+    # The other variants' digests do not depend on the ksvd fields.
+    assert SAEConfig(variant="topk").digest == SAEConfig(variant="topk", ksvd_rows=5).digest

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from vsae import progress as vsae_progress
-from vsae.errors import ConfigError, TrainingDiverged
+from vsae.errors import ConfigError, TaskDataError, TrainingDiverged
 from vsae.sae import checkpoint as ckpt
 from vsae.sae.base import Losses, SparseAutoencoder, make_sae
 from vsae.sae.metrics import dead_fraction, reconstruction_stats
@@ -78,6 +78,11 @@ class Member:
     resumed_from: int | None = None
     n_resampled: int = 0
     last: dict[str, float] = field(default_factory=dict)
+    warm_started: bool = False
+
+    def total(self, sae_steps: int) -> int:
+        """Steps this member trains for: ``sae_steps``, or its K-SVD iterations for a ksvd dictionary."""
+        return self.run.sae.ksvd_iterations if self.run.sae.variant == "ksvd" else sae_steps
 
     def dead(self, window: int | None = None) -> torch.Tensor:
         """Latents silent for the last ``window`` training rows (default ``dead_window_rows``,
@@ -133,6 +138,7 @@ def make_member(run: SAERun, uri: str, d_in: int, device: torch.device, store: A
         sae.load_state_dict(previous.state_dict())
         scale = float(sae.scale)
         train_info["warm_started_from"] = init_uri
+        m.warm_started = True
     else:
         assert sample is not None, "a fresh member needs the normaliser sample"
         scale = sae.set_normaliser(sample.to(device))
@@ -346,20 +352,65 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
         if ckpt.read_state(uri) is None and sample is None and not init:
             sample = _normaliser_sample(reader, cfg, row_stop)
         members.append(make_member(r, uri, reader.d_in, device, store, cfg, sample, init))
-    results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= total}
-    todo = [m for m in members if m.step < total]
+    results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= m.total(total)}
+    todo = [m for m in members if m.step < m.total(total)]
+    dictionaries = [m for m in todo if m.run.sae.variant == "ksvd"]
+    todo = [m for m in todo if m.run.sae.variant != "ksvd"]
+    dead_x = (_training_sample(reader, cfg.dead_sample_rows, cfg.seed + 2, row_stop, np.float16).to(device)
+              if cfg.dead_sample_rows and (todo or dictionaries) else None)
+    for m in dictionaries:
+        with nullcontext() if progress else vsae_progress.using(enabled=False):
+            _run_ksvd(m, reader, cfg, row_stop, eval_x.to(device), dead_x, device, results)
     if todo:
-        dead_x = (_training_sample(reader, cfg.dead_sample_rows, cfg.seed + 2, row_stop, np.float16)
-                  if cfg.dead_sample_rows else None)
         desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
         with nullcontext() if progress else vsae_progress.using(enabled=False):
             bar = vsae_progress.bar(total, desc, "step")
         try:
-            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results,
-                 None if dead_x is None else dead_x.to(device))
+            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results, dead_x)
         finally:
             bar.close()
     return [results[id(m)] for m in members]
+
+
+def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, row_stop: int, eval_x: torch.Tensor,
+              dead_x: torch.Tensor | None, device: torch.device, results: dict[int, dict]) -> None:
+    """Train one ksvd dictionary by K-SVD on its training subset, checkpointing every iteration
+    (a resumed run continues from its last iteration with the same atoms and the same subset)."""
+    from vsae.sae.ksvd import ksvd
+
+    sae_cfg, hook = m.run.sae, reader.hook.name
+    total = m.total(0)
+    # The subset Z̃: the first ksvd_rows rows of the training stream's shuffle (seed cfg.seed),
+    # normalised as the SAEs' inputs are.
+    x = _training_sample(reader, sae_cfg.ksvd_rows, cfg.seed, row_stop).to(device) * m.sae.scale
+    atoms = m.sae.W_dec.detach().clone() if m.step > 0 or m.warm_started else None
+    bar = vsae_progress.bar(total, f"k-svd {hook} {m.run.sae_name}", "iteration")
+    bar.update(m.step)
+    started, start_step = time.perf_counter(), m.step
+
+    def on_iteration(it, new_atoms: torch.Tensor) -> None:
+        with torch.no_grad():
+            m.sae.W_dec.copy_(new_atoms)
+        m.step += 1
+        metrics = evaluate(m, eval_x, cfg.batch_rows, dead_x)
+        metrics.update(ksvd_rows=len(x), fvu_train=it.fvu, fvu_coded_train=it.fvu_coded,
+                       atoms_replaced=it.unused + it.duplicates, iteration_seconds=it.seconds,
+                       steps_per_s=(m.step - start_step) / max(time.perf_counter() - started, 1e-9),
+                       compute_dtype=str(x.dtype).removeprefix("torch."))
+        checkpoint(m, metrics, total)
+        results[id(m)] = {**metrics, "total_steps": total, "done": m.step >= total}
+        bar.update(1)
+        log_.info(f"{hook} {m.run.sae_name} iteration {m.step}: FVU {metrics['fvu']:.4g} L0 {metrics['l0']:.1f}")
+
+    try:
+        ksvd(x, m.sae.d_sae, sae_cfg.k, iterations=total - m.step, update=sae_cfg.ksvd_update,
+             seed=sae_cfg.seed, atoms=atoms, batch_rows=cfg.batch_rows, on_iteration=on_iteration)
+    except ConfigError as e:
+        raise ConfigError(f"hook {hook!r}, {m.run.sae_name}: {e}") from e
+    except ValueError as e:  # non-finite rows
+        raise TaskDataError(f"hook {hook!r}, {m.run.sae_name}: {e}") from e
+    finally:
+        bar.close()
 
 
 def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, row_stop: int,

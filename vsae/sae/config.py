@@ -16,7 +16,10 @@ from dataclasses import asdict, replace
 from vsae.config import config_class
 from vsae.errors import ConfigError
 
-VARIANTS = ("relu_l1", "relu_l1_scaled", "topk", "batchtopk")
+VARIANTS = ("relu_l1", "relu_l1_scaled", "topk", "batchtopk", "ksvd")
+KSVD_UPDATES = ("approximate", "exact")
+# Fields only the ksvd variant reads; left out of other variants' digests, which stay as they were.
+KSVD_FIELDS = ("ksvd_iterations", "ksvd_rows", "ksvd_update")
 
 # Per-variant defaults of the fields left unset (None). Chosen on the synthetic benchmark of
 # bench/sae_defaults.py (d_in 512, 2048 true features, 32 active per row; inputs scaled so that
@@ -26,6 +29,7 @@ VARIANT_DEFAULTS: dict[str, dict[str, float]] = {
     "relu_l1_scaled": {"lr": 3e-3, "l1_coefficient": 2.0},
     "topk": {"lr": 3e-3, "l1_coefficient": 0.0},
     "batchtopk": {"lr": 3e-3, "l1_coefficient": 0.0},
+    "ksvd": {"lr": 3e-3, "l1_coefficient": 0.0},  # K-SVD has no learning rate or λ; unused
 }
 
 
@@ -44,14 +48,16 @@ class SAEConfig:
 
     variant: str = "topk"
     """relu_l1 (unit-norm decoder, L1), relu_l1_scaled (Conerly: penalty weighted by decoder
-    norms), topk or batchtopk (k active latents per row, AuxK loss for dead latents)."""
+    norms), topk or batchtopk (k active latents per row, AuxK loss for dead latents), or ksvd (a
+    K-SVD dictionary, codes by OMP with at most k non-zeros; seed 004: expansion 4, k 10)."""
     expansion: int = 8
     """Latents per input dimension: d_sae = expansion * d_in."""
     l1_coefficient: float | None = None
     """Sparsity weight λ of the ReLU variants (inputs are normalised so that E||x||² = d_in);
     unset: the variant's default (:data:`VARIANT_DEFAULTS`). The TopK variants ignore it."""
     k: int = 32
-    """Active latents per row for topk (per row) and batchtopk (on average over a batch)."""
+    """Active latents per row for topk (per row) and batchtopk (on average over a batch); most
+    non-zeros per row for ksvd."""
     aux_k: int = 0
     """Dead latents the AuxK loss uses to reconstruct the residual (0: d_in // 2)."""
     aux_coeff: float = 1 / 32
@@ -67,6 +73,14 @@ class SAEConfig:
     the variant's default (:data:`VARIANT_DEFAULTS`)."""
     seed: int = 0
     """Initialisation seed."""
+    ksvd_iterations: int = 20
+    """ksvd only: coding + atom-update rounds (each one pass of OMP over the training subset)."""
+    ksvd_rows: int = 100_000
+    """ksvd only: size of the training subset Z̃, drawn by the training stream's shuffle (seed 004
+    trains on a subset of the embeddings); the held-out rows are never in it."""
+    ksvd_update: str = "approximate"
+    """ksvd only: ``approximate`` (one power-iteration step per atom, Rubinstein et al. 2008) or
+    ``exact`` (rank-1 SVD, Aharon et al. 2006)."""
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -78,6 +92,8 @@ class SAEConfig:
             raise ConfigError(f"need expansion >= 1, k >= 1, aux_k >= 0, dead_window_rows >= 1 in {self}")
         if self.l1_coefficient < 0 or self.lr <= 0 or self.aux_coeff < 0 or self.resample_every < 0:
             raise ConfigError(f"need l1_coefficient >= 0, lr > 0, aux_coeff >= 0, resample_every >= 0 in {self}")
+        if self.ksvd_iterations < 1 or self.ksvd_rows < 1 or self.ksvd_update not in KSVD_UPDATES:
+            raise ConfigError(f"need ksvd_iterations >= 1, ksvd_rows >= 1 and ksvd_update in {KSVD_UPDATES} in {self}")
         if not 0 <= self.resample_until <= 1:
             raise ConfigError(f"resample_until must lie in [0, 1], got {self.resample_until}")
         if self.resample_every and self.variant != "relu_l1":
@@ -92,7 +108,7 @@ class SAEConfig:
 
     @property
     def sparse_by_k(self) -> bool:
-        return self.variant in ("topk", "batchtopk")
+        return self.variant in ("topk", "batchtopk", "ksvd")
 
     @property
     def name(self) -> str:
@@ -102,7 +118,11 @@ class SAEConfig:
 
     @property
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        fields = asdict(self)
+        if self.variant != "ksvd":
+            for name in KSVD_FIELDS:
+                fields.pop(name)
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 
 
 # Seed 001, Table 1: (λ, expansion) per InceptionV1 layer; mixed3a and mixed3b are trained on

@@ -33,7 +33,7 @@ def reconstruction_stats(sae, batches) -> dict[str, float]:
         sq_x += float(x.pow(2).sum())
         s = x.sum(0).double()
         sum_x = s if sum_x is None else sum_x + s
-        active = latents > 0
+        active = latents != 0  # ReLU latents are >= 0; a dictionary's OMP codes may be negative
         l0_sum += float(active.sum())
         fires += active.sum(0).double().cpu()
         n += x.shape[0]
@@ -57,7 +57,7 @@ def dead_fraction(sae, batches) -> tuple[float, int]:
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
     n = 0
     for x in batches:
-        fired |= (sae.latents(x.float()) > 0).any(0).cpu()
+        fired |= (sae.latents(x.float()) != 0).any(0).cpu()
         n += x.shape[0]
     return float((~fired).double().mean()), n
 
