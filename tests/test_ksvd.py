@@ -138,9 +138,11 @@ def test_the_train_job_trains_a_ksvd_dictionary_beside_a_topk_sae_and_scores_it_
     assert dictionary["fvu"] <= sae["fvu"], (dictionary["fvu"], sae["fvu"], score, sae_score)
     assert dictionary["l0"] <= 4 and 0 <= dictionary["dead_frac"] < 0.5
     rows = torch.randn(10, 32).abs()
-    acts = model.feature_acts(rows)
-    assert acts.shape == (10, 128) and ((acts != 0).sum(1) <= 4).all()
-    torch.testing.assert_close(model(rows), model.decode(acts))
+    codes = model.latents(rows)
+    assert codes.shape == (10, 128) and ((codes != 0).sum(1) <= 4).all()
+    torch.testing.assert_close(model(rows), model.decode(codes))
+    torch.testing.assert_close(model.feature_acts(rows), codes.abs())
+    assert "dead_window_frac" not in dictionary and dictionary["rows_seen"] == 15 * 16384
 
 
 def test_a_killed_ksvd_run_resumes_from_its_last_iteration_to_the_same_atoms(small_truth_store, tmp_path):
@@ -188,6 +190,10 @@ def test_the_train_job_refuses_ksvd_settings_it_cannot_train(small_truth_store, 
         train_hook(store, [ksvd_run(ksvd_rows=100)], str(tmp_path), train_cfg(), progress=False)
     with pytest.raises(ConfigError, match="cannot exceed d_in"):
         train_hook(store, [ksvd_run(k=40)], str(tmp_path / "k"), train_cfg(), progress=False)
+    from vsae.jobs.train import TrainJob, check  # and the job refuses it before any work
+
+    with pytest.raises(ConfigError, match="hook 'synthetic', ksvd-x4-k40: .*cannot exceed d_in"):
+        check(TrainJob(store_uri=store, out_uri=str(tmp_path / "job"), saes=(ksvd_run(k=40),)))
     with pytest.raises(ConfigError, match="ksvd_update"):
         SAEConfig(variant="ksvd", ksvd_update="svd")
     # The other variants' digests do not depend on the ksvd fields.

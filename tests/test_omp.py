@@ -113,6 +113,16 @@ def test_bad_input_gets_a_clear_error():
         omp(x, atoms, 9)
     with pytest.raises(ConfigError, match="atoms"):
         omp(torch.randn(5, 7), atoms, 2)
+    with pytest.raises(ConfigError, match="float32 or float64"):
+        omp(x.half(), atoms, 2)
+    with pytest.raises(ConfigError, match="positive integers"):
+        omp(x, atoms, 2.5)
+    with pytest.raises(ConfigError, match="positive integers"):
+        omp(x, atoms, 2, batch_rows=0)
+    broken = atoms.clone()
+    broken[7, 0] = float("nan")
+    with pytest.raises(ConfigError, match="atom 7 .*not finite"):
+        omp(x, broken, 2)
     x[2, 1] = float("nan")
     with pytest.raises(ValueError, match="row 2 .*not finite"):
         omp(x, atoms, 2)

@@ -392,7 +392,10 @@ def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, row_stop: int, ev
         with torch.no_grad():
             m.sae.W_dec.copy_(new_atoms)
         m.step += 1
+        m.rows_seen += len(x)
         metrics = evaluate(m, eval_x, cfg.batch_rows, dead_x)
+        for key in ("dead_window_frac", "dead_window_rows"):  # a running count of gradient training
+            metrics.pop(key)
         metrics.update(ksvd_rows=len(x), fvu_train=it.fvu, fvu_coded_train=it.fvu_coded,
                        atoms_replaced=it.unused + it.duplicates, iteration_seconds=it.seconds,
                        steps_per_s=(m.step - start_step) / max(time.perf_counter() - started, 1e-9),

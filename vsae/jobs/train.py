@@ -84,6 +84,10 @@ def check(job: TrainJob) -> ActivationStore:
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownHook(f"hook {r.hook!r} is not in the store {store.uri}{hint} "
                               f"(stored hooks: {', '.join(store.spec.hook_names)})")
+        d_in = store.spec.hook(r.hook).d_in
+        if r.sae.variant == "ksvd" and r.sae.k > d_in:
+            raise ConfigError(f"hook {r.hook!r}, {r.sae_name}: a ksvd dictionary's k ({r.sae.k}) cannot exceed "
+                              f"d_in ({d_in}): OMP selects at most d_in independent atoms")
     out = job.out()
     check_uri(out.uri, "out_uri")
     check_writable(StoreLayout(job.store_uri).root, "store_uri")

@@ -76,16 +76,24 @@ def omp(x: torch.Tensor, atoms: torch.Tensor, k: int, *, tol: float | None = Non
 
     Raises:
         ConfigError: ``k`` < 1, or larger than ``d_in`` or ``n_atoms`` (OMP cannot select more
-            than ``d_in`` independent atoms); mismatched shapes or dtypes.
+            than ``d_in`` independent atoms); mismatched shapes; rows not float32/float64 (atoms
+            are converted to the rows' dtype); a non-finite atom.
         ValueError: a row of ``x`` that is not finite (the message gives the row).
     """
     if x.ndim != 2 or atoms.ndim != 2 or x.shape[1] != atoms.shape[1]:
         raise ConfigError(f"omp needs x [n, d_in] and atoms [n_atoms, d_in]; got {tuple(x.shape)} and "
                           f"{tuple(atoms.shape)}")
     n_atoms, d_in = atoms.shape
+    if x.dtype not in (torch.float32, torch.float64):
+        raise ConfigError(f"omp computes in float32 or float64; convert the rows (got {x.dtype})")
+    if isinstance(k, bool) or not isinstance(k, int) or not isinstance(batch_rows, int) or batch_rows < 1:
+        raise ConfigError(f"omp's k and batch_rows must be positive integers, got k={k!r}, batch_rows={batch_rows!r}")
     if not 1 <= k <= min(d_in, n_atoms):
         raise ConfigError(f"OMP's k must lie in [1, min(d_in, n_atoms)] = [1, {min(d_in, n_atoms)}], got {k}")
     atoms = atoms.to(x.dtype)
+    if not torch.isfinite(atoms).all():
+        bad_atom = int((~torch.isfinite(atoms).all(1)).nonzero()[0])
+        raise ConfigError(f"atom {bad_atom} of the dictionary is not finite (NaN or inf)")
     bad = ~torch.isfinite(x).all(1)
     if bad.any():
         row = int(bad.nonzero()[0])

@@ -4,7 +4,8 @@ Trained by :func:`vsae.train.train_hook` with :func:`vsae.sae.ksvd.ksvd` rather 
 steps; stored, loaded, evaluated, analysed and queried like any SAE. ``latents`` are the OMP codes
 (at most ``k`` non-zeros per row; :mod:`vsae.sae.omp`) of the normalised inputs; the
 reconstruction is ``codes @ W_dec / scale``. Codes may be negative where a row uses an atom
-against its sign; the metrics count a latent as active where its code is non-zero.
+against its sign; the metrics count a latent as active where its code is non-zero, and the
+reported feature activations (analysis, client) are the codes' magnitudes.
 """
 
 from __future__ import annotations
@@ -43,6 +44,15 @@ class KSVDDictionary(SparseAutoencoder):
         lower-precision inputs)."""
         xn = (x.float() if x.dtype != torch.float64 else x) * self.scale
         return omp(xn, self.W_dec.detach().to(xn.dtype), self.cfg.k).dense()
+
+    def feature_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """Reported feature activations ``[b, d_sae]``: the magnitudes ``|code|`` of the OMP codes.
+
+        A dictionary feature is present where its code is non-zero, whatever its sign (seed 004
+        binarises codes this way), and the analysis (class means, the mono score, examples)
+        needs non-negative activations. ``latents`` keeps the signed codes for reconstruction.
+        """
+        return self.latents(x).abs()
 
     def loss(self, xn: torch.Tensor, **_) -> None:
         raise TypeError("a ksvd dictionary is trained by K-SVD (vsae.sae.ksvd), not by gradient steps")
