@@ -9,9 +9,11 @@ from hypothesis import strategies as st
 from vsae.errors import format_ranges
 from vsae.store.layout import (
     chunk_images,
+    held_out_images,
     image_rows,
     n_tasks,
     row_image_ids,
+    shuffled_ids,
     task_image_range,
     task_of_image,
     task_row_range,
@@ -56,3 +58,34 @@ def test_chunks_divide_shards_and_respect_budget(per_task, k, channels, itemsize
 def test_format_ranges():
     assert format_ranges([9, 0, 1, 2, 3, 7, 10, 11, 12]) == "0-3, 7, 9-12"
     assert format_ranges(range(0, 100, 2), limit=3).endswith("(50 in all)")
+
+
+@given(st.integers(1, 3000), st.integers(0, 3000), st.integers(0, 2**40), st.integers(0, 3000))
+def test_held_out_images_are_a_seeded_sample_that_growth_never_moves_a_training_image_into(n, held, seed, grow):
+    held = min(held, n)
+    before = held_out_images(n, held, seed)
+    assert len(before) == held == len(set(before.tolist())) and np.all(np.diff(before) > 0)
+    assert not len(before) or (0 <= before[0] and before[-1] < n)
+    np.testing.assert_array_equal(held_out_images(n, held, seed), before)  # derivable, no state
+    after = held_out_images(n + grow, held, seed)
+    # An image trained on before the store grew (not held out) is never held out after it.
+    assert set(after.tolist()) <= set(before.tolist()) | set(range(n, n + grow))
+
+
+def test_held_out_images_are_spread_like_a_uniform_sample():
+    n, held = 1_281_000, 1024
+    ids = held_out_images(n, held, seed=0)
+    # class-ordered ids (1281 per class): a uniform sample of 1024 spans ~1000(1 - e^-1.024) = 641
+    classes = len(set((ids // 1281).tolist()))
+    assert 600 < classes < 680
+    assert not np.array_equal(held_out_images(n, held, seed=1), ids)
+    # no clustering in id: as many in each tenth of the ids as chance allows (binomial sd ~ 9.6)
+    counts = np.bincount(ids * 10 // n, minlength=10)
+    assert counts.min() > 102 - 40 and counts.max() < 102 + 40
+
+
+@given(st.integers(0, 5000), st.integers(0, 2**32 - 1), st.integers(0, 10**6))
+def test_shuffled_ids_are_a_seeded_permutation_of_the_next_ids(n, seed, start):
+    ids = shuffled_ids(n, seed, start)
+    assert sorted(ids.tolist()) == list(range(start, start + n))
+    np.testing.assert_array_equal(shuffled_ids(n, seed, start), ids)

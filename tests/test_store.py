@@ -352,14 +352,30 @@ def test_a_stream_resumed_at_a_batch_continues_with_the_same_batches(batch_store
         np.testing.assert_array_equal(a.acts, b.acts)
 
 
-@pytest.mark.parametrize("row_stop", [0, 1, 37, 100, 180])
-def test_row_stop_holds_out_the_tail(batch_store, row_stop):
+@settings(max_examples=30, deadline=None)
+@given(excluded=st.sets(st.integers(0, 44)), batch=st.integers(1, 60), window=st.integers(1, 6),
+       seed=st.integers(0, 2**32 - 1), start=st.integers(0, 10))
+def test_excluded_images_never_appear_and_resuming_skips_the_same_rows(batch_store, excluded, batch, window,
+                                                                        seed, start):
     store, spec = batch_store
     reader = store.hook("conv")
-    batches = list(reader.iter_batches(16, row_stop=row_stop, drop_invalid=False))
-    ids = sorted(np.concatenate([b.image_id for b in batches]).tolist()) if batches else []
-    assert len(ids) == min(row_stop, reader.n_rows)  # rows per image: 4
-    assert sorted(set(ids)) == list(range(-(-row_stop // 4)))
+    mask = np.zeros(45, dtype=bool)
+    mask[sorted(excluded)] = True
+    kw = dict(seed=seed, window_chunks=window, exclude_images=mask)
+    full = list(reader.iter_batches(batch, **kw))
+    ids = np.concatenate([b.image_id for b in full]) if full else np.zeros(0, np.int64)
+    want = [i for i in range(45) if i not in excluded and i % 7 != 3]
+    assert sorted(set(ids.tolist())) == want and len(ids) == 4 * len(want)
+    resumed = list(reader.iter_batches(batch, start_batch=start, **kw))
+    assert len(resumed) == max(0, len(full) - start)
+    for a, b in zip(full[start:], resumed):
+        np.testing.assert_array_equal(a.image_id, b.image_id)
+
+
+def test_exclude_images_must_be_a_mask_over_the_store_images(batch_store):
+    reader = batch_store[0].hook("conv")
+    with pytest.raises(ValueError, match=r"bool mask of shape \(45,\)"):
+        next(reader.iter_batches(8, exclude_images=np.zeros(44, dtype=bool)))
 
 
 def per_image_rows(spec, lo: int, hi: int) -> dict[str, HookRows]:

@@ -95,7 +95,7 @@ def interrupting_bar(at_step: int):
 
 
 SHORT = TrainConfig(batch_rows=512, steps=120, eval_rows=2048, checkpoint_every=40, lr_warmup_steps=10,
-                    normaliser_rows=4096, compute_dtype="float32", window_chunks=2)
+                    normaliser_rows=4096, compute_dtype="float32", window_images=64)
 
 
 def weights(uri: str) -> dict[str, torch.Tensor]:

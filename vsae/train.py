@@ -30,6 +30,7 @@ from vsae.sae.base import Losses, SparseAutoencoder, make_sae
 from vsae.sae.metrics import dead_fraction, reconstruction_stats
 from vsae.sae.runs import SAERun, TrainConfig
 from vsae.store import ActivationStore, HookReader
+from vsae.store.layout import held_out_images
 
 log_ = logging.getLogger(__name__)
 
@@ -249,7 +250,7 @@ def log(m: Member, bar: Any) -> None:
 
 # ---- the pass over a hook --------------------------------------------------------------------
 
-def _stream(reader: HookReader, cfg: TrainConfig, epoch: int, start_batch: int, row_stop: int,
+def _stream(reader: HookReader, cfg: TrainConfig, epoch: int, start_batch: int, held: np.ndarray,
             device: torch.device) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(epoch, batch index, float32 batch on device), epochs without end, read ahead."""
     def produce(out: queue.Queue, stop: threading.Event) -> None:
@@ -257,8 +258,8 @@ def _stream(reader: HookReader, cfg: TrainConfig, epoch: int, start_batch: int, 
             e, b0 = epoch, start_batch
             while not stop.is_set():
                 for i, rows in enumerate(reader.iter_batches(
-                        cfg.batch_rows, seed=cfg.seed, epoch=e, window_chunks=cfg.window_chunks,
-                        start_batch=b0, row_stop=row_stop), start=b0):
+                        cfg.batch_rows, seed=cfg.seed, epoch=e, window_chunks=reader.window_chunks(cfg.window_images),
+                        start_batch=b0, exclude_images=held), start=b0):
                     x = torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
                     out.put((e, i, x))
                     if stop.is_set():
@@ -287,23 +288,41 @@ def _stream(reader: HookReader, cfg: TrainConfig, epoch: int, start_batch: int, 
                 thread.join(timeout=0.05)
 
 
-def _held_out(reader: HookReader, cfg: TrainConfig) -> tuple[int, torch.Tensor]:
-    n = reader.n_rows
-    if cfg.eval_rows * 2 > n:
-        raise ConfigError(f"eval_rows={cfg.eval_rows} would hold out more than half of the "
-                          f"{n} rows of hook {reader.hook.name!r}; lower train.eval_rows")
-    start = n - cfg.eval_rows
-    rows = reader.read_rows(start, n) if cfg.eval_rows else reader.read_rows(n, n)
+def held_out(reader: HookReader, cfg: TrainConfig) -> np.ndarray:
+    """``[n_images]`` bool, True for the images held out of training at this hook: the
+    ``ceil(eval_rows / rows_per_image)`` images of :func:`~vsae.store.layout.held_out_images`
+    (a seeded random sample, seed ``cfg.seed``; the same for every SAE of the hook, for evaluation,
+    and for a nightly warm start on the grown store, which never evaluates on an image it was
+    trained on).
+
+    Raises:
+        ConfigError: the held-out images would be more than half of the store's images.
+    """
+    n_images = reader.store.spec.n_images
+    n_held = -(-cfg.eval_rows // reader.rows_per_image)
+    if n_held * 2 > n_images:
+        raise ConfigError(f"eval_rows={cfg.eval_rows} would hold out {n_held} of the {n_images} images "
+                          f"({reader.rows_per_image} rows each) of hook {reader.hook.name!r}, more than half; "
+                          "lower train.eval_rows")
+    mask = np.zeros(n_images, dtype=bool)
+    mask[held_out_images(n_images, n_held, cfg.seed)] = True
+    return mask
+
+
+def _eval_rows(reader: HookReader, held: np.ndarray) -> torch.Tensor:
+    """The valid rows of the held-out images, float32 ``[rows, d_in]``."""
+    rows = reader.read_images(np.flatnonzero(held))
     rows = rows.take(rows.valid)
-    return start, torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
+    return torch.from_numpy(np.ascontiguousarray(rows.acts, dtype=np.float32))
 
 
-def _training_sample(reader: HookReader, n_rows: int, seed: int, row_stop: int,
+def _training_sample(reader: HookReader, n_rows: int, seed: int, held: np.ndarray, window_images: int,
                      dtype: np.dtype = np.float32) -> torch.Tensor:
     """``n_rows`` valid training rows drawn by the shuffled stream of ``seed`` (fewer if the
     store has fewer)."""
     parts, got = [], 0
-    for rows in reader.iter_batches(min(n_rows, 65536), seed=seed, row_stop=row_stop):
+    for rows in reader.iter_batches(min(n_rows, 65536), seed=seed, exclude_images=held,
+                                    window_chunks=reader.window_chunks(window_images)):
         parts.append(np.asarray(rows.acts, dtype=dtype))
         got += len(rows)
         if got >= n_rows:
@@ -313,8 +332,8 @@ def _training_sample(reader: HookReader, n_rows: int, seed: int, row_stop: int,
     return torch.from_numpy(np.concatenate(parts)[:n_rows])
 
 
-def _normaliser_sample(reader: HookReader, cfg: TrainConfig, row_stop: int) -> torch.Tensor:
-    return _training_sample(reader, cfg.normaliser_rows, cfg.seed + 1, row_stop)
+def _normaliser_sample(reader: HookReader, cfg: TrainConfig, held: np.ndarray) -> torch.Tensor:
+    return _training_sample(reader, cfg.normaliser_rows, cfg.seed + 1, held, cfg.window_images)
 
 
 def total_steps(cfg: TrainConfig, train_rows: int) -> int:
@@ -339,8 +358,9 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
     device = torch.device(device)
     store = ActivationStore.open(store_uri)
     reader = store.hook(runs[0].hook)
-    row_stop, eval_x = _held_out(reader, cfg)
-    total = total_steps(cfg, row_stop)
+    held = held_out(reader, cfg)
+    eval_x = _eval_rows(reader, held)
+    total = total_steps(cfg, (len(held) - int(held.sum())) * reader.rows_per_image)
     dtype = compute_dtype(cfg, device)
     sample = None
     members = []
@@ -350,29 +370,30 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
         if init and not ckpt.has_weights(init):
             init = ""  # a new SAE in this run's config: nothing to start from
         if ckpt.read_state(uri) is None and sample is None and not init:
-            sample = _normaliser_sample(reader, cfg, row_stop)
+            sample = _normaliser_sample(reader, cfg, held)
         members.append(make_member(r, uri, reader.d_in, device, store, cfg, sample, init))
     results = {id(m): ckpt.read_metrics(m.uri) for m in members if m.step >= m.total(total)}
     todo = [m for m in members if m.step < m.total(total)]
     dictionaries = [m for m in todo if m.run.sae.variant == "ksvd"]
     todo = [m for m in todo if m.run.sae.variant != "ksvd"]
-    dead_x = (_training_sample(reader, cfg.dead_sample_rows, cfg.seed + 2, row_stop, np.float16).to(device)
+    dead_x = (_training_sample(reader, cfg.dead_sample_rows, cfg.seed + 2, held, cfg.window_images,
+                               np.float16).to(device)
               if cfg.dead_sample_rows and (todo or dictionaries) else None)
     for m in dictionaries:
         with nullcontext() if progress else vsae_progress.using(enabled=False):
-            _run_ksvd(m, reader, cfg, row_stop, eval_x.to(device), dead_x, device, results)
+            _run_ksvd(m, reader, cfg, held, eval_x.to(device), dead_x, device, results)
     if todo:
         desc = f"train {reader.hook.name} ({len(todo)} SAE{'s' if len(todo) > 1 else ''}, {dtype})"
         with nullcontext() if progress else vsae_progress.using(enabled=False):
             bar = vsae_progress.bar(total, desc, "step")
         try:
-            _run(todo, reader, cfg, total, row_stop, eval_x.to(device), device, dtype, bar, results, dead_x)
+            _run(todo, reader, cfg, total, held, eval_x.to(device), device, dtype, bar, results, dead_x)
         finally:
             bar.close()
     return [results[id(m)] for m in members]
 
 
-def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, row_stop: int, eval_x: torch.Tensor,
+def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, held: np.ndarray, eval_x: torch.Tensor,
               dead_x: torch.Tensor | None, device: torch.device, results: dict[int, dict]) -> None:
     """Train one ksvd dictionary by K-SVD on its training subset, checkpointing every iteration
     (a resumed run continues from its last iteration with the same atoms and the same subset)."""
@@ -382,7 +403,7 @@ def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, row_stop: int, ev
     total = m.total(0)
     # The subset Z̃: the first ksvd_rows rows of the training stream's shuffle (seed cfg.seed),
     # normalised as the SAEs' inputs are.
-    x = _training_sample(reader, sae_cfg.ksvd_rows, cfg.seed, row_stop).to(device) * m.sae.scale
+    x = _training_sample(reader, sae_cfg.ksvd_rows, cfg.seed, held, cfg.window_images).to(device) * m.sae.scale
     atoms = m.sae.W_dec.detach().clone() if m.step > 0 or m.warm_started else None
     bar = vsae_progress.bar(total, f"k-svd {hook} {m.run.sae_name}", "iteration")
     bar.update(m.step)
@@ -416,14 +437,14 @@ def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, row_stop: int, ev
         bar.close()
 
 
-def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, row_stop: int,
+def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, held: np.ndarray,
          eval_x: torch.Tensor, device: torch.device, dtype: torch.dtype, bar: Any,
          results: dict[int, dict], dead_x: torch.Tensor | None) -> None:
     first = min(todo, key=lambda m: m.step)
     position = first.step
     bar.update(position)
     started, start_pos = time.perf_counter(), position
-    for e, i, x in _stream(reader, cfg, first.epoch, first.batch_in_epoch, row_stop, device):
+    for e, i, x in _stream(reader, cfg, first.epoch, first.batch_in_epoch, held, device):
         for m in todo:
             if m.step != position or m.step >= total:
                 continue  # already past this batch (checkpointed later than the others)

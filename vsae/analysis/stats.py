@@ -35,8 +35,8 @@ class ImageActs:
         for the pairs a caller keeps: an argmax over every pair costs as much as the max)."""
         if not len(images):
             return np.zeros(0, np.int64)
-        i = torch.as_tensor(images, device=self.acts_nks.device)
-        f = torch.as_tensor(features, device=self.acts_nks.device)
+        i = torch.tensor(images, device=self.acts_nks.device)  # copies: callers pass read-only views
+        f = torch.tensor(features, device=self.acts_nks.device)
         return self.acts_nks[i, :, f].argmax(dim=1).cpu().numpy()
 
 

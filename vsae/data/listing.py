@@ -11,9 +11,18 @@ Sources (any fsspec URI):
 ``wnid`` is an image's class (from its folder or its ``.json``); ``label`` is the integer the
 source gives (``.cls``), else -1, and is never renumbered, so rows stay stable as shards are
 added. Each row records where the image's bytes are (shard, offset, size), so a worker reads exactly
-its images with ranged reads, never re-scanning a tar. Ids follow sorted shard order, then
-order within the shard; relisting with the previous listing keeps every existing id and puts
-images of new shards after them. Members that are not images are counted, not listed.
+its images with ranged reads, never re-scanning a tar. Members that are not images are counted,
+not listed.
+
+Image ids are dense from 0 and assigned in a seeded random order (``shuffle_seed``) over the
+images in listing order (sorted shards, then order within a shard). Datasets list by class
+(ImageNet's class folders, class-sorted shards); ids in listing order would put one class in a
+run of store rows, so every chunk, every window of chunks a trainer shuffles, and the tail of
+the store would hold a handful of classes. In shuffled order any run of ids is a random sample
+of the images. The table is kept sorted by ``image_id``. Relisting with the previous listing
+keeps every existing id and gives the images of new shards the next ids, shuffled among
+themselves with the same seed. Listings written before ids were shuffled read back with
+``order == "listing"`` and keep their ids.
 """
 
 from __future__ import annotations
@@ -26,10 +35,12 @@ import tarfile
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from vsae.errors import ConfigError, UnsafePath
 from vsae.store.io import safe_relative
+from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
@@ -49,6 +60,9 @@ class Listing:
     source_uri: str
     kind: str
     skipped: Counter = field(default_factory=Counter)
+    order: str = "listing"
+    """How ids were assigned: ``shuffled:<seed>`` (a seeded random order) or ``listing`` (listing
+    order, as listings made before ids were shuffled)."""
 
     @property
     def n_images(self) -> int:
@@ -145,8 +159,13 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
     return rows
 
 
-def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) -> Listing:
+def list_dataset(source_uri: str, kind: str, previous: Listing | None = None,
+                 shuffle_seed: int | None = 0) -> Listing:
     """List ``source_uri``; with ``previous``, keep its ids and append the new shards' images.
+
+    Ids follow a seeded random order of the listed images (``shuffle_seed``; None: listing
+    order). With ``previous``, its order is kept: new images are shuffled with its seed, or stay
+    in listing order if it was in listing order.
 
     Raises:
         ConfigError: unknown ``kind``, a missing source, no shards, or no images at all.
@@ -166,14 +185,18 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) ->
             raise ConfigError(f"no .tar shards under {source_uri}")
         rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
     start = previous.n_images if previous is not None else 0
-    for i, row in enumerate(rows):
-        row["image_id"] = start + i
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    order = previous.order if previous is not None else \
+        ("listing" if shuffle_seed is None else f"shuffled:{int(shuffle_seed)}")
+    ids = (shuffled_ids(len(rows), int(order.partition(":")[2]), start) if order != "listing"
+           else start + np.arange(len(rows), dtype=np.int64))
+    for row, image_id in zip(rows, ids.tolist()):
+        row["image_id"] = image_id
+    table = pa.Table.from_pylist(rows, schema=SCHEMA).sort_by("image_id")
     if previous is not None:
         table = pa.concat_tables([previous.table, table])
     if table.num_rows == 0:
         raise ConfigError(f"no images found under {source_uri} ({dict(skipped) or 'empty'})")
-    return Listing(table, source_uri, kind, skipped)
+    return Listing(table, source_uri, kind, skipped, order)
 
 
 def write_listing(listing: Listing, where: str | Location) -> None:
@@ -181,7 +204,8 @@ def write_listing(listing: Listing, where: str | Location) -> None:
     import pyarrow.parquet as pq
 
     meta = {"vsae": json.dumps({"source_uri": listing.source_uri, "kind": listing.kind,
-                                "digest": listing.digest, "skipped": dict(listing.skipped)})}
+                                "digest": listing.digest, "skipped": dict(listing.skipped),
+                                "order": listing.order})}
     table = listing.table.replace_schema_metadata(meta)
     buf = io.BytesIO()
     pq.write_table(table, buf)
@@ -197,7 +221,7 @@ def read_listing(where: str | Location) -> Listing:
     table = pq.read_table(io.BytesIO(where.read_bytes()))
     meta = json.loads(table.schema.metadata[b"vsae"])
     listing = Listing(table.replace_schema_metadata(None), meta["source_uri"], meta["kind"],
-                      Counter(meta.get("skipped", {})))
+                      Counter(meta.get("skipped", {})), meta.get("order", "listing"))
     if listing.digest != meta["digest"]:
         raise ConfigError(f"dataset listing {uri} does not match its recorded digest")
     return listing

@@ -65,7 +65,12 @@ class ExtractJob:
     """Forward-pass precision: float32, or bfloat16 (autocast; faster where the hardware has fast
     bf16; its error against float32 is measured by bench/extract.py)."""
     seed: int = 0
-    """Run seed for the samplers."""
+    """Run seed for the samplers, and for the order of image ids."""
+    image_order: str = "shuffled"
+    """``shuffled``: image ids in a random order seeded by ``seed``, so any run of store rows (a
+    chunk, a trainer's window, a held-out sample) mixes classes however the dataset lists its
+    images; ``listing``: ids in listing order (class by class for ImageNet folders). A grown
+    store keeps the order it was created with."""
     images_per_task: int = 128
     """Images per task; each task writes one shard per array."""
     compression: str = "zstd:1"
@@ -84,6 +89,8 @@ class ExtractJob:
     """Where and with how much the units of work run (not part of the store spec)."""
 
     def __post_init__(self) -> None:
+        if self.image_order not in ("shuffled", "listing"):
+            raise ConfigError(f"image_order must be shuffled or listing, got {self.image_order!r}")
         if self.verify_scope not in ("all", "grown"):
             raise ConfigError(f"verify_scope must be all or grown, got {self.verify_scope!r}")
         if self.dataset_kind not in KINDS:
@@ -170,8 +177,9 @@ def run(job: ExtractJob, executor: Executor) -> Report:
     weights_digest = job.weights if job.weights.startswith("random:") else _weights_digest(job)
     layout = StoreLayout(job.store_uri)
     previous = read_listing(layout.listing) if layout.listing.exists() else None
-    listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous) if job.grow or previous is None \
-        else previous
+    listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous,
+                           shuffle_seed=job.seed if job.image_order == "shuffled" else None) \
+        if job.grow or previous is None else previous
     spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
                      seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,

@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 from vsae.config import config_class, to_dict
+from vsae.data import read_listing
 from vsae.errors import ConfigError, UnknownHook
 from vsae.executor import Executor
 from vsae.jobs.common import (
@@ -84,7 +85,13 @@ def check(job: TrainJob) -> ActivationStore:
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
             raise UnknownHook(f"hook {r.hook!r} is not in the store {store.uri}{hint} "
                               f"(stored hooks: {', '.join(store.spec.hook_names)})")
-        d_in = store.spec.hook(r.hook).d_in
+        hook = store.spec.hook(r.hook)
+        n_held = -(-job.train.eval_rows // hook.rows_per_image)
+        if n_held * 2 > store.spec.n_images:
+            raise ConfigError(f"train.eval_rows={job.train.eval_rows} would hold out {n_held} of the "
+                              f"{store.spec.n_images} images of hook {r.hook!r} ({hook.rows_per_image} rows "
+                              "each), more than half; lower train.eval_rows")
+        d_in = hook.d_in
         if r.sae.variant == "ksvd" and r.sae.k > d_in:
             raise ConfigError(f"hook {r.hook!r}, {r.sae_name}: a ksvd dictionary's k ({r.sae.k}) cannot exceed "
                               f"d_in ({d_in}): OMP selects at most d_in independent atoms")
@@ -115,6 +122,7 @@ def run(job: TrainJob, executor: Executor) -> Report:
     started = time.perf_counter()
     out = job.out()
     report = Report("train", to_dict(job), store_uri=store.uri, notes=weights_note(store.spec.weights, store.spec.model_id))
+    report.notes += order_note(store)
     by_hook: dict[str, list[SAERun]] = defaultdict(list)
     for r in job.saes:
         by_hook[r.hook].append(r)
@@ -140,6 +148,22 @@ def run(job: TrainJob, executor: Executor) -> Report:
     return report
 
 
+def order_note(store: ActivationStore) -> list[str]:
+    """A warning when the store's image ids follow the dataset's listing order (stores extracted
+    before ids were shuffled, or with ``image_order = "listing"``): its rows come class by
+    class, so shuffled windows of chunks, and so batches, span few classes."""
+    layout = StoreLayout(store.uri)
+    if not layout.listing.exists():
+        return []  # a synthetic store: its rows are drawn independently
+    order = read_listing(layout.listing).order
+    if order != "listing":
+        return []
+    return [f"WARNING: {store.uri} lists its images in dataset order (class by class for ImageNet folders): "
+            "each training batch spans only the classes of a few store chunks. Raise train.window_images "
+            "(memory grows with it), or extract into a new store (image_order = \"shuffled\", the default) "
+            "for batches that mix all classes. The held-out images are a random sample either way."]
+
+
 def summary_lines(results: list[dict[str, Any]], out_uri: str) -> list[str]:
     """The run as a table: hook, SAE, width, FVU, L0, dead and dense fractions, steps/s, and
     what each number counts."""
@@ -154,7 +178,7 @@ def summary_lines(results: list[dict[str, Any]], out_uri: str) -> list[str]:
                      + (f" {r['mmcs']:>6.3f}" if mmcs else ""))
     if results:
         r = results[0]
-        lines.append(f"FVU, L0        on the {r.get('eval_rows', 0):,} held-out rows at the end of the store, "
+        lines.append(f"FVU, L0        on the {r.get('eval_rows', 0):,} held-out rows (a seeded random sample of images), "
                      "final weights")
         lines.append(f"dead%          latents that fired on none of those held-out rows; dead%tr: on none of "
                      f"{r.get('dead_train_rows', 0):,} training rows (final weights both)")

@@ -67,3 +67,49 @@ def chunk_images(
                     best = max(best, candidate)
         d += 1
     return best
+
+
+_SPLITMIX = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser (Steele, Lea and Flood 2014), elementwise on uint64 (wrapping)."""
+    z = x.astype(np.uint64) + _SPLITMIX[0]
+    z = (z ^ (z >> np.uint64(30))) * _SPLITMIX[1]
+    z = (z ^ (z >> np.uint64(27))) * _SPLITMIX[2]
+    return z ^ (z >> np.uint64(31))
+
+
+def image_keys(n_images: int, seed: int) -> np.ndarray:
+    """``[n_images]`` uint64: a keyed hash of each image id (SplitMix64 of the id xor a key drawn
+    from ``seed``). Depends only on (seed, image id), so an image keeps its key as a store grows."""
+    assert n_images >= 0, n_images
+    key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64) + np.uint64(0xA5A5))
+    return _splitmix64(np.arange(n_images, dtype=np.uint64) ^ key)
+
+
+def held_out_images(n_images: int, n_held: int, seed: int) -> np.ndarray:
+    """The ``n_held`` image ids held out of training (sorted int64): those with the smallest
+    :func:`image_keys`, ties broken by id.
+
+    A seeded random sample of the images whatever order they were listed in, derived from
+    (seed, n_images, n_held) alone. As a store grows (ids appended), an image that was not held
+    out never becomes held out: its rank among the keys can only rise. So a warm start on the grown
+    store never evaluates on an image it was trained on; new images can displace old held-out ones,
+    which then become training images.
+    """
+    assert 0 <= n_held <= n_images, (n_held, n_images)
+    if n_held == 0:
+        return np.zeros(0, dtype=np.int64)
+    keys = image_keys(n_images, seed)
+    order = np.lexsort((np.arange(n_images), keys))
+    return np.sort(order[:n_held]).astype(np.int64)
+
+
+def shuffled_ids(n: int, seed: int, start: int = 0) -> np.ndarray:
+    """``[n]`` int64: the image ids ``start .. start+n-1`` in a seeded random order, for the
+    ``n`` images listed (in listing order) after the first ``start``. Listing in this order makes
+    store rows, chunks and every window of chunks a random sample of the images, whatever order
+    the dataset lists them in (class folders, class-sorted shards)."""
+    rng = np.random.default_rng([seed, start, 0x11D])
+    return start + rng.permutation(n).astype(np.int64)

@@ -263,56 +263,84 @@ class HookReader:
         return HookRows(np.zeros((0, self.d_in), np.float32), np.zeros(0, np.int64),
                         np.zeros((0, 2), np.int16), np.zeros(0, np.float32), np.zeros(0, bool))
 
+    @property
+    def chunk_images(self) -> int:
+        """Images per inner chunk of ``acts`` (the unit a shuffled read takes whole)."""
+        return max(1, self._acts_chunk_rows // self.rows_per_image)
+
+    def window_chunks(self, window_images: int) -> int:
+        """Chunks that hold at least ``window_images`` images (at least one)."""
+        return max(1, -(-window_images // self.chunk_images))
+
     def iter_batches(self, batch_rows: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = True,
                      window_chunks: int = 8, tasks: Sequence[int] | None = None,
                      drop_invalid: bool = True, drop_last: bool = False, start_batch: int = 0,
-                     row_stop: int | None = None) -> Iterator[HookRows]:
+                     exclude_images: np.ndarray | None = None) -> Iterator[HookRows]:
         """Batches for training: every (valid) row of the chosen tasks exactly once per epoch.
 
         Chunks are visited in a seeded random order, ``window_chunks`` at a time; rows within a
         window are shuffled together, so batches mix images from many tasks while each read is
-        a whole chunk. The same (seed, epoch) gives the same batches. The batches are
-        consecutive slices of one stream, so ``start_batch`` resumes a stream where a previous
-        reader stopped; the windows before it are not read (only their ``valid`` flags, to
-        count rows). ``row_stop`` leaves rows from there on out (a held-out tail).
+        a whole chunk (a batch's rows come from the images of one or two windows: size the window
+        in images with :meth:`window_chunks`). The same (seed, epoch) gives the same batches. The
+        batches are consecutive slices of one stream, so ``start_batch`` resumes a stream where a
+        previous reader stopped; the windows before it are not read (only their ``valid`` flags,
+        to count rows). ``exclude_images`` (``[n_images]`` bool, True = left out) leaves out every
+        row of those images (the held-out images).
         """
         if batch_rows < 1 or start_batch < 0:
             raise ValueError(f"need batch_rows >= 1 and start_batch >= 0, got {batch_rows}, {start_batch}")
+        n_images = self.store.spec.n_images
+        if exclude_images is not None and (exclude_images.dtype != bool or exclude_images.shape != (n_images,)):
+            raise ValueError(f"exclude_images must be a bool mask of shape ({n_images},), "
+                             f"got {exclude_images.dtype} {exclude_images.shape}")
         chosen = list(self.store.readable_tasks() if tasks is None else tasks)
         self._require_readable(chosen)
-        stop = self.n_rows if row_stop is None else row_stop
         units = []
         step = self._acts_chunk_rows
         for task in chosen:
             a, b = self._task_rows(task)
-            units.extend((r, min(r + step, b, stop)) for r in range(a, min(b, stop), step))
+            units.extend((r, min(r + step, b)) for r in range(a, b, step))
         rng = np.random.default_rng([seed, epoch])
         if shuffle:
             units = [units[i] for i in rng.permutation(len(units))]
+        k = self.rows_per_image
+
+        def kept(window: list[tuple[int, int]], valid: np.ndarray | None) -> np.ndarray:
+            keep = valid.copy() if drop_invalid else np.ones(sum(b - a for a, b in window), dtype=bool)
+            if exclude_images is not None:
+                ids = np.concatenate([row_image_ids(a, b, k) for a, b in window])
+                keep &= ~exclude_images[ids]
+            return keep
+
         skip = start_batch * batch_rows
         carry: HookRows | None = None
         for w in range(0, len(units), window_chunks):
             window = units[w:w + window_chunks]
             if skip:
-                n = (sum(int(v.sum()) for v in self._read(window, ("valid",))["valid"]) if drop_invalid
-                     else sum(b - a for a, b in window))
+                valid = np.concatenate(self._read(window, ("valid",))["valid"]) if drop_invalid else None
+                n = int(kept(window, valid).sum())
                 if n <= skip:
                     if shuffle:
                         rng.permutation(n)  # keeps the generator where a full read leaves it
                     skip -= n
                     continue
             rows = self._rows(window)
-            if drop_invalid:
-                rows = rows.take(rows.valid)
+            index = np.flatnonzero(kept(window, rows.valid))
             if shuffle:
-                rows = rows.take(rng.permutation(len(rows)))
+                index = index[rng.permutation(len(index))]
             if skip:
-                rows, skip = rows.take(slice(skip, None)), 0
+                index, skip = index[skip:], 0
+            pos = 0
             if carry is not None and len(carry):
-                rows = HookRows.concat([carry, rows])
-            n_full = len(rows) // batch_rows * batch_rows
-            for s in range(0, n_full, batch_rows):
-                yield rows.take(slice(s, s + batch_rows))
-            carry = rows.take(slice(n_full, len(rows)))
+                need = batch_rows - len(carry)
+                if len(index) < need:
+                    carry = HookRows.concat([carry, rows.take(index)])
+                    continue
+                yield HookRows.concat([carry, rows.take(index[:need])])
+                pos = need
+            while pos + batch_rows <= len(index):
+                yield rows.take(index[pos:pos + batch_rows])
+                pos += batch_rows
+            carry = rows.take(index[pos:])
         if carry is not None and len(carry) and not drop_last:
             yield carry
