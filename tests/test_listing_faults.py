@@ -239,3 +239,16 @@ def test_growth_keeps_ids_and_rows_and_labels_new_shards(tmp_path):
     assert grown.table["image_id"].to_pylist() == [0, 1, 2, 3]
     assert grown.table["wnid"].to_pylist() == [WNIDS[1], None, None, WNIDS[8]]
     assert np.array_equal(grown.table["label"].to_numpy(), [1, -1, -1, 8])
+
+
+def test_the_extract_job_checks_its_class_list_before_any_work(tmp_path):
+    from vsae.jobs import extract
+
+    write_tar(tmp_path / "w/00000.tar", [("a.jpg", png(1)), ("a.cls", b"0")])
+    (tmp_path / "classes.txt").write_text("n02085620\nsports car\n")
+    job = extract.ExtractJob(store_uri=str(tmp_path / "s.zarr"), dataset_uri=str(tmp_path / "w"),
+                             dataset_kind="webdataset", class_list_uri=str(tmp_path / "classes.txt"))
+    with pytest.raises(ConfigError, match="classes.txt must hold WordNet ids.*sports car"):
+        extract.check(job)
+    (tmp_path / "classes.txt").write_text("n02085620\n")
+    extract.check(job)

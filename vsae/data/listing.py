@@ -118,19 +118,19 @@ class _Samples:
         self.names: Counter = Counter()
 
     @staticmethod
-    def split(name: str) -> tuple[str, str | None, str]:
-        """``(key, kind, ext)`` of a member name; kind is None for members that are not read."""
+    def split(name: str) -> tuple[str, str | None]:
+        """``(key, kind)`` of a member name; kind is None for members that are not read."""
         stem, _, ext = posixpath.basename(name).partition(".")
         ext = "." + ext.lower()
         kind = "image" if ext in IMAGE_EXTS else ext if ext in LABEL_EXTS else None
-        return posixpath.join(posixpath.dirname(name), stem), kind, ext
+        return posixpath.join(posixpath.dirname(name), stem), kind
 
     def _find(self, key: str, kind: str | None) -> dict | None:
         sample = self.latest.get(key)
         return None if sample is None or (kind is not None and kind in sample) else sample
 
     def add(self, name: str, value) -> None:
-        key, kind, _ = self.split(name)
+        key, kind = self.split(name)
         sample = self._find(key, kind)
         if sample is None:
             sample = self.latest[key] = {}
@@ -144,7 +144,7 @@ class _Samples:
 
     def cut(self, name: str) -> None:
         """The member ``name`` cannot be read whole: its sample is not listed."""
-        key, kind, _ = self.split(name)
+        key, kind = self.split(name)
         sample = self._find(key, kind)
         if sample is not None:
             self.order.remove(sample)
@@ -187,13 +187,13 @@ def _walk_tar(f, samples: _Samples, skipped: Counter) -> str | None:
                 except UnsafePath:  # '../../x.jpg' or '/abs.jpg': never listed as a key
                     skipped["unsafe_member_name"] += 1
                     continue
-                _, kind, _ = samples.split(member.name)
+                _, kind = samples.split(member.name)
                 reading = member.name
                 value = (member.offset_data, member.size) if kind in (None, "image") else \
                     tar.extractfile(member).read()
                 samples.add(member.name, value)
                 reading = None
-            end = tar.offset
+            end = tar.offset  # where the next header would start
     except tarfile.TarError:
         if not samples.order and reading is None:
             raise
