@@ -247,14 +247,18 @@ def test_unknown_hooks_and_runs_give_clear_errors(demo_run):
         analyze(AnalyzeJob(store_uri=store, run="nope"), LocalExecutor(progress=False))
 
 
-def test_a_store_without_labels_gets_statistics_and_examples_but_no_mono(ray_executor, tmp_path):
-    """Synthetic (or SBU) stores have no classes: the neurons are still analysed."""
+def test_a_store_without_labels_fails_clearly_unless_classes_are_turned_off(ray_executor, tmp_path):
+    """Synthetic (or SBU) stores have no classes: asking for class means fails before any work,
+    naming the store; with classes = false the neurons' statistics and examples are analysed."""
     from tests.helpers import write_synthetic
+    from vsae.errors import NoClassLabels
     from vsae.synthetic import SyntheticConfig
 
     store = write_synthetic(str(tmp_path / "synthetic.zarr"), SyntheticConfig(n_rows=600, d_in=16, n_features=32))
+    with pytest.raises(NoClassLabels, match=f"{store}.*classes = false"):
+        analyze(AnalyzeJob(store_uri=store, run="baseline", hooks=("synthetic",)), ray_executor)
     report = analyze(AnalyzeJob(store_uri=store, run="baseline", hooks=("synthetic",),
-                                analysis=AnalysisConfig(top_k=3, per_interval=2)), ray_executor)
+                                analysis=AnalysisConfig(top_k=3, per_interval=2, classes=False)), ray_executor)
     assert report.ok and report.data["n_classes"] == 0
     (unit,) = report.data["units"]
     assert unit["unit"] == "neurons" and unit["mono_quantiles"] is None and unit["n_images"] == 600
@@ -262,7 +266,69 @@ def test_a_store_without_labels_gets_statistics_and_examples_but_no_mono(ray_exe
     assert features.num_rows == 16 and np.isnan(features["mono"].to_numpy()).all()
     examples = pq.read_table(f"{store}/analysis/baseline/synthetic/neurons/examples.parquet")
     assert set(examples["kind"].to_pylist()) == {"top", "interval"}
-    assert "no class labels" in report.summary()
+    assert "classes = false" in report.summary()
+
+
+def cls_shards(root, labelled: bool) -> dict[int, str]:
+    """Two WebDataset shards of demo images of three classes, labelled (if at all) only by
+    ``<key>.cls``: the class's ImageNet-1k index. Returns each image's wnid by listing order."""
+    import io
+    import tarfile
+
+    from vsae.analysis.wordnet import imagenet_wnids
+    from vsae.data.demo import _jpeg, make_image
+
+    wnids = ("n01440764", "n02102040", "n03888257")  # tench, English springer, parachute
+    truth, n = {}, 0
+    root.mkdir()
+    for shard in range(2):
+        with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
+            for i in range(6):
+                c = (i + shard) % 3
+                members = [(f"{shard}{i:03d}.jpg", _jpeg(make_image(c, 10 * shard + i, (48, 40))))]
+                if labelled:
+                    members.append((f"{shard}{i:03d}.cls", str(imagenet_wnids().index(wnids[c])).encode()))
+                for name, data in members:
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+                truth[n], n = wnids[c], n + 1
+    return truth
+
+
+@pytest.mark.parametrize("labelled", [True, False])
+def test_shards_labelled_only_by_cls_get_class_means_and_unlabelled_ones_fail(tmp_path, labelled):
+    """End to end on the real jobs: extraction of ``.cls``-only shards, then analysis of the
+    neurons, whose class means equal the means of the stored rows per class."""
+    from tests.test_custom_model import TINY  # noqa: F401  (registers tiny_cnn.test)
+    from vsae import Client
+    from vsae.errors import NoClassLabels
+    from vsae.jobs import extract
+
+    truth = cls_shards(tmp_path / "wds", labelled)
+    store = str(tmp_path / "s.zarr")
+    local = LocalExecutor(progress=False)
+    extracted = extract.run(extract.ExtractJob(store_uri=store, dataset_uri=str(tmp_path / "wds"),
+                                               dataset_kind="webdataset", model_id="tiny_cnn.test", weights="random:0",
+                                               hooks=("conv2=mean",), images_per_task=5), local)
+    assert extracted.ok, extracted.summary()
+    job = AnalyzeJob(store_uri=store, run="cls", hooks=("conv2",), analysis=AnalysisConfig(top_k=2, per_interval=1))
+    if not labelled:
+        with pytest.raises(NoClassLabels, match=f"no image of {store} has a class in its dataset listing"):
+            analyze(job, local)
+        return
+    report = analyze(job, local)
+    assert report.ok and report.data["n_classes"] == 3, report.summary()
+    rows = ActivationStore.open(store).hook("conv2").read_rows(0, len(truth))
+    wnids = np.array([truth[i] for i in rows.image_id])
+    client = Client(store)
+    for neuron in (0, 7):
+        means = client.class_means(neuron, "conv2", "cls/neurons").to_pydict()
+        assert sorted(means["wnid"]) == sorted(set(truth.values())) and means["n_images"] == [4, 4, 4]
+        for wnid, mean in zip(means["wnid"], means["mean"]):
+            np.testing.assert_allclose(mean, rows.acts[wnids == wnid, neuron].astype(np.float64).mean(), rtol=1e-3)
+    features = client.features_table("conv2", "cls/neurons")
+    assert np.isfinite(features["mono"].to_numpy()).any()
 
 
 def test_bfloat16_encoding_stays_close_to_float32_and_leaves_neurons_exact(demo_run):

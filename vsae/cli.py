@@ -26,6 +26,7 @@ from collections.abc import Callable
 from vsae import config
 from vsae.errors import (
     ConfigError,
+    NoClassLabels,
     StaleStore,
     StoreIncomplete,
     StoreNotFound,
@@ -45,6 +46,7 @@ _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (StaleStore, "extract into a new store URI"),
     (UnknownRun, "`vsae info STORE` lists the runs and SAEs of a store"),
     (WordNetMissing, "python -m vsae.analysis.wordnet install"),
+    (NoClassLabels, "`--analysis.classes false` analyses statistics and dataset examples only"),
     (ConfigError, "`vsae JOB --help` lists every field with its meaning and default"),
 )
 

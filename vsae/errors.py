@@ -86,6 +86,11 @@ class WordNetMissing(VsaeError, LookupError):
     """WordNet 3.0 is not available to nltk (and could not be installed from a system copy)."""
 
 
+class NoClassLabels(VsaeError, LookupError):
+    """An analysis that needs classes (class means, mono scores) found no image labelled with a
+    WordNet class in the store's dataset listing."""
+
+
 class UnsafePath(VsaeError, ValueError):
     """A path taken from data (a shard or member name) that would leave its root: absolute, with
     ``..`` segments, or a URI of its own."""

@@ -10,6 +10,11 @@ from vsae.errors import ConfigError
 class AnalysisConfig:
     """What an analysis computes; resources (CPUs, GPUs, tasks in flight) live elsewhere."""
 
+    classes: bool = True
+    """Compute class means and mono scores (seed 000) from the classes (wnids) of the store's
+    dataset listing; a store with no labelled image then fails with ``NoClassLabels`` before any
+    work. False computes statistics, dataset examples and maps only (captioned or unlabelled
+    images: SBU, synthetic stores)."""
     top_k: int = 16
     """Top examples kept per feature (images by their max activation)."""
     intervals: int = 10

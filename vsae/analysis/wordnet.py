@@ -68,8 +68,10 @@ HOW_TO_GET = (
 def imagenet_wnids() -> tuple[str, ...]:
     """The 1000 ImageNet-1k (ILSVRC-2012) class wnids, sorted (the standard label order).
 
-    Source: ``timm/data/_info/imagenet_synsets.txt`` from the timm wheel (Apache-2.0), the same
-    list torchvision and the ILSVRC devkit order labels by.
+    Source: ``timm/data/_info/imagenet_synsets.txt`` from the timm wheel (Apache-2.0). Class
+    index i is the i-th wnid: the order torchvision's ``ImageFolder``/``ImageNet`` and timm give
+    labels (sorted class folders). The ILSVRC-2012 devkit's ``ILSVRC2012_ID`` numbers the classes
+    in another order.
     """
     return _imagenet_wnids()
 

@@ -4,7 +4,7 @@ Classes are real ImageNet-1k wnids (the ten Imagenette classes). Each class draw
 from its own family of patterns (grating orientation and frequency, colour, blob layout) with
 per-image randomness, so class means of activations differ while images within a class vary.
 Written as real JPEG files in the ImageNet folder layout, as ImageNet WebDataset shards
-(``.jpg`` + ``.cls`` + ``.json``), and as an SBU-style img2dataset shard (``.jpg`` + ``.txt``
+(``.jpg`` + ``.cls``, the ImageNet-1k class index, + ``.json``), and as an SBU-style img2dataset shard (``.jpg`` + ``.txt``
 caption + ``.json``, with a parquet beside it). ``include_bad`` adds a truncated JPEG, a CMYK
 JPEG, a greyscale PNG, a palette PNG, a 1-pixel image and a non-image member.
 """
@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from vsae.data.labels import load_class_order
 from vsae.store.io import put_object
 
 CLASSES = {  # wnid: name (ImageNet-1k)
@@ -81,6 +82,7 @@ def write_demo(root_uri: str, per_class: int = 12, shards: int = 2, seed: int = 
     fs, root = fsspec.core.url_to_fs(root_uri)
     root = root.rstrip("/")
     wnids = sorted(CLASSES)
+    imagenet_index = {w: i for i, w in enumerate(load_class_order())}  # .cls: the ImageNet-1k index
     samples = [(c, i) for i in range(per_class) for c in range(len(wnids))]
     sizes = lambda c, i: (200 + 8 * ((c + i) % 7), 180 + 6 * ((c * i) % 9))  # noqa: E731
     blobs = {(c, i): _jpeg(make_image(c, seed * 100_000 + i, sizes(c, i))) for c, i in samples}
@@ -95,7 +97,7 @@ def write_demo(root_uri: str, per_class: int = 12, shards: int = 2, seed: int = 
                     key = f"{s:05d}{n:04d}"
                     _add(tar, f"{key}.jpg", blobs[c, i])
                     if layout == "imagenet_wds":
-                        _add(tar, f"{key}.cls", str(c).encode())
+                        _add(tar, f"{key}.cls", str(imagenet_index[wnids[c]]).encode())
                         _add(tar, f"{key}.json", json.dumps({"wnid": wnids[c]}).encode())
                     else:
                         caption = f"a photo of a {CLASSES[wnids[c]]}, number {i}"

@@ -5,14 +5,30 @@ Sources (any fsspec URI):
 - ``imagenet_folder``: ``<root>/<wnid>/<file>.JPEG`` (the ILSVRC train layout; a ``val`` folder
   arranged the same way works too);
 - ``webdataset``: ``<root>/*.tar`` shards whose samples are ``<key>.jpg|jpeg|png|webp`` plus
-  optional ``<key>.cls`` (label) / ``<key>.json`` (``{"wnid": ...}`` or ``{"caption": ...}``) /
-  ``<key>.txt`` (caption), as ImageNet WebDataset shards and img2dataset SBU output are.
+  optional ``<key>.cls`` (class index) / ``<key>.json`` (``{"wnid": ...}``, ``{"label": 0}``,
+  ``{"caption": ...}``, see :mod:`vsae.data.labels`) / ``<key>.txt`` (caption), as ImageNet
+  WebDataset shards and img2dataset SBU output are.
 
-``wnid`` is an image's class (from its folder or its ``.json``); ``label`` is the integer the
-source gives (``.cls``), else -1, and is never renumbered, so rows stay stable as shards are
-added. Each row records where the image's bytes are (shard, offset, size), so a worker reads exactly
-its images with ranged reads, never re-scanning a tar. Members that are not images are counted,
-not listed.
+Every label becomes a ``(label, wnid)`` pair through one class order (ImageNet-1k's sorted wnids
+by default, or a class-list file): ``wnid`` is the image's WordNet class (from its folder, its
+``.json``, or its ``.cls`` index looked up in the order), ``label`` its index in the order, -1
+for none. An index outside the order is counted (``bad_label``) and gives no class. Each row
+records where the image's bytes are (shard, offset, size), so a worker reads exactly its images
+with ranged reads, never re-scanning a tar. Rows of listings written before ``.cls`` indices were
+mapped keep ``wnid`` null; :func:`vsae.data.labels.listing_wnids` reads their class from
+``label``.
+
+Samples are grouped as WebDataset groups them (see :class:`_Samples`): a member name repeated
+later in a shard is another sample, listed under ``name#n``. Nothing is dropped silently; the
+listing's ``skipped`` counts, by reason: members that are not images (``non_image_member``,
+per sample without an image), links and special files (``symlink_member``,
+``hardlink_member``, ``special_member``: WebDataset's loader skips them too), ``sparse_member``,
+``unsafe_member_name``, ``bad_json``, ``bad_label``; shards whose reading failed
+(``unreadable_shard:<error>``, nothing listed, so they are listed again when the dataset grows);
+damaged shards (``truncated_shard``: the file ends inside a member or before the end-of-archive
+block; ``damaged_shard``: an unreadable header mid-way), which keep every sample read whole
+before the damage, a sample with a member cut by it being counted ``truncated_sample``. A
+damaged shard keeps the rows it listed: a repaired copy should be added under a new name.
 
 Image ids are dense from 0 and assigned in a seeded random order (``shuffle_seed``) over the
 images in listing order (sorted shards, then order within a shard). Datasets list by class
@@ -38,12 +54,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from vsae.data.labels import assign_classes, load_class_order, sample_label
 from vsae.errors import ConfigError, UnsafePath
 from vsae.store.io import safe_relative
 from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+LABEL_EXTS = (".cls", ".json", ".txt")
 KINDS = ("imagenet_folder", "webdataset")
 SCHEMA = pa.schema([
     ("image_id", pa.int64()), ("shard", pa.string()), ("key", pa.string()),
@@ -70,7 +88,7 @@ class Listing:
 
     @property
     def digest(self) -> str:
-        """sha256 over every row's identity (shard, key, byte range, label, caption)."""
+        """sha256 over every row's identity (shard, key, byte range, wnid, caption)."""
         h = hashlib.sha256(f"{self.kind}\n".encode())
         cols = [self.table.column(c).to_pylist() for c in ("shard", "key", "offset", "size", "wnid", "caption")]
         for row in zip(*cols):
@@ -100,78 +118,172 @@ def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
     return rows
 
 
-def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
-    samples: dict[str, dict] = {}
-    order: list[str] = []
+class _Samples:
+    """A shard's members grouped into samples as WebDataset's loader groups them, made total: a
+    member joins the latest sample of its key (the name up to its first dot) unless that sample
+    already has a member of the same kind (an image, ``.cls``, ``.json``, ``.txt``), which starts
+    a new sample of the key. ``a.jpg a.cls b.jpg b.cls a.jpg a.cls`` is three samples, each with
+    its own label. A repeated image name is keyed ``name#n`` for its n-th occurrence, as
+    ``tar --occurrence=n`` names it."""
+
+    def __init__(self) -> None:
+        self.order: list[dict] = []
+        self.latest: dict[str, dict] = {}
+        self.names: Counter = Counter()
+
+    @staticmethod
+    def split(name: str) -> tuple[str, str | None]:
+        """``(key, kind)`` of a member name; kind is None for members that are not read."""
+        stem, _, ext = posixpath.basename(name).partition(".")
+        ext = "." + ext.lower()
+        kind = "image" if ext in IMAGE_EXTS else ext if ext in LABEL_EXTS else None
+        return posixpath.join(posixpath.dirname(name), stem), kind
+
+    def _find(self, key: str, kind: str | None) -> dict | None:
+        sample = self.latest.get(key)
+        return None if sample is None or (kind is not None and kind in sample) else sample
+
+    def add(self, name: str, value) -> None:
+        key, kind = self.split(name)
+        sample = self._find(key, kind)
+        if sample is None:
+            sample = self.latest[key] = {}
+            self.order.append(sample)
+        if kind == "image":
+            self.names[name] += 1
+            n = self.names[name]
+            sample[kind] = (name if n == 1 else f"{name}#{n}", *value)
+        elif kind is not None:
+            sample[kind] = value
+
+    def cut(self, name: str) -> None:
+        """The member ``name`` cannot be read whole: its sample is not listed."""
+        key, kind = self.split(name)
+        sample = self._find(key, kind)
+        if sample is not None:
+            self.order.remove(sample)
+            del self.latest[key]
+
+
+def _member_skip(member: tarfile.TarInfo) -> str | None:
+    """Why a member has no bytes of its own to list: None for a regular file, '' for a directory
+    (structure, not data), else the reason counted. Links are not followed, as WebDataset's
+    loader does not follow them; a sparse file's bytes are not one range of the shard."""
+    if member.isfile():
+        return "sparse_member" if member.issparse() else None
+    if member.isdir():
+        return ""
+    return "symlink_member" if member.issym() else "hardlink_member" if member.islnk() else "special_member"
+
+
+def _walk_tar(f, samples: _Samples, skipped: Counter) -> str | None:
+    """Group the members of the tar open as ``f`` into ``samples``; returns the damage found
+    (``truncated_shard``: the file ends inside a member or before the end-of-archive block;
+    ``damaged_shard``: an unreadable header where one should be), or None. A member cut by the
+    damage drops its sample; samples read whole before it are kept."""
+    size = f.seek(0, 2)
+    f.seek(0)
+    reading = None
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
-                if not member.isfile():
+                if member.offset_data + member.size > size:  # checked before tarfile reads past the end
+                    samples.cut(member.name)
+                    skipped["truncated_sample"] += 1
+                    return "truncated_shard"
+                skip = _member_skip(member)
+                if skip is not None:
+                    if skip:
+                        skipped[skip] += 1
                     continue
                 try:
                     safe_relative(member.name)
                 except UnsafePath:  # '../../x.jpg' or '/abs.jpg': never listed as a key
                     skipped["unsafe_member_name"] += 1
                     continue
-                base = posixpath.basename(member.name)
-                stem, dot, ext = base.partition(".")
-                key = posixpath.join(posixpath.dirname(member.name), stem)
-                ext = "." + ext.lower()
-                sample = samples.get(key)
-                if sample is None:
-                    sample = samples[key] = {}
-                    order.append(key)
-                if ext in IMAGE_EXTS:
-                    sample["image"] = (member.name, member.offset_data, member.size)
-                elif ext in (".cls", ".txt", ".json"):
-                    sample[ext] = tar.extractfile(member).read()
-                else:
-                    sample.setdefault("other", 0)
-                    sample["other"] += 1
+                _, kind = samples.split(member.name)
+                reading = member.name
+                value = (member.offset_data, member.size) if kind in (None, "image") else \
+                    tar.extractfile(member).read()
+                samples.add(member.name, value)
+                reading = None
+            end = tar.offset  # where the next header would start
+    except tarfile.TarError:
+        if not samples.order and reading is None:
+            raise
+        if reading is not None:
+            samples.cut(reading)
+            skipped["truncated_sample"] += 1
+        return "damaged_shard"
+    f.seek(end)
+    block = f.read(tarfile.BLOCKSIZE)
+    if len(block) < tarfile.BLOCKSIZE:
+        return "truncated_shard"
+    return "damaged_shard" if block.strip(b"\0") else None
+
+
+def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
+    """The samples of one shard with an image, as listing rows (``label``/``wnid`` as the sample
+    gives them; :func:`~vsae.data.labels.assign_classes` makes them consistent). A shard whose
+    reading fails (an I/O error, or no tar header at its start) lists nothing and is counted
+    ``unreadable_shard:<error>``: having no rows, it is listed again when the dataset grows."""
+    samples = _Samples()
+    try:
+        with fs.open(path, "rb") as f:
+            damage = _walk_tar(f, samples, skipped)
     except (tarfile.TarError, OSError) as err:
         skipped[f"unreadable_shard:{type(err).__name__}"] += 1
         return []
+    if damage:
+        skipped[damage] += 1
     rows = []
     shard = posixpath.relpath(path, root)
-    for key in order:
-        sample = samples[key]
+    for sample in samples.order:
         if "image" not in sample:
             skipped["non_image_member"] += 1
             continue
-        name, offset, size = sample["image"]
-        label, wnid, caption = -1, None, None
-        if ".cls" in sample:
-            try:
-                label = int(sample[".cls"].decode().strip())
-            except ValueError:
-                skipped["bad_label"] += 1
+        key, offset, size = sample["image"]
+        meta, caption = None, None
         if ".json" in sample:
             try:
                 meta = json.loads(sample[".json"])
-                wnid = meta.get("wnid") or wnid
-                caption = meta.get("caption") or caption
-            except (ValueError, AttributeError):
+                if not isinstance(meta, dict):
+                    raise ValueError("not an object")
+                caption = meta.get("caption") if isinstance(meta.get("caption"), str) else None
+            except (ValueError, RecursionError):
+                meta = None
                 skipped["bad_json"] += 1
+        try:
+            cls_text = sample[".cls"].decode("utf-8") if ".cls" in sample else None
+        except UnicodeDecodeError:
+            cls_text = "?"  # unreadable: counted as a bad label below
+        label, wnid, bad = sample_label(cls_text, meta)
+        if bad:
+            skipped["bad_label"] += 1
         if ".txt" in sample:
             caption = sample[".txt"].decode("utf-8", errors="replace").strip()
-        rows.append(dict(shard=shard, key=name, offset=offset, size=size, label=label, wnid=wnid,
-                         caption=caption))
+        rows.append(dict(shard=shard, key=key, offset=offset, size=size, label=label, wnid=wnid, caption=caption))
     return rows
 
 
-def list_dataset(source_uri: str, kind: str, previous: Listing | None = None,
+def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, class_list_uri: str = "",
                  shuffle_seed: int | None = 0) -> Listing:
-    """List ``source_uri``; with ``previous``, keep its ids and append the new shards' images.
+    """List ``source_uri``; with ``previous``, keep its ids and rows and append the new shards' images.
+
+    Labels map to ``(label, wnid)`` through the class order (:mod:`vsae.data.labels`):
+    ImageNet-1k's, or the class-list file at ``class_list_uri``.
 
     Ids follow a seeded random order of the listed images (``shuffle_seed``; None: listing
     order). With ``previous``, its order is kept: new images are shuffled with its seed, or stay
     in listing order if it was in listing order.
 
     Raises:
-        ConfigError: unknown ``kind``, a missing source, no shards, or no images at all.
+        ConfigError: unknown ``kind``, a missing source, no shards, no images at all, or a bad
+            class list.
     """
     if kind not in KINDS:
         raise ConfigError(f"dataset kind {kind!r} is not one of {KINDS}")
+    classes = load_class_order(class_list_uri)
     fs, root = _fs(source_uri)
     if not fs.exists(root):
         raise ConfigError(f"dataset source {source_uri} does not exist")
@@ -184,6 +296,9 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None,
         if not tars:
             raise ConfigError(f"no .tar shards under {source_uri}")
         rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
+    bad_labels = assign_classes(rows, classes)
+    if bad_labels:
+        skipped["bad_label"] += bad_labels
     start = previous.n_images if previous is not None else 0
     order = previous.order if previous is not None else \
         ("listing" if shuffle_seed is None else f"shuffled:{int(shuffle_seed)}")

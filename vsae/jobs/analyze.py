@@ -7,6 +7,10 @@ split). Then class means and mono scores are computed, the tables written under
 ``{store}/analysis/{run}/`` and ``analysis.json`` last. A rerun with the same store, SAEs and
 settings finds ``analysis.json`` and does nothing (status ``skipped``).
 
+Class means and mono scores need images labelled with WordNet classes in the store's dataset
+listing: a store without any fails with ``NoClassLabels`` before work starts, unless
+``analysis.classes`` is false (statistics, examples and maps only, e.g. for SBU captions).
+
 Report data: ``out_uri``, ``inputs_digest``, ``n_classes``, ``hooks`` (units per hook),
 ``units`` (per unit: features, images, how many fired, mono quantiles), ``seconds`` per pass.
 """
@@ -14,7 +18,6 @@ Report data: ``out_uri``, ``inputs_digest``, ``n_classes``, ``hooks`` (units per
 from __future__ import annotations
 
 import hashlib
-import re
 import time
 from collections import defaultdict
 from dataclasses import field
@@ -28,7 +31,7 @@ from vsae.analysis.config import AnalysisConfig
 from vsae.analysis.plan import Classes, HookPlan, Unit
 from vsae.config import config_class, to_dict
 from vsae.data import read_listing
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, NoClassLabels
 from vsae.executor import Executor
 from vsae.jobs.common import check_writable, open_published, weights_note
 from vsae.models import card
@@ -74,11 +77,18 @@ class AnalyzeJob:
 
 def check(job: AnalyzeJob) -> tuple[ActivationStore, list[HookPlan]]:
     """The store is published, the run has SAEs trained on it (or hooks are named), every hook
-    is in the store, the results location is writable. Returns the store and one plan per hook
-    (the classes come later: WordNet is read only when there is work)."""
+    is in the store, the results location is writable, and, if classes are asked for, some image
+    has one. Returns the store and one plan per hook (the classes come later: WordNet is read
+    only when there is work).
+
+    Raises:
+        NoClassLabels: ``analysis.classes`` is set and no image of the store has a class.
+    """
     store = open_published(job.store_uri)
     plans = plan_hooks(job, store, n_classes=0)
     check_writable(StoreLayout(store.uri).root, "store_uri")
+    if job.analysis.classes:
+        image_wnids(store)
     return store, plans
 
 
@@ -113,24 +123,49 @@ def _positions(model_id: str, hook: str) -> int:
     return card(model_id).hooks[hook].n_positions
 
 
-def load_classes(store: ActivationStore, download: bool) -> tuple[Classes, np.ndarray]:
-    """The classes of the store's images (from its dataset listing) with their D, and each image's
-    class index (-1 for none). A store without labels (SBU, synthetic) has no classes."""
-    from vsae.analysis.wordnet import class_distances
+def image_wnids(store: ActivationStore) -> tuple[np.ndarray, list[str | None]]:
+    """Each listed image's id and class (a wnid, or None) from the store's dataset listing.
+
+    Raises:
+        NoClassLabels: no image has a class (or the store has no listing), naming the store and
+            how to label the data.
+    """
+    from vsae.data.labels import WNID, listing_wnids
 
     listing_at = StoreLayout(store.uri).listing
+    ids, wnids = np.zeros(0, np.int64), []
+    if listing_at.exists():
+        table = read_listing(listing_at).table
+        # A class is a WordNet noun id (n + 8 digits); anything else a dataset put there is no class.
+        wnids = [w if w and WNID.fullmatch(w) else None for w in listing_wnids(table)]
+        ids = table.column("image_id").to_numpy()
+    if not any(wnids):
+        head = (f"no image of {store.uri} has a class in its dataset listing {listing_at.uri}" if listing_at.exists()
+                else f"{store.uri} has no dataset listing, so its images have no classes")
+        raise NoClassLabels(
+            f"{head}; class means and mono scores need classes (WordNet ids such as n01440764). Label the "
+            "images and extract them into a new store: ImageNet folders named by wnid, or WebDataset shards "
+            "with <key>.cls (a class index in ImageNet-1k's sorted order, or in the order of the extract "
+            "job's class_list_uri) or <key>.json {\"wnid\": ...}. To analyse statistics and dataset examples "
+            "only, set classes = false under [analysis].")
+    return ids, wnids
+
+
+def load_classes(store: ActivationStore, download: bool, wanted: bool = True) -> tuple[Classes, np.ndarray]:
+    """The classes of the store's images (from its dataset listing) with their D, and each image's
+    class index (-1 for none). Not ``wanted``: no classes.
+
+    Raises:
+        NoClassLabels: classes are wanted and no image has one.
+    """
+    from vsae.analysis.wordnet import class_distances
+
     image_class = np.full(store.spec.n_images, -1, dtype=np.int64)
-    empty = Classes((), (), np.zeros((0, 0), np.int16))
-    if not listing_at.exists():
-        return empty, image_class
-    table = read_listing(listing_at).table
-    # A class is a WordNet noun id (n + 8 digits); anything else a dataset put there is no class.
-    wnids = [w if w and re.fullmatch(r"n\d{8}", w) else None for w in table.column("wnid").to_pylist()]
+    if not wanted:
+        return Classes((), (), np.zeros((0, 0), np.int16)), image_class
+    ids, wnids = image_wnids(store)
     present = sorted({w for w in wnids if w})
-    if not present:
-        return empty, image_class
     index = {w: i for i, w in enumerate(present)}
-    ids = table.column("image_id").to_numpy()
     image_class[ids] = [index.get(w, -1) if w else -1 for w in wnids]
     tree, d = class_distances(present, download=download)
     return Classes(tuple(present), tree.names, d), image_class
@@ -189,7 +224,7 @@ def run(job: AnalyzeJob, executor: Executor) -> Report:
     layout = StoreLayout(store.uri)
     out = layout.analysis(job.run)
     report = Report("analyze", to_dict(job), store_uri=store.uri, notes=weights_note(store.spec.weights, store.spec.model_id))
-    classes, image_class = load_classes(store, job.download_wordnet)
+    classes, image_class = load_classes(store, job.download_wordnet, job.analysis.classes)
     plans = plan_hooks(job, store, len(classes.wnids))
     digest = inputs_digest(job, store, plans)
     previous = layout.analysis_index(out).read_json_or_none()
@@ -267,7 +302,7 @@ def summary_lines(data: dict[str, Any], details: list[dict[str, Any]] = (), exam
     features with their top classes."""
     lines = []
     if not data["n_classes"]:
-        lines.append("classes        none: the dataset has no class labels, so no class means or mono scores")
+        lines.append("classes        not analysed (classes = false): no class means or mono scores")
     head = f"{'hook':<14} {'unit':<26} {'feats':>6} {'fired':>6} {'mono p10':>9} {'p50':>7} {'p90':>7} {'mean':>7}"
     lines += [head, "-" * len(head)]
     for u in data["units"]:

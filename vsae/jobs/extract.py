@@ -18,6 +18,7 @@ from dataclasses import field
 from vsae.config import config_class, to_dict
 from vsae.data import list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
+from vsae.data.labels import load_class_order
 from vsae.data.listing import KINDS
 from vsae.errors import ConfigError, StaleStore, StoreNotFound
 from vsae.executor import Executor, Stage
@@ -49,6 +50,10 @@ class ExtractJob:
     """The images: an ImageNet folder layout or a folder of WebDataset .tar shards."""
     dataset_kind: str = "imagenet_folder"
     """``imagenet_folder`` or ``webdataset`` (ImageNet shards or SBU img2dataset output)."""
+    class_list_uri: str = ""
+    """The class order that integer labels (``<key>.cls``, ``.json`` ``label``) index: a text file,
+    one wnid per line, line i = class index i. Empty: ImageNet-1k's 1000 wnids sorted (the order
+    torchvision and timm number them). Folder and wnid labels get their index in it."""
     demo_root: str = ""
     """If set and empty, write the demo image set there first (dataset_uri should point into it)."""
     demo_per_class: int = 20
@@ -157,6 +162,8 @@ def check(job: ExtractJob) -> None:
         check_uri(job.dataset_uri, "dataset_uri")
     else:
         check_exists(job.dataset_uri, "dataset_uri")
+    if job.class_list_uri:
+        load_class_order(job.class_list_uri)  # missing, empty, not wnids, a wnid twice
     store = check_uri(job.store_uri, "store_uri")
     check_writable(store, "store_uri")
     existing = _stored_spec(job.store_uri)
@@ -177,9 +184,10 @@ def run(job: ExtractJob, executor: Executor) -> Report:
     weights_digest = job.weights if job.weights.startswith("random:") else _weights_digest(job)
     layout = StoreLayout(job.store_uri)
     previous = read_listing(layout.listing) if layout.listing.exists() else None
-    listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous,
-                           shuffle_seed=job.seed if job.image_order == "shuffled" else None) \
-        if job.grow or previous is None else previous
+    listing = previous
+    if job.grow or previous is None:
+        listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous, class_list_uri=job.class_list_uri,
+                               shuffle_seed=job.seed if job.image_order == "shuffled" else None)
     spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
                      seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,
