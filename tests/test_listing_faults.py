@@ -21,6 +21,12 @@ from vsae.errors import ConfigError
 WNIDS = imagenet_wnids()
 
 
+def list_in_order(*args, **kw):
+    """Ids in listing order, so rows compare with the members as written (shuffling is
+    tested in tests/test_data_order.py)."""
+    return list_dataset(*args, shuffle_seed=None, **kw)
+
+
 def png(colour: int) -> bytes:
     """A 16x16 PNG of one grey level (lossless: its decoded pixels are known exactly)."""
     buf = io.BytesIO()
@@ -56,7 +62,7 @@ def test_a_repeated_member_name_is_another_sample_with_its_own_label(tmp_path):
     root = tmp_path / "w"
     write_tar(root / "00000.tar", [("a.jpg", png(10)), ("a.cls", b"1"), ("b.jpg", png(20)), ("b.cls", b"2"),
                                    ("a.jpg", png(30)), ("a.cls", b"3")])
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     t = listing.table
     assert t["key"].to_pylist() == ["a.jpg", "b.jpg", "a.jpg#2"]  # the 2nd 'a.jpg', as tar --occurrence=2
     assert t["label"].to_pylist() == [1, 2, 3]  # never mixed between the two a's
@@ -65,9 +71,9 @@ def test_a_repeated_member_name_is_another_sample_with_its_own_label(tmp_path):
     assert not listing.skipped
     # back to back: a label member repeated before its image starts the next sample too
     write_tar(root / "00001.tar", [("c.jpg", png(40)), ("c.jpg", png(50)), ("c.cls", b"5"), ("c.cls", b"6")])
-    t = list_dataset(str(root), "webdataset").table.slice(3)
+    t = list_in_order(str(root), "webdataset").table.slice(3)
     assert t["key"].to_pylist() == ["c.jpg", "c.jpg#2"] and t["label"].to_pylist() == [-1, 5]
-    assert list_dataset(str(root), "webdataset").skipped == {"non_image_member": 1}  # the lone 2nd c.cls
+    assert list_in_order(str(root), "webdataset").skipped == {"non_image_member": 1}  # the lone 2nd c.cls
 
 
 def test_links_and_special_members_are_counted_by_reason(tmp_path):
@@ -85,7 +91,7 @@ def test_links_and_special_members_are_counted_by_reason(tmp_path):
         add(tar, "h.cls", b"7")  # the hardlink's label: its sample has no image of its own
     root.mkdir()
     (root / "00000.tar").write_bytes(buf.getvalue())
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     assert listing.table["key"].to_pylist() == ["a.jpg"]
     assert dict(listing.skipped) == {"symlink_member": 1, "hardlink_member": 1, "special_member": 2,
                                      "non_image_member": 1}  # a directory is structure, not counted
@@ -105,7 +111,7 @@ def test_a_truncated_shard_keeps_the_images_read_whole_before_the_cut(tmp_path):
     ends = member_ends(raw)
     (root / "00000.tar").write_bytes(raw[:(ends[14][1] + ends[14][2]) // 2])  # inside the 15th image's bytes
     write_tar(root / "00001.tar", [("z.png", png(250))])
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     assert listing.table["key"].to_pylist() == [f"{i:03d}.png" for i in range(14)] + ["z.png"]
     assert colours(listing, root) == [10 * i for i in range(14)] + [250]
     assert dict(listing.skipped) == {"truncated_shard": 1, "truncated_sample": 1}
@@ -125,7 +131,7 @@ def test_a_cut_anywhere_keeps_whole_samples_and_counts_the_damage(tmp_path, cut,
     at = {"inside_image": (ends[14][1] + ends[14][2]) // 2, "inside_label": ends[15][2] - 1,
           "inside_header": ends[14][0] + 100, "before_end_block": -(-ends[-1][2] // 512) * 512}[cut]
     (root / "00000.tar").write_bytes(raw[:at])
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     assert listing.table["label"].to_pylist() == list(range(listed))
     assert colours(listing, root) == [10 * i for i in range(listed)]
     expected = {"truncated_shard": 1} | ({"truncated_sample": cut_sample} if cut_sample else {})
@@ -138,7 +144,7 @@ def test_a_damaged_header_mid_shard_keeps_what_came_before(tmp_path):
     header = member_ends(bytes(raw))[14][0]
     raw[header + 148:header + 156] = b"9999999\0"  # a wrong header checksum
     (root / "00000.tar").write_bytes(bytes(raw))
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     assert listing.n_images == 14 and colours(listing, root) == [10 * i for i in range(14)]
     assert dict(listing.skipped) == {"damaged_shard": 1}
 
@@ -147,7 +153,7 @@ def test_a_whole_tar_lists_no_damage_and_garbage_lists_nothing(tmp_path):
     root = tmp_path / "w"
     write_tar(root / "00000.tar", [(f"{i}.png", png(i)) for i in range(3)])
     (root / "00001.tar").write_bytes(b"\x00garbage" * 100)
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     assert listing.n_images == 3 and dict(listing.skipped) == {"unreadable_shard:ReadError": 1}
 
 
@@ -158,7 +164,7 @@ def test_cls_indices_map_to_imagenet_wnids_and_bad_ones_are_counted(tmp_path):
                                    ("c.jpg", png(3)), ("c.cls", b"1000"), ("d.jpg", png(4)), ("d.cls", b"-7"),
                                    ("e.jpg", png(5)), ("e.cls", b"tench"), ("f.jpg", png(6)),
                                    ("g.jpg", png(7)), ("g.cls", b"99999999999")])
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     t = listing.table
     assert t["wnid"].to_pylist() == ["n01440764", "n15075141", None, None, None, None, None]  # tench, toilet tissue
     assert t["label"].to_pylist() == [0, 999, -1, -1, -1, -1, -1]
@@ -171,7 +177,7 @@ def test_a_class_list_file_overrides_the_imagenet_order(tmp_path):
                                    ("c.jpg", png(3)), ("c.cls", b"2")])
     classes = tmp_path / "classes.txt"
     classes.write_text("# my two classes\nn02085620\n\nn04285008  # sports car\n")
-    listing = list_dataset(str(root), "webdataset", class_list_uri=str(classes))
+    listing = list_in_order(str(root), "webdataset", class_list_uri=str(classes))
     assert listing.table["wnid"].to_pylist() == ["n02085620", "n04285008", None]
     assert listing.table["label"].to_pylist() == [0, 1, -1] and listing.skipped == {"bad_label": 1}
     for text, match in (("n02085620\ntench\n", "found"), ("", "empty"), ("n02085620\nn02085620\n", "more than once")):
@@ -179,7 +185,7 @@ def test_a_class_list_file_overrides_the_imagenet_order(tmp_path):
         with pytest.raises(ConfigError, match=match):
             load_class_order(str(classes))
     with pytest.raises(ConfigError, match="does not exist"):
-        list_dataset(str(root), "webdataset", class_list_uri=str(tmp_path / "nope.txt"))
+        list_in_order(str(root), "webdataset", class_list_uri=str(tmp_path / "nope.txt"))
 
 
 def test_json_labels_in_the_forms_datasets_write(tmp_path):
@@ -192,7 +198,7 @@ def test_json_labels_in_the_forms_datasets_write(tmp_path):
         members += [(f"{i}.jpg", png(i)), (f"{i}.json", json.dumps(meta).encode())]
     members += [("9.jpg", png(9)), ("9.cls", b"7"), ("9.json", b'{"wnid": "n02085620"}')]  # the wnid decides
     write_tar(root / "00000.tar", members)
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     t = listing.table
     index = {w: i for i, w in enumerate(WNIDS)}
     assert t["wnid"].to_pylist() == ["n02085620", WNIDS[3], WNIDS[4], "n04285008", WNIDS[5], None, None, None,
@@ -208,7 +214,7 @@ def test_folder_datasets_get_their_class_index(tmp_path):
     for wnid in ("n01440764", "n15075141", "cats"):
         (root / wnid).mkdir(parents=True)
         (root / wnid / "x.png").write_bytes(png(1))
-    listing = list_dataset(str(root), "imagenet_folder")
+    listing = list_in_order(str(root), "imagenet_folder")
     assert listing.table["wnid"].to_pylist() == ["cats", "n01440764", "n15075141"]
     assert listing.table["label"].to_pylist() == [-1, 0, 999]  # 'cats' is no ImageNet-1k class
 
@@ -219,7 +225,7 @@ def test_listings_written_before_cls_mapping_still_open_and_give_their_classes(t
     digest, and its rows' classes are read from the label."""
     root = tmp_path / "w"
     write_tar(root / "00000.tar", [("a.jpg", png(1)), ("a.cls", b"2"), ("b.jpg", png(2))])
-    listing = list_dataset(str(root), "webdataset")
+    listing = list_in_order(str(root), "webdataset")
     old = listing.table.set_column(6, "wnid", pa.nulls(2, pa.string())).set_column(5, "label", pa.array([2, -1], pa.int32()))
     from vsae.data.listing import Listing
 
@@ -232,9 +238,9 @@ def test_listings_written_before_cls_mapping_still_open_and_give_their_classes(t
 def test_growth_keeps_ids_and_rows_and_labels_new_shards(tmp_path):
     root = tmp_path / "w"
     write_tar(root / "00000.tar", [(f"a{i}.jpg", png(i)) for i in range(3)] + [("a0.cls", b"1")])
-    first = list_dataset(str(root), "webdataset")
+    first = list_in_order(str(root), "webdataset")
     write_tar(root / "00001.tar", [("b.jpg", png(9)), ("b.cls", b"8")])
-    grown = list_dataset(str(root), "webdataset", previous=first)
+    grown = list_in_order(str(root), "webdataset", previous=first)
     assert grown.table.slice(0, 3).equals(first.table)
     assert grown.table["image_id"].to_pylist() == [0, 1, 2, 3]
     assert grown.table["wnid"].to_pylist() == [WNIDS[1], None, None, WNIDS[8]]
