@@ -140,7 +140,10 @@ def _decode(img: Image.Image, size: int, resample: int) -> tuple[np.ndarray, str
 
 def _crop_for(img: Image.Image, box: tuple[float, ...], size: int, resample: int) -> tuple[Image.Image, tuple]:
     """The part of ``img`` that resampling ``box`` to ``size`` reads (the box and the filter's
-    reach around it), and the box in that part's coordinates."""
+    reach around it), and the box in that part's coordinates. Only this part is converted to RGB,
+    and resampling it agrees with resizing the whole image and cropping to the rounding of a level
+    (resampling a box of the whole frame lets PIL order its two passes differently: up to 2 levels
+    over most pixels)."""
     reach = [_SUPPORT[resample] * max(1.0, (box[2 + a] - box[a]) / size) + 1 for a in (0, 1)]
     crop = (max(0, math.floor(box[0] - reach[0])), max(0, math.floor(box[1] - reach[1])),
             min(img.width, math.ceil(box[2] + reach[0])), min(img.height, math.ceil(box[3] + reach[1])))
