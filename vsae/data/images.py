@@ -23,21 +23,22 @@ Every PIL mode is brought to 8-bit RGB as a viewer shows it:
   thumbnailer shows it.
 
 Decoding cost is bounded by the output, not the input's shape: the header is checked before any
-pixel is decoded, JPEGs are decoded at a reduced DCT scale (``Image.draft``) when they are at least
-twice the resolution the output needs, only the centre square (with the filter's margin) is
+pixel is decoded, JPEGs are decoded at a reduced DCT scale (``Image.draft``) when that still leaves
+at least twice the resolution the output needs, only the centre square (with the filter's margin) is
 converted and resampled, and large reductions go through ``Image.reduce`` first. A 60000x8 image is
 decoded (its centre 8x8 square, upscaled) in milliseconds; the only cost that grows with the input
 is decoding a non-JPEG file's stored pixels, and that is capped by ``MAX_PIXELS``.
 
 Reasons a row can carry: ``converted:<mode>`` (made RGB as above, kept; ``<mode>`` is the stored
-mode, and an RGB image with a transparent colour counts as ``converted:RGB``), ``first_frame``
-(a multi-frame file, its first frame kept), and skips ``corrupt`` (not an image PIL identifies,
-damaged, or truncated), ``too_small`` (under ``MIN_SIDE`` px a side), ``too_large`` (over
-``MAX_PIXELS``, refused from the header before decoding), ``out_of_memory`` (a ``MemoryError``
-while decoding), ``unsupported_mode:<mode>`` (a mode PIL cannot make RGB), ``error:<type>``
-(any other exception raised while decoding, by its type), ``unreadable_shard`` (the bytes could
-not be fetched), ``unsafe_path`` (the listing names a file outside the dataset root). A skipped
-image's rows are stored as invalid; nothing stops the job.
+mode, and an RGB image with a transparent colour counts as ``converted:RGB``), ``first_frame`` (a
+multi-frame file, its first frame kept, whatever its mode; a camera's multi-picture JPEG counts
+here too), and skips ``corrupt`` (not an image PIL identifies, damaged, or truncated),
+``too_small`` (under ``MIN_SIDE`` px a side), ``too_large`` (over ``MAX_PIXELS``, refused from the
+header before decoding), ``out_of_memory`` (a ``MemoryError`` while fetching or decoding),
+``unsupported_mode:<mode>`` (a mode PIL cannot make RGB), ``error:<type>`` (any other exception
+raised while decoding, by its type), ``unreadable_shard`` (the bytes could not be fetched),
+``unsafe_path`` (the listing names a file outside the dataset root). A skipped image's rows are
+stored as invalid; nothing stops the job.
 """
 
 from __future__ import annotations
