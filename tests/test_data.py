@@ -115,13 +115,17 @@ def test_decode_uses_the_models_resampling_filter():
     img = make_image_for_resample()
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    for model_id, resample in (("clip_vit_b32.openai", Image.BICUBIC), ("inception_v1.lucid", Image.BILINEAR)):
+    for model_id, resample, other in (("clip_vit_b32.openai", Image.BICUBIC, Image.BILINEAR),
+                                      ("inception_v1.lucid", Image.BILINEAR, Image.BICUBIC)):
         c = card(model_id)
         out, _ = decode(buf.getvalue(), c.input_size, c.resample)
         s = c.input_size / min(img.size)
-        ref = img.resize((round(img.width * s), round(img.height * s)), resample)
-        left = (ref.width - c.input_size) // 2
-        np.testing.assert_array_equal(out, np.asarray(ref.crop((left, 0, left + c.input_size, c.input_size))))
+        refs = [img.resize((round(img.width * s), round(img.height * s)), f) for f in (resample, other)]
+        left = (refs[0].width - c.input_size) // 2
+        same, wrong = (np.abs(out.astype(int) - np.asarray(r.crop((left, 0, left + c.input_size, c.input_size))))
+                       for r in refs)
+        # equal up to the rounding of resampling only the crop (float box offsets), on pixel noise
+        assert same.max() <= 2 and same.mean() < 0.01 and wrong.mean() > 5
 
 
 def make_image_for_resample() -> Image.Image:

@@ -4,7 +4,7 @@ Sources (any fsspec URI):
 
 - ``imagenet_folder``: ``<root>/<wnid>/<file>.JPEG`` (the ILSVRC train layout; a ``val`` folder
   arranged the same way works too);
-- ``webdataset``: ``<root>/*.tar`` shards whose samples are ``<key>.jpg|jpeg|png|webp`` plus
+- ``webdataset``: ``<root>/*.tar`` shards whose samples are ``<key>.jpg|jpeg|png|webp|gif|bmp|tif|tiff`` plus
   optional ``<key>.cls`` (class index) / ``<key>.json`` (``{"wnid": ...}``, ``{"label": 0}``,
   ``{"caption": ...}``, see :mod:`vsae.data.labels`) / ``<key>.txt`` (caption), as ImageNet
   WebDataset shards and img2dataset SBU output are.
@@ -60,7 +60,7 @@ from vsae.store.io import safe_relative
 from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 LABEL_EXTS = (".cls", ".json", ".txt")
 KINDS = ("imagenet_folder", "webdataset")
 SCHEMA = pa.schema([
