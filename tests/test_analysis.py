@@ -269,9 +269,9 @@ def test_a_store_without_labels_fails_clearly_unless_classes_are_turned_off(ray_
     assert "classes = false" in report.summary()
 
 
-def cls_shards(root, labelled: bool) -> dict[int, str]:
+def cls_shards(root, labelled: bool) -> dict[str, str]:
     """Two WebDataset shards of demo images of three classes, labelled (if at all) only by
-    ``<key>.cls``: the class's ImageNet-1k index. Returns each image's wnid by listing order."""
+    ``<key>.cls``: the class's ImageNet-1k index. Returns each image's wnid by its member name."""
     import io
     import tarfile
 
@@ -279,7 +279,7 @@ def cls_shards(root, labelled: bool) -> dict[int, str]:
     from vsae.data.demo import _jpeg, make_image
 
     wnids = ("n01440764", "n02102040", "n03888257")  # tench, English springer, parachute
-    truth, n = {}, 0
+    truth = {}
     root.mkdir()
     for shard in range(2):
         with tarfile.open(root / f"{shard:05d}.tar", "w") as tar:
@@ -292,7 +292,7 @@ def cls_shards(root, labelled: bool) -> dict[int, str]:
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
-                truth[n], n = wnids[c], n + 1
+                truth[members[0][0]] = wnids[c]
     return truth
 
 
@@ -320,7 +320,8 @@ def test_shards_labelled_only_by_cls_get_class_means_and_unlabelled_ones_fail(tm
     report = analyze(job, local)
     assert report.ok and report.data["n_classes"] == 3, report.summary()
     rows = ActivationStore.open(store).hook("conv2").read_rows(0, len(truth))
-    wnids = np.array([truth[i] for i in rows.image_id])
+    keys = read_listing(StoreLayout(store).listing).table.column("key").to_pylist()  # by image id
+    wnids = np.array([truth[keys[i]] for i in rows.image_id])
     client = Client(store)
     for neuron in (0, 7):
         means = client.class_means(neuron, "conv2", "cls/neurons").to_pydict()
