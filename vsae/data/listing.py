@@ -14,6 +14,10 @@ added. Each row records where the image's bytes are (shard, offset, size), so a 
 its images with ranged reads, never re-scanning a tar. Ids follow sorted shard order, then
 order within the shard; relisting with the previous listing keeps every existing id and puts
 images of new shards after them. Members that are not images are counted, not listed.
+
+WebDataset shards are listed one unit of work per shard through the job's executor (Ray tasks on
+a cluster, in process otherwise), with a progress bar counting shards; the rows are gathered in
+sorted shard order, so the listing is the same whichever executor made it.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from vsae import progress
 from vsae.errors import ConfigError, UnsafePath
+from vsae.executor import Executor, LocalExecutor
 from vsae.store.io import safe_relative
 from vsae.store.paths import Location
 
@@ -145,8 +151,42 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
     return rows
 
 
-def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) -> Listing:
+@dataclass(frozen=True)
+class _ShardLister:
+    """One unit of listing: a shard's rows and what it skipped (picklable, so a Ray task runs it)."""
+
+    source_uri: str
+
+    def __call__(self, path: str) -> tuple[list[dict], Counter]:
+        fs, root = _fs(self.source_uri)
+        skipped: Counter = Counter()
+        return _list_tar(fs, root, path, skipped), skipped
+
+
+def _list_shards(source_uri: str, tars: list[str], executor: Executor) -> tuple[list[dict], Counter]:
+    """Every shard of ``tars`` listed through ``executor``, rows and skips gathered in the order
+    of ``tars`` (outcomes arrive as units finish). A shard whose unit failed lists no rows and is
+    counted as ``unreadable_shard:<error type>``, as a shard the tar reader refuses is."""
+    done = {o.item: o for o in executor.map(_ShardLister(source_uri), tars, desc="listing shards")}
+    rows: list[dict] = []
+    skipped: Counter = Counter()
+    for path in tars:
+        outcome = done[path]
+        if not outcome.ok:
+            skipped[f"unreadable_shard:{outcome.error.split(':', 1)[0]}"] += 1
+            continue
+        shard_rows, shard_skipped = outcome.value
+        rows += shard_rows
+        skipped.update(shard_skipped)
+    return rows, skipped
+
+
+def list_dataset(source_uri: str, kind: str, previous: Listing | None = None,
+                 executor: Executor | None = None) -> Listing:
     """List ``source_uri``; with ``previous``, keep its ids and append the new shards' images.
+
+    WebDataset shards are listed one unit per shard on ``executor`` (default: in this process,
+    one after another); the listing does not depend on the executor.
 
     Raises:
         ConfigError: unknown ``kind``, a missing source, no shards, or no images at all.
@@ -164,7 +204,8 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None) ->
         tars = sorted(p for p in fs.find(root) if p.endswith(".tar"))
         if not tars:
             raise ConfigError(f"no .tar shards under {source_uri}")
-        rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
+        new = [t for t in tars if posixpath.relpath(t, root) not in known]
+        rows, skipped = _list_shards(source_uri, new, executor or LocalExecutor(progress=progress.enabled()))
     start = previous.n_images if previous is not None else 0
     for i, row in enumerate(rows):
         row["image_id"] = start + i
