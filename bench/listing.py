@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch  # noqa: F401  (the in-process executor sets torch's threads per unit: imported before timing)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
