@@ -127,6 +127,8 @@ def test_parallel_verify_finds_what_the_driver_finds(store_uri, ray4):
     assert "task 3 hook 'conv' array acts" in reference.problems[0] and "crc32c" in reference.problems[0]
     assert reference.problems[1] == "task 17 hook 'mixed/3x3' array valid: shard object is missing"
     assert verify_tasks(ray4, store) == reference
+    if store_uri.startswith("s3://"):  # the rest does not depend on the backend (and S3 is slow here)
+        return
     assert verify_tasks(serial(), store) == reference
     assert verify_tasks(ray4, store, range(10, 20)) == store.verify(list(range(10, 20)))
     assert verify_tasks(ray4, store, []) == VerifyReport(0, ())
