@@ -5,6 +5,8 @@ A *producer* is a picklable callable ``task -> {hook: HookRows}`` (or ``(rows, i
 is the unit every executor runs for a store job: produce the task's rows unless its completion
 marker exists, and hand them to :meth:`ActivationStore.write_task`. :func:`write_tasks` runs it
 over many tasks on an executor and tallies what happened in a :class:`TaskTally`.
+:func:`verify_tasks` re-reads a store's tasks the same way, groups of tasks as units of work, so
+that verifying a large store is spread over the workers instead of read through the driver.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache, partial
 from typing import Any
 
-from vsae.errors import TaskDataError
-from vsae.store import ActivationStore, HookRows, TaskResult
+from vsae.errors import TaskDataError, format_ranges
+from vsae.store import ActivationStore, HookRows, TaskResult, VerifyReport
+from vsae.store import io
 
 Producer = Callable[[int], "dict[str, HookRows] | tuple[dict[str, HookRows], dict]"]
 
@@ -129,6 +132,44 @@ def write_tasks(executor, uri: str, producer: Producer, tasks: Iterable[int], *,
     """Write ``tasks`` with ``executor`` (one :func:`write_one` per task); returns the tally."""
     return (tally or TaskTally()).collect(executor.map(partial(write_one, uri, producer, overwrite=overwrite), tasks,
                                                        desc="tasks", accelerator=accelerator))
+
+
+@dataclass(frozen=True)
+class _VerifyGroup:
+    """One unit of verification: :meth:`ActivationStore.verify` on a group of tasks."""
+
+    uri: str
+    spec_digest: str
+    storage_options: dict[str, Any] | None = None
+
+    def __call__(self, tasks: tuple[int, ...]) -> VerifyReport:
+        # mode "a" opens the store at its root spec: before a grown store is published, the
+        # manifest still holds the previous generation's smaller spec.
+        store = ActivationStore.open(self.uri, mode="a", storage_options=self.storage_options)
+        if store.spec.digest != self.spec_digest:
+            raise TaskDataError(f"{self.uri} has spec {store.spec.digest[:12]}, not the verified "
+                                f"{self.spec_digest[:12]}: the store changed under this run")
+        return store.verify(list(tasks))
+
+
+def verify_tasks(executor, store: ActivationStore, tasks: Iterable[int] | None = None) -> VerifyReport:
+    """:meth:`ActivationStore.verify` of ``tasks`` (default: the committed ones) with
+    ``executor``, in groups of tasks, one unit of work each: about two units per unit in flight,
+    each at least :data:`~vsae.store.io.MAX_CONCURRENCY` tasks (a unit reads that many at once).
+
+    The merged report is the one ``store.verify(tasks)`` gives: same count, same problems in task
+    order. A group whose unit failed (its storage unreachable after retries) is a problem naming
+    its tasks, never a pass.
+    """
+    todo = sorted(store.committed_tasks() if tasks is None else tasks)
+    per_unit = max(io.MAX_CONCURRENCY, -(-len(todo) // (2 * executor.resources.max_in_flight)))
+    groups = [tuple(todo[i:i + per_unit]) for i in range(0, len(todo), per_unit)]
+    unit = _VerifyGroup(store.uri, store.spec.digest, store.storage_options)
+    done = {o.item: o for o in executor.map(unit, groups, desc="verify")}
+    return VerifyReport.merged(
+        done[g].value if done[g].ok else VerifyReport(len(g), (f"tasks {format_ranges(list(g))}: not verified: "
+                                                               f"{done[g].error}",))
+        for g in groups)
 
 
 def run_local(uri: str, producer: Producer, tasks: Iterable[int], *, overwrite: bool = False,

@@ -118,3 +118,23 @@ def write_demo(root_uri: str, per_class: int = 12, shards: int = 2, seed: int = 
             put_object(fs, f"{root}/imagenet/train/{wnids[0]}/bad_{name}", data)
     return {layout: f"{root_uri.rstrip('/')}/{sub}" for layout, sub in
             (("imagenet_folder", "imagenet/train"), ("webdataset", "imagenet_wds"), ("sbu", "sbu"))}
+
+
+def write_many_shards(root_uri: str, n_shards: int, per_shard: int, size: int = 32, seed: int = 0) -> str:
+    """A WebDataset of ``n_shards`` shards of ``per_shard`` small demo images each (``size`` x
+    ``size`` JPEG, ``.cls`` label, ``.txt`` caption on every other image) plus one non-image
+    member per shard: for listing at scale. Returns the shards' folder URI."""
+    fs, root = fsspec.core.url_to_fs(root_uri)
+    root = root.rstrip("/")
+    for s in range(n_shards):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for n in range(per_shard):
+                key, c = f"{s:05d}{n:04d}", (s + n) % len(CLASSES)
+                _add(tar, f"{key}.jpg", _jpeg(make_image(c, seed * 100_000 + s * per_shard + n, (size, size))))
+                _add(tar, f"{key}.cls", str(c).encode())
+                if n % 2:
+                    _add(tar, f"{key}.txt", f"image {n} of shard {s}".encode())
+            _add(tar, f"{s:05d}.notes", b"not an image")
+        put_object(fs, f"{root}/{s:05d}.tar", buf.getvalue())
+    return root_uri.rstrip("/")

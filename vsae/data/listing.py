@@ -39,6 +39,10 @@ of the images. The table is kept sorted by ``image_id``. Relisting with the prev
 keeps every existing id and gives the images of new shards the next ids, shuffled among
 themselves with the same seed. Listings written before ids were shuffled read back with
 ``order == "listing"`` and keep their ids.
+
+WebDataset shards are listed one unit of work per shard through the job's executor (Ray tasks on
+a cluster, in process otherwise), with a progress bar counting shards; the rows are gathered in
+sorted shard order, so the listing is the same whichever executor made it.
 """
 
 from __future__ import annotations
@@ -54,8 +58,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from vsae import progress
 from vsae.data.labels import assign_classes, load_class_order, sample_label
 from vsae.errors import ConfigError, UnsafePath
+from vsae.executor import Executor, LocalExecutor
 from vsae.store.io import safe_relative
 from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
@@ -266,8 +272,38 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
     return rows
 
 
+@dataclass(frozen=True)
+class _ShardLister:
+    """One unit of listing: a shard's rows and what it skipped (picklable, so a Ray task runs it)."""
+
+    source_uri: str
+
+    def __call__(self, path: str) -> tuple[list[dict], Counter]:
+        fs, root = _fs(self.source_uri)
+        skipped: Counter = Counter()
+        return _list_tar(fs, root, path, skipped), skipped
+
+
+def _list_shards(source_uri: str, tars: list[str], executor: Executor) -> tuple[list[dict], Counter]:
+    """Every shard of ``tars`` listed through ``executor``, rows and skips gathered in the order
+    of ``tars`` (outcomes arrive as units finish). A shard whose unit failed lists no rows and is
+    counted as ``unreadable_shard:<error type>``, as a shard the tar reader refuses is."""
+    done = {o.item: o for o in executor.map(_ShardLister(source_uri), tars, desc="listing shards")}
+    rows: list[dict] = []
+    skipped: Counter = Counter()
+    for path in tars:
+        outcome = done[path]
+        if not outcome.ok:
+            skipped[f"unreadable_shard:{outcome.error.split(':', 1)[0]}"] += 1
+            continue
+        shard_rows, shard_skipped = outcome.value
+        rows += shard_rows
+        skipped.update(shard_skipped)
+    return rows, skipped
+
+
 def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, class_list_uri: str = "",
-                 shuffle_seed: int | None = 0) -> Listing:
+                 shuffle_seed: int | None = 0, executor: Executor | None = None) -> Listing:
     """List ``source_uri``; with ``previous``, keep its ids and rows and append the new shards' images.
 
     Labels map to ``(label, wnid)`` through the class order (:mod:`vsae.data.labels`):
@@ -276,6 +312,9 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, cl
     Ids follow a seeded random order of the listed images (``shuffle_seed``; None: listing
     order). With ``previous``, its order is kept: new images are shuffled with its seed, or stay
     in listing order if it was in listing order.
+
+    WebDataset shards are listed one unit per shard on ``executor`` (default: in this process,
+    one after another); the listing does not depend on the executor.
 
     Raises:
         ConfigError: unknown ``kind``, a missing source, no shards, no images at all, or a bad
@@ -295,7 +334,8 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, cl
         tars = sorted(p for p in fs.find(root) if p.endswith(".tar"))
         if not tars:
             raise ConfigError(f"no .tar shards under {source_uri}")
-        rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
+        new = [t for t in tars if posixpath.relpath(t, root) not in known]
+        rows, skipped = _list_shards(source_uri, new, executor or LocalExecutor(progress=progress.enabled()))
     bad_labels = assign_classes(rows, classes)
     if bad_labels:
         skipped["bad_label"] += bad_labels

@@ -9,8 +9,10 @@ from collections.abc import Iterable
 import fsspec
 
 from vsae.errors import ConfigError, StoreNotFound
+from vsae.executor import Executor, LocalExecutor
 from vsae.report import Report
 from vsae.runner import TaskTally
+from vsae.runner import verify_tasks as run_verify
 from vsae.store import ActivationStore
 from vsae.store.paths import Location
 
@@ -67,9 +69,11 @@ def weights_note(weights: str, model_id: str) -> list[str]:
 
 
 def finish_store(store: ActivationStore, tally: TaskTally, report: Report, *, verify: bool,
-                 verify_tasks: Iterable[int] | None = None) -> ActivationStore | None:
-    """The end of a store job: publish unless tasks failed, verify the shards of
-    ``verify_tasks`` (default: every task) if asked; the tally and what happened go into the
+                 verify_tasks: Iterable[int] | None = None, executor: Executor | None = None
+                 ) -> ActivationStore | None:
+    """The end of a store job: unless tasks failed, verify the shards of ``verify_tasks``
+    (default: every task) if asked, in groups on ``executor``'s workers (default: in this
+    process), and publish only a store that verified; the tally and what happened go into the
     report. Returns the store if it was published."""
     for task, why in sorted(tally.failed.items()):
         report.fail(f"task {task}", why)
@@ -78,19 +82,23 @@ def finish_store(store: ActivationStore, tally: TaskTally, report: Report, *, ve
     if tally.failed:
         report.lines.append("store NOT published: re-run the same command to retry the failed tasks")
         return None
+    if verify:
+        started = time.perf_counter()
+        scope = None if verify_tasks is None else list(verify_tasks)
+        check = run_verify(executor or LocalExecutor(progress=False), store, scope)
+        of = "" if verify_tasks is None else f" of {store.spec.n_tasks}"
+        report.lines.append(f"verified       {check.tasks_checked}{of} tasks in {time.perf_counter() - started:.1f} s: "
+                            + ("all checksums match" if check.ok else "; ".join(check.problems[:5])))
+        report.data["verified"] = {"tasks": check.tasks_checked, "problems": list(check.problems)}
+        if not check.ok:
+            report.fail("verify", "; ".join(check.problems[:3]))
+            report.lines.append("store NOT published: the tasks named above failed verification; rewrite them "
+                                "(delete their completion markers and re-run the same command)")
+            return None
     started = time.perf_counter()
     manifest = store.publish()
     report.lines.append(f"published      {manifest['n_tasks']} tasks, {manifest['n_images']} images, "
                         f"spec {store.spec.digest[:12]} ({time.perf_counter() - started:.1f} s)")
     report.data["published"] = {"n_tasks": manifest["n_tasks"], "n_images": manifest["n_images"],
                                 "spec_digest": store.spec.digest}
-    if verify:
-        started = time.perf_counter()
-        check = store.verify(None if verify_tasks is None else list(verify_tasks))
-        scope = "" if verify_tasks is None else f" of {store.spec.n_tasks}"
-        report.lines.append(f"verified       {check.tasks_checked}{scope} tasks in {time.perf_counter() - started:.1f} s: "
-                            + ("all checksums match" if check.ok else "; ".join(check.problems[:5])))
-        report.data["verified"] = {"tasks": check.tasks_checked, "problems": list(check.problems)}
-        if not check.ok:
-            report.fail("verify", "; ".join(check.problems[:3]))
     return store

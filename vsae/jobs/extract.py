@@ -1,13 +1,14 @@
-"""The extraction job: list the dataset, size the store, extract every task, publish, verify.
+"""The extraction job: list the dataset, size the store, extract every task, verify, publish.
 
-``run(job, executor)`` lists the images (or relists them keeping every image id, when growing),
-creates or reopens the store from the spec, writes the missing tasks through the executor (one
-unit per store task, or the decode -> forward -> write pipeline when GPUs are requested),
-publishes when every task is in, verifies, and saves the report under ``_reports/``. A rerun
-skips finished tasks; a grown store extracts only its new images.
+``run(job, executor)`` lists the images, one unit of work per shard (or relists them keeping
+every image id, when growing), creates or reopens the store from the spec, writes the missing
+tasks through the executor (one unit per store task, or the decode -> forward -> write pipeline
+when GPUs are requested), verifies when every task is in (groups of tasks on the workers),
+publishes only a store that verified, and saves the report under ``_reports/``. A rerun skips
+finished tasks; a grown store extracts only its new images.
 
 Report data: ``tasks`` (written, skipped, failed, rows, inputs skipped by reason, seconds per
-stage), ``published``, ``verified``, ``spec_digest``, ``example`` (image 0's rows at the first hook).
+stage), ``verified``, ``published``, ``spec_digest``, ``example`` (image 0's rows at the first hook).
 """
 
 from __future__ import annotations
@@ -187,7 +188,8 @@ def run(job: ExtractJob, executor: Executor) -> Report:
     listing = previous
     if job.grow or previous is None:
         listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous, class_list_uri=job.class_list_uri,
-                               shuffle_seed=job.seed if job.image_order == "shuffled" else None)
+                               shuffle_seed=job.seed if job.image_order == "shuffled" else None,
+                               executor=executor)
     spec = StoreSpec(model_id=job.model_id, weights=weights_digest, dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs(job.model_id, job.hooks), dtype=job.dtype,
                      seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,
@@ -220,7 +222,7 @@ def run(job: ExtractJob, executor: Executor) -> Report:
     else:
         write_tasks(executor, store.uri, producer, range(spec.n_tasks), accelerator=True, tally=tally)
     scope = None if job.verify_scope == "all" else range(store.grown_from // spec.images_per_task, spec.n_tasks)
-    published = finish_store(store, tally, report, verify=job.verify, verify_tasks=scope)
+    published = finish_store(store, tally, report, verify=job.verify, verify_tasks=scope, executor=executor)
     report.data["spec_digest"] = spec.digest
     if published is not None and report.ok:
         report.lines.append(_example(published.uri))

@@ -71,7 +71,7 @@ def run(job: SyntheticJob, executor: Executor) -> Report:
     missing = store.missing_tasks()
     tally = write_tasks(executor, store.uri, SyntheticTasks(job.data, spec), missing, tally=TaskTally())
     tally.tasks_skipped += spec.n_tasks - len(missing)
-    finish_store(store, tally, report, verify=job.verify)
+    finish_store(store, tally, report, verify=job.verify, executor=executor)
     report.data["spec_digest"] = spec.digest
     report.lines.append(f"truth          {job.data.n_features} true features in {job.data.d_in} dimensions, "
                         f"{job.data.active_per_row:g} active per row: {layout.synthetic_truth.uri}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,6 +67,12 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @classmethod
+    def merged(cls, reports: Iterable[VerifyReport]) -> VerifyReport:
+        """One report for disjoint subsets of tasks checked apart (problems in the order given)."""
+        reports = list(reports)
+        return cls(sum(r.tasks_checked for r in reports), tuple(p for r in reports for p in r.problems))
 
 
 def _codecs(compression: str) -> list:
@@ -380,7 +386,10 @@ class ActivationStore:
 
     def verify(self, tasks: list[int] | None = None) -> VerifyReport:
         """Re-read every shard of the given (default: committed) tasks: each chunk must match its
-        crc32c, and each shard the digest its task's marker recorded when it was written."""
+        crc32c, and each shard the digest its task's marker recorded when it was written. Each
+        problem names its task, hook and array. This is the one check of a task: a job verifies
+        a large store in parallel by calling it on groups of tasks on its workers
+        (:func:`vsae.runner.verify_tasks`) and merging the reports (:meth:`VerifyReport.merged`)."""
         todo = list(self.committed_tasks()) if tasks is None else list(tasks)
 
         def check(task: int) -> list[str]:
