@@ -15,13 +15,12 @@ import io
 import json
 import tarfile
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from vsae.store.io import put_object
+from vsae.store.io import filesystem, put_object, resolve_uri
 
 CLASSES = {  # wnid: name (ImageNet-1k)
     "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
@@ -78,7 +77,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_demo(root_uri: str, per_class: int = 12, shards: int = 2, seed: int = 0,
                include_bad: bool = False) -> dict[str, str]:
     """Write the demo set under ``root_uri``; returns the URI of each layout."""
-    fs, root = fsspec.core.url_to_fs(root_uri)
+    fs, root = filesystem(resolve_uri(root_uri))
     root = root.rstrip("/")
     wnids = sorted(CLASSES)
     samples = [(c, i) for i in range(per_class) for c in range(len(wnids))]

@@ -39,6 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from vsae.errors import ConfigError, UnsafePath
+from vsae.store import io as store_io
 from vsae.store.io import safe_relative
 from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
@@ -85,12 +86,13 @@ def _fs(uri: str):
 
 def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
     rows = []
-    for wnid_dir in sorted(fs.ls(root, detail=False)):
-        if not fs.isdir(wnid_dir):
+    for wnid_dir in sorted(store_io.with_retries(fs, f"listing {root}", fs.ls, root, detail=False)):
+        if not store_io.with_retries(fs, f"checking {wnid_dir}", fs.isdir, wnid_dir):
             skipped["not_a_class_folder"] += 1
             continue
         wnid = posixpath.basename(wnid_dir.rstrip("/"))
-        for info in sorted(fs.ls(wnid_dir, detail=True), key=lambda i: i["name"]):
+        for info in sorted(store_io.with_retries(fs, f"listing {wnid_dir}", fs.ls, wnid_dir, detail=True),
+                           key=lambda i: i["name"]):
             name = info["name"]
             if info.get("type") != "file" or not name.lower().endswith(IMAGE_EXTS):
                 skipped["non_image_file"] += 1
@@ -104,7 +106,7 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
     samples: dict[str, dict] = {}
     order: list[str] = []
     try:
-        with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with store_io.open_object(fs, path) as f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -173,14 +175,14 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None,
     if kind not in KINDS:
         raise ConfigError(f"dataset kind {kind!r} is not one of {KINDS}")
     fs, root = _fs(source_uri)
-    if not fs.exists(root):
+    if not store_io.exists(fs, root):
         raise ConfigError(f"dataset source {source_uri} does not exist")
     skipped: Counter = Counter()
     known = set(previous.table.column("shard").to_pylist()) if previous is not None else set()
     if kind == "imagenet_folder":
         rows = [r for r in _list_folder(fs, root, skipped) if r["shard"] not in known]
     else:
-        tars = sorted(p for p in fs.find(root) if p.endswith(".tar"))
+        tars = sorted(p for p in store_io.with_retries(fs, f"listing {source_uri}", fs.find, root) if p.endswith(".tar"))
         if not tars:
             raise ConfigError(f"no .tar shards under {source_uri}")
         rows = [r for t in tars if posixpath.relpath(t, root) not in known for r in _list_tar(fs, root, t, skipped)]
