@@ -36,6 +36,8 @@ class FaultProxy:
         self._server: asyncio.base_events.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._closed: asyncio.Event | None = None
+        self._trigger: tuple | None = None
+        self.fired: float | None = None  # when the armed window began (time.monotonic())
         threading.Thread(target=self._loop.run_forever, daemon=True, name="fault-proxy").start()
         self._call(self._start())
 
@@ -54,6 +56,13 @@ class FaultProxy:
         thread = threading.Thread(target=run, daemon=True)
         thread.start()
         return thread
+
+    def arm(self, mode: str, seconds: float, method: str | None = None, path_contains: str = "") -> None:
+        """Switch to ``mode`` for ``seconds`` at the first request (``method``, a path containing
+        ``path_contains``) that arrives from now on, that request included; then ``pass``."""
+        assert mode in ("stall", "stall_put", "throttle"), mode
+        self.fired = None
+        self._trigger = (mode, seconds, method, path_contains)
 
     def count(self, mode: str, method: str | None = None) -> int:
         return sum(n for (m, meth), n in self.seen.items() if m == mode and method in (None, meth))
@@ -100,7 +109,9 @@ class FaultProxy:
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
                 method, path = head.split(b" ", 2)[:2]
-                method, mode = method.decode(), self.mode
+                method = method.decode()
+                self._maybe_fire(method, path.decode())
+                mode = self.mode
                 self.seen[(mode, method)] += 1
                 if mode == "stall" or (mode == "stall_put" and method == "PUT"):
                     await self._closed.wait()  # never answered
@@ -125,6 +136,18 @@ class FaultProxy:
                 if w is not None:
                     self._writers.discard(w)
                     w.close()
+
+    def _maybe_fire(self, method: str, path: str) -> None:
+        if self._trigger is None:
+            return
+        mode, seconds, want, contains = self._trigger
+        if (want is None or method == want) and contains in path:
+            self._trigger, self.mode, self.fired = None, mode, time.monotonic()
+            self._loop.call_later(seconds, self._end_window, mode)
+
+    def _end_window(self, mode: str) -> None:
+        if self.mode == mode:
+            self.mode = "pass"
 
     @staticmethod
     async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
