@@ -11,6 +11,7 @@ from vsae.resources import Resources
 
 # Variables that workers of an embedded local Ray need to see exactly as the driver does.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "NLTK_DATA")
+_FORWARDED_PREFIXES = ("VSAE_IO_",)  # the storage deadlines (vsae.store.io.IOSettings)
 
 
 def init_ray(resources: Resources | None = None) -> dict:
@@ -24,7 +25,7 @@ def init_ray(resources: Resources | None = None) -> dict:
             res = resources or Resources()
             if res.local_num_cpus:
                 kwargs["num_cpus"] = res.local_num_cpus
-            env = {k: os.environ[k] for k in _FORWARDED_ENV if k in os.environ}
+            env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith(_FORWARDED_PREFIXES)}
             if env:
                 kwargs["runtime_env"] = {"env_vars": env}
         ray.init(**kwargs)

@@ -385,7 +385,7 @@ class Client:
 
     def _row_group(self, where: Location, group: int) -> pa.Table:
         if where.uri not in self._parquet:
-            self._parquet[where.uri] = pq.ParquetFile(where.fs.open(where.path, "rb"), pre_buffer=True)
+            self._parquet[where.uri] = pq.ParquetFile(where.open(), pre_buffer=True)
         return self._parquet[where.uri].read_row_group(group)
 
     def _feature_row(self, feature: int, hook: str, sae: str) -> dict[str, Any]:
@@ -420,7 +420,8 @@ class Client:
         if store.uri not in self._listings:
             where = store.layout.listing
             try:
-                table = pq.read_table(where.path, filesystem=where.fs)
+                with where.open() as f:
+                    table = pq.read_table(f)
             except FileNotFoundError:
                 n = store.spec.n_images  # a store without a listing (synthetic): ids only
                 table = pa.table({"image_id": pa.array(np.arange(n)), "shard": pa.nulls(n, pa.string()),

@@ -53,7 +53,15 @@ class StaleStoreWarning(UserWarning):
 
 
 class StorageUnavailable(VsaeError, OSError):
-    """The object store kept refusing or dropping connections past the retry budget."""
+    """The object store kept refusing, stalling, throttling or dropping a request past its retry
+    budget. The message names the operation and the URI; ``operation`` holds both."""
+
+    def __init__(self, message: str, operation: str = ""):
+        super().__init__(message)
+        self.operation = operation
+
+    def __str__(self) -> str:  # OSError would print the args tuple of a two-argument call
+        return str(self.args[0]) if self.args else ""
 
 
 class ReadOnlyStore(VsaeError, PermissionError):

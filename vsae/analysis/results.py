@@ -199,4 +199,5 @@ def classes_table(wnids: list[str], names: list[str], counts: np.ndarray, d_cc: 
 def read_table(where: str | Location, **kwargs) -> pa.Table:
     """A table written by :func:`write_table`. Raises FileNotFoundError."""
     where = Location.of(where)
-    return pq.read_table(where.path, filesystem=where.fs, **kwargs)
+    with where.open() as f:  # every read retried under the storage edge's deadlines
+        return pq.read_table(f, **kwargs)

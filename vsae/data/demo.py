@@ -15,14 +15,13 @@ import io
 import json
 import tarfile
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
 from vsae.data.labels import load_class_order
-from vsae.store.io import put_object
+from vsae.store.io import filesystem, put_object, resolve_uri
 
 CLASSES = {  # wnid: name (ImageNet-1k)
     "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
@@ -79,7 +78,7 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_demo(root_uri: str, per_class: int = 12, shards: int = 2, seed: int = 0,
                include_bad: bool = False) -> dict[str, str]:
     """Write the demo set under ``root_uri``; returns the URI of each layout."""
-    fs, root = fsspec.core.url_to_fs(root_uri)
+    fs, root = filesystem(resolve_uri(root_uri))
     root = root.rstrip("/")
     wnids = sorted(CLASSES)
     imagenet_index = {w: i for i, w in enumerate(load_class_order())}  # .cls: the ImageNet-1k index
@@ -124,7 +123,7 @@ def write_many_shards(root_uri: str, n_shards: int, per_shard: int, size: int = 
     """A WebDataset of ``n_shards`` shards of ``per_shard`` small demo images each (``size`` x
     ``size`` JPEG, ``.cls`` label, ``.txt`` caption on every other image) plus one non-image
     member per shard: for listing at scale. Returns the shards' folder URI."""
-    fs, root = fsspec.core.url_to_fs(root_uri)
+    fs, root = filesystem(resolve_uri(root_uri))
     root = root.rstrip("/")
     for s in range(n_shards):
         buf = io.BytesIO()

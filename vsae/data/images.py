@@ -49,12 +49,11 @@ import struct
 import zlib
 from collections import Counter
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
-from vsae.errors import UnsafePath
+from vsae.errors import StorageUnavailable, UnsafePath
 from vsae.store import io as store_io
 
 MIN_SIDE = 8
@@ -183,8 +182,10 @@ def read_images(rows: pa.Table, source_uri: str, size: int,
                 resample: str = "bilinear") -> tuple[np.ndarray, np.ndarray, Counter]:
     """Fetch and decode the images of listing ``rows``: ``(images [n, size, size, 3], valid [n],
     reasons)``. Each image is one ranged read; reads run concurrently. One image's failure is a
-    counted skip (its row invalid, its pixels zero), never an exception."""
-    fs, root = fsspec.core.url_to_fs(source_uri)
+    counted skip (its row invalid, its pixels zero), never an exception; an unavailable endpoint
+    (:class:`StorageUnavailable`) fails the task, which is retried.
+    """
+    fs, root = store_io.filesystem(store_io.resolve_uri(source_uri))
     root = root.rstrip("/")
     shards, offsets, sizes = (rows.column(c).to_pylist() for c in ("shard", "offset", "size"))
 
@@ -194,7 +195,9 @@ def read_images(rows: pa.Table, source_uri: str, size: int,
         except UnsafePath:
             return "unsafe_path"  # a listing naming something outside the dataset is never read
         try:
-            return fs.cat_file(path, start=offsets[i], end=offsets[i] + sizes[i])
+            return store_io.get_object(fs, path, offsets[i], offsets[i] + sizes[i])
+        except StorageUnavailable:
+            raise  # the endpoint, not the image: the task fails and is retried
         except OSError:
             return "unreadable_shard"
         except MemoryError:

@@ -60,8 +60,9 @@ import pyarrow as pa
 
 from vsae import progress
 from vsae.data.labels import assign_classes, load_class_order, sample_label
-from vsae.errors import ConfigError, UnsafePath
+from vsae.errors import ConfigError, StorageUnavailable, UnsafePath
 from vsae.executor import Executor, LocalExecutor
+from vsae.store import io as store_io
 from vsae.store.io import safe_relative
 from vsae.store.layout import shuffled_ids
 from vsae.store.paths import Location
@@ -109,12 +110,13 @@ def _fs(uri: str):
 
 def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
     rows = []
-    for wnid_dir in sorted(fs.ls(root, detail=False)):
-        if not fs.isdir(wnid_dir):
+    for wnid_dir in sorted(store_io.with_retries(fs, f"listing {root}", fs.ls, root, detail=False)):
+        if not store_io.with_retries(fs, f"checking {wnid_dir}", fs.isdir, wnid_dir):
             skipped["not_a_class_folder"] += 1
             continue
         wnid = posixpath.basename(wnid_dir.rstrip("/"))
-        for info in sorted(fs.ls(wnid_dir, detail=True), key=lambda i: i["name"]):
+        for info in sorted(store_io.with_retries(fs, f"listing {wnid_dir}", fs.ls, wnid_dir, detail=True),
+                           key=lambda i: i["name"]):
             name = info["name"]
             if info.get("type") != "file" or not name.lower().endswith(IMAGE_EXTS):
                 skipped["non_image_file"] += 1
@@ -235,8 +237,10 @@ def _list_tar(fs, root: str, path: str, skipped: Counter) -> list[dict]:
     ``unreadable_shard:<error>``: having no rows, it is listed again when the dataset grows."""
     samples = _Samples()
     try:
-        with fs.open(path, "rb") as f:
+        with store_io.open_object(fs, path) as f:
             damage = _walk_tar(f, samples, skipped)
+    except StorageUnavailable:
+        raise  # the endpoint, not the shard: the unit fails and is retried, nothing is counted
     except (tarfile.TarError, OSError) as err:
         skipped[f"unreadable_shard:{type(err).__name__}"] += 1
         return []
@@ -294,7 +298,10 @@ def _list_shards(source_uri: str, tars: list[str], executor: Executor) -> tuple[
     for path in tars:
         outcome = done[path]
         if not outcome.ok:
-            skipped[f"unreadable_shard:{outcome.error.split(':', 1)[0]}"] += 1
+            kind = outcome.error.split(":", 1)[0]
+            if kind == StorageUnavailable.__name__:  # an outage lists nothing rather than a partial dataset
+                raise StorageUnavailable(f"listing {source_uri}: shard {path}: {outcome.error}")
+            skipped[f"unreadable_shard:{kind}"] += 1
             continue
         shard_rows, shard_skipped = outcome.value
         rows += shard_rows
@@ -324,14 +331,14 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, cl
         raise ConfigError(f"dataset kind {kind!r} is not one of {KINDS}")
     classes = load_class_order(class_list_uri)
     fs, root = _fs(source_uri)
-    if not fs.exists(root):
+    if not store_io.exists(fs, root):
         raise ConfigError(f"dataset source {source_uri} does not exist")
     skipped: Counter = Counter()
     known = set(previous.table.column("shard").to_pylist()) if previous is not None else set()
     if kind == "imagenet_folder":
         rows = [r for r in _list_folder(fs, root, skipped) if r["shard"] not in known]
     else:
-        tars = sorted(p for p in fs.find(root) if p.endswith(".tar"))
+        tars = sorted(p for p in store_io.with_retries(fs, f"listing {source_uri}", fs.find, root) if p.endswith(".tar"))
         if not tars:
             raise ConfigError(f"no .tar shards under {source_uri}")
         new = [t for t in tars if posixpath.relpath(t, root) not in known]

@@ -11,11 +11,11 @@ import hashlib
 import io
 import re
 
-import fsspec
 import torch
 from torch import nn
 
 from vsae.errors import ConfigError
+from vsae.store import io as store_io
 
 _RANDOM = re.compile(r"^random:(\d+)$")
 
@@ -47,13 +47,14 @@ def apply_weights(model: nn.Module, weights: str, model_id: str) -> str:
                 param.copy_(torch.empty_like(param).uniform_(-bound, bound, generator=generator))
         return weights
     try:
-        fs, path = fsspec.core.url_to_fs(weights)
-        if fs.isdir(path):  # a transformers checkpoint directory
-            names = [n for n in ("model.safetensors", "pytorch_model.bin") if fs.exists(f"{path.rstrip('/')}/{n}")]
+        fs, path = store_io.filesystem(store_io.resolve_uri(weights))
+        if store_io.with_retries(fs, f"checking {weights}", fs.isdir, path):  # a transformers checkpoint directory
+            names = [n for n in ("model.safetensors", "pytorch_model.bin")
+                     if store_io.exists(fs, f"{path.rstrip('/')}/{n}")]
             if not names:
                 raise FileNotFoundError(f"{weights} holds neither model.safetensors nor pytorch_model.bin")
             path = f"{path.rstrip('/')}/{names[0]}"
-        blob = fs.cat_file(path)
+        blob = store_io.get_object(fs, path)
     except FileNotFoundError as err:
         raise ConfigError(f"weights for {model_id} not found at {weights}; give a local path or "
                           "URI of the state dict, or random:SEED for random weights") from err

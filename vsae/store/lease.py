@@ -41,11 +41,11 @@ def create_object(where: Location, data: bytes) -> None:
         return
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "s3" in protocols or "s3a" in protocols:
-        io.with_retries(fs, f"creating {path}", lambda: fs.pipe_file(path, data, mode="create"))
+        io.with_retries(fs, f"creating {where.uri}", fs.pipe_file, path, data, mode="create", nbytes=len(data))
         return
-    if fs.exists(path):  # other filesystems: best effort (not atomic)
+    if where.exists():  # other filesystems: best effort (not atomic)
         raise FileExistsError(path)
-    fs.pipe_file(path, data)
+    where.write_bytes(data)
 
 
 @dataclass

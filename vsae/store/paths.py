@@ -62,10 +62,10 @@ class Location:
         return io.is_local(self.fs)
 
     def exists(self) -> bool:
-        return io.with_retries(self.fs, f"checking {self.uri}", lambda: self.fs.exists(self.path))
+        return io.with_retries(self.fs, f"checking {self.uri}", self.fs.exists, self.path)
 
     def isdir(self) -> bool:
-        return io.with_retries(self.fs, f"checking {self.uri}", lambda: self.fs.isdir(self.path))
+        return io.with_retries(self.fs, f"checking {self.uri}", self.fs.isdir, self.path)
 
     def read_bytes(self, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes (or the range ``[start, end)``). Raises FileNotFoundError."""
@@ -89,11 +89,16 @@ class Location:
     def write_json(self, value: Any) -> None:
         self.write_bytes(json.dumps(value, indent=1, sort_keys=True, default=str).encode())
 
+    def open(self):
+        """A seekable binary file over the object, every read retried (:func:`io.open_object`).
+        Raises FileNotFoundError."""
+        return io.open_object(self.fs, self.path)
+
     def children(self) -> list[Location]:
         """The entries directly below this folder (none if it does not exist), sorted."""
         self.fs.invalidate_cache(self.path)
         try:
-            names = io.with_retries(self.fs, f"listing {self.uri}", lambda: self.fs.ls(self.path, detail=False))
+            names = io.with_retries(self.fs, f"listing {self.uri}", self.fs.ls, self.path, detail=False)
         except FileNotFoundError:
             return []
         out = []
@@ -106,13 +111,13 @@ class Location:
     def glob(self, pattern: str) -> list[Location]:
         """Objects below this folder matching the relative glob ``pattern``, sorted."""
         root = self.path.rstrip("/")
-        found = io.with_retries(self.fs, f"listing {self.uri}", lambda: self.fs.glob(f"{root}/{pattern}"))
+        found = io.with_retries(self.fs, f"listing {self.uri}", self.fs.glob, f"{root}/{pattern}")
         return [self / p[len(root) + 1:] for p in sorted(found)]
 
     def remove(self) -> None:
         """Delete the object (not an error if it is gone already)."""
         try:
-            io.with_retries(self.fs, f"deleting {self.uri}", lambda: self.fs.rm(self.path))
+            io.with_retries(self.fs, f"deleting {self.uri}", self.fs.rm, self.path)
         except FileNotFoundError:
             pass
 

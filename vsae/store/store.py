@@ -181,7 +181,8 @@ class ActivationStore:
             folder = self.layout.tasks.path
             self._fs.invalidate_cache(folder)
             try:
-                names = io.with_retries(self._fs, f"listing {folder}", lambda: self._fs.ls(folder, detail=False))
+                names = io.with_retries(self._fs, f"listing {self.layout.tasks.uri}", self._fs.ls, folder,
+                                        detail=False)
             except FileNotFoundError:
                 names = []
             done = []
@@ -200,7 +201,7 @@ class ActivationStore:
         self._check_task(task)
         path = self._marker_path(task)
         self._fs.invalidate_cache(os.path.dirname(path))
-        return io.with_retries(self._fs, f"checking {path}", lambda: self._fs.exists(path))
+        return io.exists(self._fs, path)
 
     def read_marker(self, task: int) -> dict[str, Any] | None:
         self._check_task(task)
@@ -295,7 +296,7 @@ class ActivationStore:
             self.manifest = existing
             return existing
         paths = [self._marker_path(t) for t in range(self.spec.n_tasks)]
-        blobs = io.with_retries(self._fs, f"reading the markers of {self.uri}", lambda: self._fs.cat(paths))
+        blobs = io.with_retries(self._fs, f"reading the markers of {self.uri}", self._fs.cat, paths)
         totals = {h: {"rows": 0, "valid_rows": 0} for h in self.spec.hook_names}
         for path in paths:
             marker = json.loads(blobs[path])
@@ -349,9 +350,7 @@ class ActivationStore:
         old = self.spec
         if old.n_images % old.images_per_task:
             last = old.n_tasks - 1
-            path = self._marker_path(last)
-            if io.with_retries(self._fs, f"checking {path}", lambda: self._fs.exists(path)):
-                self._fs.rm(path)
+            self.layout.task_marker(last).remove()
         zstore = io.zarr_store(self.uri, self._fs, self._root, read_only=False, storage_options=self.storage_options)
         group = zarr.open_group(store=zstore, mode="r+")
         for hook in spec.hooks:
