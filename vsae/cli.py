@@ -12,7 +12,7 @@ runs a job in this process without Ray. An error a user can cause (a mistyped ho
 store, a bad value) prints one line and a hint, and exits with status 2; ``--debug`` shows the
 traceback. A job whose units failed exits with status 1; an unexpected error prints its
 traceback and exits with status 1. Nothing printed carries credentials: URIs are redacted
-(:mod:`vsae.redact`), in tracebacks too.
+(:mod:`vsae.redact`), in tracebacks and in log records of any library.
 
 The command lives here and knows nothing of Ray: ``cluster.cli`` hands it the Ray executor, and
 the console script and ``pipelines/*.py`` call that.
@@ -37,7 +37,7 @@ from vsae.errors import (
     WordNetMissing,
 )
 from vsae.jobs import JOBS
-from vsae.redact import redact_text
+from vsae.redact import install_log_redaction, redact_text
 
 USAGE_ERROR = 2
 
@@ -91,6 +91,7 @@ def _first_line(cls: type) -> str:
 def main(argv: list[str] | None = None, *, ray_executor: Callable | None = None) -> int:
     """Run the command line ``argv``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    install_log_redaction()
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in JOBS else None).parse_args(argv)
     command = args.command

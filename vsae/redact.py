@@ -92,4 +92,30 @@ def redact_value(value: Any) -> Any:
     return value
 
 
-__all__ = ["MASK", "SECRET_PARAMS", "is_secret_param", "redact", "redact_text", "redact_value"]
+def install_log_redaction() -> None:
+    """Redact every log record made in this process from now on, whichever library logs it
+    (fsspec's HTTP filesystem logs whole URLs at DEBUG). For entrypoints (the ``vsae`` command):
+    a library configures no logging. Idempotent."""
+    import logging
+
+    make = logging.getLogRecordFactory()
+    if getattr(make, "vsae_redacts", False):
+        return
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 - a bad format string: leave it to logging to report
+            return record
+        shown = redact_text(message)
+        if shown != message:
+            record.msg, record.args = shown, ()
+        return record
+
+    factory.vsae_redacts = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(factory)
+
+
+__all__ = ["MASK", "SECRET_PARAMS", "install_log_redaction", "is_secret_param", "redact", "redact_text",
+           "redact_value"]
