@@ -10,7 +10,9 @@ Every job's fields are options (``--help`` lists them with their meaning and def
 file given with ``--config`` is read first, options override it. ``--resources.executor local``
 runs a job in this process without Ray. An error a user can cause (a mistyped hook, a missing
 store, a bad value) prints one line and a hint, and exits with status 2; ``--debug`` shows the
-traceback. A job whose units failed exits with status 1.
+traceback. A job whose units failed exits with status 1; an unexpected error prints its
+traceback and exits with status 1. Nothing printed carries credentials: URIs are redacted
+(:mod:`vsae.redact`), in tracebacks and in log records of any library.
 
 The command lives here and knows nothing of Ray: ``cluster.cli`` hands it the Ray executor, and
 the console script and ``pipelines/*.py`` call that.
@@ -36,6 +38,7 @@ from vsae.errors import (
     WordNetMissing,
 )
 from vsae.jobs import JOBS
+from vsae.redact import install_log_redaction, redact_text
 
 USAGE_ERROR = 2
 
@@ -90,6 +93,7 @@ def _first_line(cls: type) -> str:
 def main(argv: list[str] | None = None, *, ray_executor: Callable | None = None) -> int:
     """Run the command line ``argv``; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    install_log_redaction()
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in JOBS else None).parse_args(argv)
     command = args.command
@@ -98,17 +102,17 @@ def main(argv: list[str] | None = None, *, ray_executor: Callable | None = None)
         if command == "info":
             from vsae.info import format_store_info, store_info
 
-            print(format_store_info(store_info(args.store)))
+            print(redact_text(format_store_info(store_info(args.store))))
             return 0
         if command == "hooks":
             from vsae.info import hook_table
 
-            print(hook_table(args.model, args.pattern))
+            print(redact_text(hook_table(args.model, args.pattern)))
             return 0
         return run_job(command, args, ray_executor)
     except VsaeError as err:
         if debug:
-            traceback.print_exc()
+            print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
         lines = str(err).strip().splitlines() or [type(err).__name__]
         print(f"vsae {command}: error: {lines[0]}", file=sys.stderr)
         for line in lines[1:]:
@@ -117,6 +121,9 @@ def main(argv: list[str] | None = None, *, ray_executor: Callable | None = None)
         if hint:
             print(f"  hint: {hint}", file=sys.stderr)
         return USAGE_ERROR
+    except Exception:  # not vsae's: the traceback, with any URI in it redacted
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 def run_job(name: str, args: argparse.Namespace, ray_executor: Callable | None) -> int:

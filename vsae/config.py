@@ -21,22 +21,50 @@ import tomllib
 import types
 import typing
 from functools import cache
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import pydantic
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from vsae.errors import ConfigError
 
 C = TypeVar("C")
 
-_PYDANTIC = ConfigDict(extra="forbid", arbitrary_types_allowed=False)
+# Careless numbers are refused where a config is read: NaN and infinities, and fractions for
+# integer fields (pydantic's own rule: 2.5 is refused, 2.0 and "2" are 2).
+_PYDANTIC = ConfigDict(extra="forbid", arbitrary_types_allowed=False, allow_inf_nan=False)
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic would take true as 1: a number field given a switch
+        raise ValueError(f"expected a number, got a boolean ({value})")
+    return value
+
+
+_NUMBERS = {int: Annotated[int, BeforeValidator(_not_bool)], float: Annotated[float, BeforeValidator(_not_bool)]}
+
+
+def _numbers_not_bools(kind: Any) -> Any:
+    """``kind`` with every ``int`` and ``float`` in it (also inside Optional and tuples) refusing
+    booleans."""
+    if kind in _NUMBERS:
+        return _NUMBERS[kind]
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_numbers_not_bools(a) for a in args)]
+    if origin is tuple:
+        return tuple[tuple(_numbers_not_bools(a) if a is not Ellipsis else a for a in args)]
+    return kind
 
 
 def config_class(cls: type[C]) -> type[C]:
     """Make ``cls`` a frozen, validated config (a pydantic dataclass). Building one with a wrong
     type or an unknown field raises :class:`~vsae.errors.ConfigError` naming the field; checks
-    across fields go in ``__post_init__`` and raise ConfigError themselves."""
+    across fields go in ``__post_init__`` and raise ConfigError themselves. Numbers are checked
+    strictly: no NaN or infinities, no fractions for integers, no booleans for numbers."""
+    hints = typing.get_type_hints(cls)
+    cls.__annotations__ = {name: _numbers_not_bools(hints[name]) for name in cls.__annotations__}
     made = pydantic.dataclasses.dataclass(frozen=True, config=_PYDANTIC)(cls)
     init = made.__init__
 

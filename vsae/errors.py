@@ -3,7 +3,9 @@
 Internal invariants use ``assert``; everything a user can get wrong (a URI, a hook name, a
 config value, a damaged store) raises one of these. Each subclasses the builtin that a caller
 would catch without knowing vsae (``FileNotFoundError`` for a missing store, ``KeyError`` for an
-unknown hook), so generic handlers keep working.
+unknown hook), so generic handlers keep working. A message never carries credentials: every URI
+in it is redacted (:func:`vsae.redact.redact_text`) when the error is made, wherever the
+message was written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,13 @@ from collections.abc import Iterable
 
 
 class VsaeError(Exception):
-    """Base class of every error vsae raises on purpose."""
+    """Base class of every error vsae raises on purpose. Its message is redacted: userinfo and
+    credential parameters of any URI in it are replaced by ``***``."""
+
+    def __init__(self, *args) -> None:
+        from vsae.redact import redact_text
+
+        super().__init__(*(redact_text(a) for a in args))
 
 
 class ConfigError(VsaeError, ValueError):

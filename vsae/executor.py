@@ -62,9 +62,12 @@ class Stage:
 
 
 def one_line(err: BaseException) -> str:
-    """An error as one line for reports: ``Type: first line of the message`` (300 chars at most)."""
+    """An error as one line for reports: ``Type: first line of the message`` (300 chars at most,
+    URIs redacted)."""
+    from vsae.redact import redact_text
+
     cause = getattr(err, "cause", None) or err
-    return f"{type(cause).__name__}: {cause}".splitlines()[0][:300]
+    return redact_text(f"{type(cause).__name__}: {cause}".splitlines()[0])[:300]
 
 
 def backoff(attempt: int) -> float:

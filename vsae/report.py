@@ -5,6 +5,8 @@ not miss, such as random weights or a stale store), ``lines`` are its body, ``fa
 each unit of work that failed and why, and ``data`` holds the figures as plain JSON for
 programs. :meth:`Report.save` writes it under the store's ``_reports/`` (see
 :class:`~vsae.store.paths.StoreLayout`), in every case: a failed run's report says what failed.
+What a report shows or keeps never carries credentials: :meth:`Report.summary` and
+:meth:`Report.to_json` redact every URI in it (:mod:`vsae.redact`), the config's included.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from vsae.redact import redact_text, redact_value
 
 FAILED = "failed"
 
@@ -71,10 +75,11 @@ class Report:
             out.append(f"FAILED         {unit}: {why}")
         if self.saved_to:
             out.append(f"report         {self.saved_to}")
-        return "\n".join(out)
+        return redact_text("\n".join(out))
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The report as plain JSON, every URI in it redacted."""
+        return redact_value(asdict(self))
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Report:
@@ -84,6 +89,6 @@ class Report:
         """Write the report as ``_reports/{job}-{time}.json`` under ``layout``'s store root;
         returns its URI (also kept in ``saved_to``)."""
         where = layout.report(self.job, stamp())
-        self.saved_to = where.uri
+        self.saved_to = redact_text(where.uri)
         where.write_bytes(json.dumps(self.to_json(), indent=1, default=str).encode())
         return where.uri

@@ -57,7 +57,10 @@ def write_table(where: str | Location, table: pa.Table, *, features_per_group: i
 
 
 def write_json(where: str | Location, value: dict[str, Any]) -> None:
-    Location.of(where).write_bytes(json.dumps(value, indent=1, default=str).encode())
+    """``value`` as JSON at ``where``, every URI in it redacted (:mod:`vsae.redact`)."""
+    from vsae.redact import redact_value
+
+    Location.of(where).write_bytes(json.dumps(redact_value(value), indent=1, default=str).encode())
 
 
 def features_table(stats, freq_sc: np.ndarray, mono_s: np.ndarray, class_wnids: list[str],

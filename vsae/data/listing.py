@@ -362,10 +362,14 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, cl
 
 
 def write_listing(listing: Listing, where: str | Location) -> None:
-    """Save the listing as parquet, with its source, kind and digest in the schema metadata."""
+    """Save the listing as parquet, with its source, kind and digest in the schema metadata (the
+    source redacted: :func:`vsae.redact.redact`; a reader of a source with credentials in its
+    URI passes the URI again)."""
     import pyarrow.parquet as pq
 
-    meta = {"vsae": json.dumps({"source_uri": listing.source_uri, "kind": listing.kind,
+    from vsae.redact import redact
+
+    meta = {"vsae": json.dumps({"source_uri": redact(listing.source_uri), "kind": listing.kind,
                                 "digest": listing.digest, "skipped": dict(listing.skipped),
                                 "order": listing.order})}
     table = listing.table.replace_schema_metadata(meta)

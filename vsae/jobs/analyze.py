@@ -39,7 +39,9 @@ from vsae.report import Report, now_utc
 from vsae.resources import Resources
 from vsae.sae.checkpoint import WEIGHTS, find_saes
 from vsae.store import ActivationStore
+from vsae.store.names import validate_location, validate_name
 from vsae.store.paths import Location, StoreLayout
+from vsae.store.spec import validate_hook_name
 
 
 @config_class
@@ -67,8 +69,11 @@ class AnalyzeJob:
     """``num_cpus_per_task``/``num_gpus_per_task`` per unit, ``max_in_flight``, ``max_retries``."""
 
     def __post_init__(self) -> None:
-        if not self.run or "/" in self.run:
-            raise ConfigError(f"run must be a non-empty name without '/', got {self.run!r}")
+        validate_location(self.store_uri, "store_uri")
+        validate_location(self.saes_uri, "saes_uri", required=False)
+        validate_name(self.run, "run")
+        for hook in self.hooks:
+            validate_hook_name(hook)
 
     def saes(self) -> Location:
         """Where the run's SAEs are."""

@@ -1,4 +1,8 @@
-"""What every job shares: checks made before any work, the end of a store job, report lines."""
+"""What every job shares: checks made before any work, the end of a store job, report lines.
+
+Every message here names a URI as given; :class:`~vsae.errors.VsaeError` redacts its
+credentials (:mod:`vsae.redact`).
+"""
 
 from __future__ import annotations
 
@@ -14,14 +18,14 @@ from vsae.report import Report
 from vsae.runner import TaskTally
 from vsae.runner import verify_tasks as run_verify
 from vsae.store import ActivationStore
+from vsae.store.names import validate_location
 from vsae.store.paths import Location
 
 
 def check_uri(uri: str, what: str) -> Location:
     """``uri`` resolved, or a ConfigError naming ``what`` if its scheme is unknown to fsspec or
     its filesystem cannot be set up (a missing package, bad options)."""
-    if not uri:
-        raise ConfigError(f"{what} is empty: give a local path or a URI such as s3://bucket/prefix")
+    validate_location(uri, what)
     protocol = uri.split("://", 1)[0] if "://" in uri else "file"
     try:
         fsspec.get_filesystem_class(protocol)
@@ -37,7 +41,7 @@ def check_writable(where: Location, what: str) -> None:
     try:
         probe.write_bytes(b"")
         probe.remove()
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - OSError, or a client's own (botocore's bad bucket name)
         raise ConfigError(f"{what} {where.uri} is not writable: {type(err).__name__}: {err}") from None
 
 
@@ -45,7 +49,7 @@ def check_exists(uri: str, what: str, hint: str = "") -> Location:
     where = check_uri(uri, what)
     try:
         found = where.exists()
-    except OSError as err:
+    except Exception as err:  # noqa: BLE001 - OSError, or a client's own (an HTTP or S3 client error)
         raise ConfigError(f"{what} {uri}: cannot be reached: {type(err).__name__}: {err}") from None
     if not found:
         raise ConfigError(f"{what} {uri} does not exist{'; ' + hint if hint else ''}")

@@ -24,6 +24,7 @@ from vsae.report import FAILED, Report
 from vsae.resources import Resources
 from vsae.sae.config import SAEConfig
 from vsae.sae.runs import SAERun, TrainConfig
+from vsae.store.names import validate_location
 from vsae.store.paths import StoreLayout
 
 DEMO_HOOKS = ("conv2d0=magnitude:16", "mixed3a/3x3=magnitude:16", "mixed3b/5x5=magnitude:16",
@@ -42,6 +43,9 @@ class DemoJob:
     """Passes of SAE training over the demo's rows."""
     resources: Resources = field(default_factory=lambda: Resources(max_in_flight=4))
     """Where and with how much every stage runs."""
+
+    def __post_init__(self) -> None:
+        validate_location(self.root.rstrip("/"), "root")
 
 
 def stages(job: DemoJob) -> tuple[extract.ExtractJob, train.TrainJob, analyze.AnalyzeJob]:

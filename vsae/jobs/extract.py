@@ -31,13 +31,15 @@ from vsae.jobs.common import (
     weights_note,
 )
 from vsae.models import card, resolve_hooks
+from vsae.models.weights import random_seed
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.runner import TaskTally, finished_result, write_rows, write_tasks
 from vsae.sampling import Sampler
 from vsae.store import ActivationStore, HookSpec, StoreSpec
+from vsae.store.names import validate_location
 from vsae.store.paths import Location, StoreLayout
-from vsae.store.spec import COMPRESSIONS, DTYPES
+from vsae.store.spec import COMPRESSIONS, DTYPES, validate_hook_name
 from vsae.store.store import stale_reason
 
 
@@ -95,6 +97,13 @@ class ExtractJob:
     """Where and with how much the units of work run (not part of the store spec)."""
 
     def __post_init__(self) -> None:
+        validate_location(self.store_uri, "store_uri")
+        validate_location(self.dataset_uri, "dataset_uri")
+        validate_location(self.demo_root, "demo_root", required=False)
+        if self.weights.startswith("random:"):
+            random_seed(self.weights)  # random:SEED with an integer seed, or a ConfigError
+        else:
+            validate_location(self.weights, "weights")
         if self.image_order not in ("shuffled", "listing"):
             raise ConfigError(f"image_order must be shuffled or listing, got {self.image_order!r}")
         if self.verify_scope not in ("all", "grown"):
@@ -111,20 +120,22 @@ class ExtractJob:
             raise ConfigError("images_per_task and demo_per_class must be >= 1")
         if not self.hooks:
             raise ConfigError("no hooks to extract: give HOOK=SAMPLER entries, e.g. hooks = ['mixed4a=magnitude:16']")
+        parse_hook_samplers(self.hooks)  # HOOK=SAMPLER entries, valid hook names, samplers
 
 
 def parse_hook_samplers(entries: tuple[str, ...]) -> list[tuple[str, Sampler]]:
     """``("mixed4a=magnitude:16", "conv2d0=mean")`` -> ``[("mixed4a", Sampler("magnitude", 16)), ...]``.
 
     Raises:
-        ConfigError: an entry that does not read HOOK=SAMPLER, a bad sampler, a hook twice.
+        ConfigError: an entry that does not read HOOK=SAMPLER, an invalid hook name, a bad
+        sampler, a hook twice.
     """
     out = []
     for entry in entries:
         hook, eq, sampler = entry.partition("=")
         if not eq or not hook.strip() or not sampler.strip():
             raise ConfigError(f"hook entry {entry!r} must read HOOK=SAMPLER, e.g. mixed4a=magnitude:16")
-        out.append((hook.strip(), Sampler.parse(sampler)))
+        out.append((validate_hook_name(hook.strip()), Sampler.parse(sampler)))
     names = [h for h, _ in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"hooks are listed more than once: {entries}")

@@ -36,10 +36,12 @@ from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
 from vsae.jobs import analyze, extract, train
+from vsae.redact import redact_value
 from vsae.report import FAILED, Report, now_utc
 from vsae.resources import Resources
 from vsae.sae.runs import SAERun, TrainConfig
 from vsae.store.lease import Lease, create_object
+from vsae.store.names import validate_name
 from vsae.store.paths import StoreLayout
 
 
@@ -75,8 +77,8 @@ class NightlyJob:
                 raise ConfigError(f"night must read YYYY-MM-DD, got {self.night!r}") from err
         if self.lease_seconds <= 0:
             raise ConfigError(f"lease_seconds must be positive, got {self.lease_seconds}")
-        if not self.run_prefix or "/" in self.run_prefix:
-            raise ConfigError(f"run_prefix must be a non-empty name without '/', got {self.run_prefix!r}")
+        validate_name(self.run_prefix, "run_prefix")
+        validate_name(self.run_name, "run_prefix + night")
 
     @property
     def resolved_night(self) -> str:
@@ -201,6 +203,7 @@ def _night(job: NightlyJob, executor: Executor, layout: StoreLayout, run_name: s
               "analysis_uri": analysed.data["out_uri"], "previous": latest["run"] if latest else None,
               "weights": analysed.data.get("weights"), "job": to_dict(job),
               "published_at": now_utc().isoformat(timespec="seconds")}
+    record = redact_value(record)  # kept and shown: never with credentials
     try:  # the conditional write decides who publishes this night
         create_object(layout.run_record(run_name), json.dumps(record, indent=1).encode())
     except FileExistsError:

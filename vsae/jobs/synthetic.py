@@ -20,6 +20,7 @@ from vsae.report import Report
 from vsae.resources import Resources
 from vsae.runner import TaskTally, write_tasks
 from vsae.store import ActivationStore
+from vsae.store.names import validate_location
 from vsae.store.paths import StoreLayout
 from vsae.store.spec import COMPRESSIONS, DTYPES
 from vsae.synthetic import SyntheticConfig, SyntheticTasks, make_features, truth_bytes
@@ -45,6 +46,7 @@ class SyntheticJob:
     """Where and with how much the units of work run (not part of the store spec)."""
 
     def __post_init__(self) -> None:
+        validate_location(self.store_uri, "store_uri")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
         if self.compression not in COMPRESSIONS:

@@ -33,6 +33,7 @@ from vsae.report import Report
 from vsae.resources import Resources
 from vsae.sae.runs import SAERun, TrainConfig
 from vsae.store import ActivationStore
+from vsae.store.names import validate_location, validate_name
 from vsae.store.paths import Location, StoreLayout
 from vsae.synthetic import recovery, store_truth
 
@@ -61,8 +62,10 @@ class TrainJob:
     def __post_init__(self) -> None:
         if not self.saes:
             raise ConfigError("no SAEs to train: add [[saes]] tables with a hook and an [saes.sae] config")
-        if not self.run or "/" in self.run:
-            raise ConfigError(f"run must be a non-empty name without '/', got {self.run!r}")
+        validate_location(self.store_uri, "store_uri")
+        validate_location(self.out_uri, "out_uri", required=False)
+        validate_location(self.init_from, "init_from", required=False)
+        validate_name(self.run, "run")
         folders = [r.folder for r in self.saes]
         twice = sorted({f for f in folders if folders.count(f) > 1})
         if twice:

@@ -11,7 +11,9 @@ from dataclasses import field
 from vsae.config import config_class
 from vsae.errors import ConfigError
 from vsae.sae.config import SAEConfig
+from vsae.store.names import validate_name
 from vsae.store.paths import StoreLayout
+from vsae.store.spec import validate_hook_name
 
 
 @config_class
@@ -80,6 +82,10 @@ class SAERun:
     """The SAE: variant, width, sparsity, learning rate, seed."""
     name: str = ""
     """Its name within the run (default: the config's readable name, e.g. ``topk-x8-k32``)."""
+
+    def __post_init__(self) -> None:
+        validate_hook_name(self.hook)
+        validate_name(self.sae_name, "SAE name")
 
     @property
     def sae_name(self) -> str:

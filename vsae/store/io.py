@@ -28,8 +28,13 @@ MAX_CONCURRENCY = 16
 
 
 def resolve_uri(uri: str | os.PathLike) -> str:
-    """A URI string; local paths become absolute so workers in other directories agree."""
+    """A URI string; local paths become absolute so workers in other directories agree. An empty
+    one is refused (ConfigError): it would silently mean the current directory."""
     text = os.fspath(uri)
+    if not text.strip():
+        from vsae.errors import ConfigError
+
+        raise ConfigError("empty location: give a local path or a URI such as s3://bucket/prefix")
     if "://" not in text:
         return os.path.abspath(text)
     return text.rstrip("/")

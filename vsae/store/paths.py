@@ -124,8 +124,11 @@ class Location:
 
 def hook_folder(hook: str) -> str:
     """A hook name as one path segment (``mixed3a/3x3`` -> ``mixed3a.3x3``), for folders of
-    per-hook outputs (SAE checkpoints, analysis tables)."""
-    return hook.replace("/", ".")
+    per-hook outputs (SAE checkpoints, analysis tables). Raises ConfigError for an invalid hook
+    name (:func:`~vsae.store.spec.validate_hook_name`)."""
+    from vsae.store.spec import validate_hook_name
+
+    return validate_hook_name(hook).replace("/", ".")
 
 
 LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
@@ -269,12 +272,10 @@ class StoreLayout:
 
 
 def _segment(name: str, what: str) -> str:
-    """``name`` if it is one safe path segment (a run, SAE or job name)."""
-    from vsae.errors import ConfigError
+    """``name`` if it is a valid name (:func:`~vsae.store.names.validate_name`: one path segment)."""
+    from vsae.store.names import validate_name
 
-    if not name or "/" in name or name in (".", "..") or "\\" in name or "://" in name:
-        raise ConfigError(f"{what} name {name!r} must be one non-empty path segment (no '/', '..')")
-    return name
+    return validate_name(name, f"{what} name")
 
 
 def render_layout_table() -> str:

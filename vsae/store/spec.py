@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,22 +22,28 @@ SCHEMA_VERSION = 1
 DTYPES = ("float16", "bfloat16", "float32")
 COMPRESSIONS = ("zstd:1", "zstd:3", "none")
 ARRAY_NAMES = ("acts", "image_id", "yx", "prob", "valid")
-_HOOK_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
 def validate_hook_name(name: str) -> str:
     """Check that a hook name is a safe relative key: ``mixed4a/5x5``, ``blocks.3/resid_post``.
 
-    Hook names become storage paths, so ``..``, absolute paths, empty parts and the reserved
-    array names are refused.
+    Hook names become storage paths (nested groups, and folders with ``/`` as ``.``), so each
+    ``/``-separated part must be a valid name (:func:`~vsae.store.names.validate_name`: no
+    ``..``, leading dots, spaces or control characters), and none may be a reserved array name.
+
+    Raises:
+        ConfigError: naming the hook and the rule.
     """
+    from vsae.store.names import NAME_RULE, validate_name
+
     parts = name.split("/") if isinstance(name, str) else [""]
-    bad = [p for p in parts if not _HOOK_PART.match(p) or p in ("..", ".") or p in ARRAY_NAMES]
-    if not name or bad:
-        raise ConfigError(
-            f"invalid hook name {name!r}: parts must match {_HOOK_PART.pattern}, "
-            f"and may not be '..' or one of {ARRAY_NAMES}"
-        )
+    try:
+        for part in parts:
+            validate_name(part, "hook name part")
+    except ConfigError:
+        raise ConfigError(f"invalid hook name {name!r}: each '/'-separated part must be {NAME_RULE}") from None
+    if any(p in ARRAY_NAMES for p in parts):
+        raise ConfigError(f"invalid hook name {name!r}: no part may be one of the array names {ARRAY_NAMES}")
     return name
 
 

@@ -431,9 +431,11 @@ def stale_reason(spec: StoreSpec) -> str:
 def _warn_if_stale(store: ActivationStore) -> None:
     import warnings
 
+    from vsae.redact import redact
+
     why = stale_reason(store.spec)
     if why:
-        warnings.warn(StaleStoreWarning(f"store {store.uri} is STALE: {why}. Results from it do not describe "
+        warnings.warn(StaleStoreWarning(f"store {redact(store.uri)} is STALE: {why}. Results from it do not describe "
                                         "the model as vsae now computes it; re-extract into a new store."),
                       stacklevel=3)
 
