@@ -12,7 +12,6 @@ import io
 import re
 from typing import TYPE_CHECKING
 
-
 from vsae.errors import ConfigError, StorageUnavailable
 from vsae.store import io as store_io
 
