@@ -358,3 +358,32 @@ def test_bfloat16_encoding_stays_close_to_float32_and_leaves_neurons_exact(demo_
     assert np.mean(np.abs(ta - tb) <= 0.05 * ta.max()) >= 0.9
     with pytest.raises(ConfigError, match="compute_dtype"):
         AnalysisConfig(compute_dtype="float16")
+
+
+def test_ids_that_look_like_wnids_but_name_no_synset_are_analysed_without_a_class(tmp_path):
+    """A class folder with a typo (n01440765: tench is n01440764) must not stop the analysis:
+    its images have no class, the report says which ids WordNet does not know."""
+    from tests.test_custom_model import TINY  # noqa: F401  (registers tiny_cnn.test)
+    from vsae.data.demo import _jpeg, make_image
+    from vsae.errors import NoClassLabels
+    from vsae.jobs import extract
+
+    for c, wnid in enumerate(("n01440764", "n01440765")):
+        folder = tmp_path / "train" / wnid
+        folder.mkdir(parents=True)
+        for i in range(4):
+            (folder / f"{i}.JPEG").write_bytes(_jpeg(make_image(c, i, (40, 40))))
+    store = str(tmp_path / "s.zarr")
+    local = LocalExecutor(progress=False)
+    assert extract.run(extract.ExtractJob(store_uri=store, dataset_uri=str(tmp_path / "train"), model_id="tiny_cnn.test",
+                                          hooks=("conv2=mean",), images_per_task=4), local).ok
+    report = analyze(AnalyzeJob(store_uri=store, run="typo", hooks=("conv2",),
+                                analysis=AnalysisConfig(top_k=2, per_interval=1)), local)
+    assert report.ok and report.data["n_classes"] == 1, report.summary()
+    assert any("n01440765" in n and "4 images" in n for n in report.notes), report.notes
+    (tmp_path / "train" / "n01440764").rename(tmp_path / "train" / "n01440766")  # now no class is known
+    store2 = str(tmp_path / "s2.zarr")
+    assert extract.run(extract.ExtractJob(store_uri=store2, dataset_uri=str(tmp_path / "train"), model_id="tiny_cnn.test",
+                                          hooks=("conv2=mean",), images_per_task=4), local).ok
+    with pytest.raises(NoClassLabels, match="WordNet 3.0 knows"):
+        analyze(AnalyzeJob(store_uri=store2, run="typo", hooks=("conv2",)), local)

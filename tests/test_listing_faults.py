@@ -237,10 +237,12 @@ def test_listings_written_before_cls_mapping_still_open_and_give_their_classes(t
 
 def test_growth_keeps_ids_and_rows_and_labels_new_shards(tmp_path):
     root = tmp_path / "w"
-    write_tar(root / "00000.tar", [(f"a{i}.jpg", png(i)) for i in range(3)] + [("a0.cls", b"1")])
+    write_tar(root / "00000.tar", [(f"a{i}.jpg", png(i)) for i in range(3)] + [("a0.cls", b"1"), ("z.cls", b"2")])
     first = list_in_order(str(root), "webdataset")
-    write_tar(root / "00001.tar", [("b.jpg", png(9)), ("b.cls", b"8")])
+    assert dict(first.skipped) == {"non_image_member": 1}  # the lone z.cls
+    write_tar(root / "00001.tar", [("b.jpg", png(9)), ("b.cls", b"8"), ("c.cls", b"3")])
     grown = list_in_order(str(root), "webdataset", previous=first)
+    assert dict(grown.skipped) == {"non_image_member": 2}  # the old shard's count kept, the new one's added
     assert grown.table.slice(0, 3).equals(first.table)
     assert grown.table["image_id"].to_pylist() == [0, 1, 2, 3]
     assert grown.table["wnid"].to_pylist() == [WNIDS[1], None, None, WNIDS[8]]
@@ -258,3 +260,21 @@ def test_the_extract_job_checks_its_class_list_before_any_work(tmp_path):
         extract.check(job)
     (tmp_path / "classes.txt").write_text("n02085620\n")
     extract.check(job)
+
+
+def test_linked_images_in_class_folders_are_listed_and_broken_links_counted(tmp_path):
+    import os
+
+    src = tmp_path / "pool"
+    src.mkdir()
+    (src / "a.png").write_bytes(png(70))
+    root = tmp_path / "train" / WNIDS[3]
+    root.mkdir(parents=True)
+    (root / "own.png").write_bytes(png(90))
+    os.symlink(src / "a.png", root / "linked.png")
+    os.symlink(src / "gone.png", root / "broken.png")
+    listing = list_in_order(str(tmp_path / "train"), "imagenet_folder")
+    assert listing.table["shard"].to_pylist() == [f"{WNIDS[3]}/linked.png", f"{WNIDS[3]}/own.png"]
+    assert listing.table["size"].to_pylist()[0] == len(png(70))
+    assert dict(listing.skipped) == {"broken_link": 1}
+    assert colours(listing, tmp_path / "train") == [70, 90]

@@ -168,3 +168,18 @@ def test_training_reads_and_writes_s3(s3_endpoint, tmp_path):
     assert result["uri"].startswith(out) and result["done"]
     sae, info = load_sae(result["uri"])
     assert info.d_in == 32 and sae.d_sae == 64
+
+
+def test_no_valid_held_out_rows_is_measured_as_nan_and_the_summary_still_prints():
+    """Every held-out image unreadable: the metrics are NaN (not missing), the table prints."""
+    import math
+
+    from vsae.jobs.train import summary_lines
+    from vsae.sae import make_sae
+    from vsae.sae.metrics import reconstruction_stats
+
+    stats = reconstruction_stats(make_sae(SAEConfig(variant="topk", expansion=2, k=2), 8), [])
+    assert stats["rows"] == 0 and all(math.isnan(stats[k]) for k in ("fvu", "l0", "mse", "dead_frac", "dense_frac"))
+    row = {"hook": "h", "name": "topk", "d_sae": 16, "eval_rows": 0, **stats}
+    assert "nan" in summary_lines([row], "out")[2]
+    assert "nan" in summary_lines([{"hook": "h", "name": "old", "d_sae": 16}], "out")[2]  # metrics without fvu

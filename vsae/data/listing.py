@@ -118,7 +118,15 @@ def _list_folder(fs, root: str, skipped: Counter) -> list[dict]:
         for info in sorted(store_io.with_retries(fs, f"listing {wnid_dir}", fs.ls, wnid_dir, detail=True),
                            key=lambda i: i["name"]):
             name = info["name"]
-            if info.get("type") != "file" or not name.lower().endswith(IMAGE_EXTS):
+            kind = info.get("type")
+            if info.get("islink") and name.lower().endswith(IMAGE_EXTS):
+                # A linked image (how ImageNet subsets are often built) is read through its link,
+                # as torchvision's ImageFolder does; a link to nothing is counted.
+                if not store_io.with_retries(fs, f"checking {name}", fs.isfile, name):
+                    skipped["broken_link"] += 1
+                    continue
+                kind, info = "file", {**info, "size": store_io.with_retries(fs, f"checking {name}", fs.size, name)}
+            if kind != "file" or not name.lower().endswith(IMAGE_EXTS):
                 skipped["non_image_file"] += 1
                 continue
             rows.append(dict(shard=posixpath.relpath(name, root), key="", offset=0, size=int(info["size"]),
@@ -347,6 +355,8 @@ def list_dataset(source_uri: str, kind: str, previous: Listing | None = None, cl
     if bad_labels:
         skipped["bad_label"] += bad_labels
     start = previous.n_images if previous is not None else 0
+    if previous is not None:  # the listing's counts cover every image it lists, old and new
+        skipped = previous.skipped + skipped
     order = previous.order if previous is not None else \
         ("listing" if shuffle_seed is None else f"shuffled:{int(shuffle_seed)}")
     ids = (shuffled_ids(len(rows), int(order.partition(":")[2]), start) if order != "listing"

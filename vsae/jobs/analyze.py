@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import field
 from functools import partial
@@ -170,10 +171,44 @@ def load_classes(store: ActivationStore, download: bool, wanted: bool = True) ->
         return Classes((), (), np.zeros((0, 0), np.int16)), image_class
     ids, wnids = image_wnids(store)
     present = sorted({w for w in wnids if w})
+    unknown = unknown_wnids(present, download)
+    if unknown:
+        n = sum(w in unknown for w in wnids)
+        warnings.warn(f"{store.uri}: {n} images are labelled with ids that look like WordNet noun ids but name no "
+                      f"synset of WordNet 3.0 ({', '.join(sorted(unknown)[:5])}{', ...' if len(unknown) > 5 else ''}); "
+                      "they are analysed without a class", UnknownClassWarning, stacklevel=2)
+        present = [w for w in present if w not in unknown]
+        if not present:
+            raise NoClassLabels(f"no image of {store.uri} has a class WordNet 3.0 knows (unknown ids: "
+                                f"{', '.join(sorted(unknown)[:5])}); fix the labels, or set classes = false "
+                                "under [analysis] to analyse statistics and dataset examples only")
     index = {w: i for i, w in enumerate(present)}
     image_class[ids] = [index.get(w, -1) if w else -1 for w in wnids]
     tree, d = class_distances(present, download=download)
     return Classes(tuple(present), tree.names, d), image_class
+
+
+class UnknownClassWarning(UserWarning):
+    """Images labelled with ids that WordNet 3.0 does not know: analysed without a class."""
+
+
+def unknown_wnids(wnids: list[str], download: bool) -> set[str]:
+    """The ids among ``wnids`` that name no noun synset of WordNet 3.0 (ImageNet-1k's are known
+    without loading WordNet)."""
+    from vsae.analysis.wordnet import imagenet_wnids, load_wordnet, synset_of
+
+    known = set(imagenet_wnids())
+    others = [w for w in wnids if w not in known]
+    if not others:
+        return set()
+    wn = load_wordnet(download=download)
+    unknown = set()
+    for w in others:
+        try:
+            synset_of(wn, w)
+        except ValueError:
+            unknown.add(w)
+    return unknown
 
 
 def inputs_digest(job: AnalyzeJob, store: ActivationStore, plans: list[HookPlan]) -> str:
@@ -229,7 +264,10 @@ def run(job: AnalyzeJob, executor: Executor) -> Report:
     layout = StoreLayout(store.uri)
     out = layout.analysis(job.run)
     report = Report("analyze", to_dict(job), store_uri=store.uri, notes=weights_note(store.spec.weights, store.spec.model_id))
-    classes, image_class = load_classes(store, job.download_wordnet, job.analysis.classes)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UnknownClassWarning)
+        classes, image_class = load_classes(store, job.download_wordnet, job.analysis.classes)
+    report.notes += [f"WARNING: {w.message}" for w in caught if issubclass(w.category, UnknownClassWarning)]
     plans = plan_hooks(job, store, len(classes.wnids))
     digest = inputs_digest(job, store, plans)
     previous = layout.analysis_index(out).read_json_or_none()

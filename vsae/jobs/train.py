@@ -143,6 +143,10 @@ def run(job: TrainJob, executor: Executor) -> Report:
 
         for r in results:
             r["mmcs"] = recovery(truth, load_sae(r["uri"])[0].directions().numpy())
+    for hook in sorted({r["hook"] for r in results if r.get("eval_rows", 0) < 100}):
+        n = min(r.get("eval_rows", 0) for r in results if r["hook"] == hook)
+        report.notes.append(f"WARNING: hook {hook!r} has {n} valid held-out rows: its FVU, L0 and dead fractions "
+                            "are unmeasured (NaN) or noisy; raise train.eval_rows")
     report.data |= {"out_uri": out.uri, "saes": results}
     report.lines += summary_lines(results, out.uri)
     report.seconds = time.perf_counter() - started
@@ -175,9 +179,10 @@ def summary_lines(results: list[dict[str, Any]], out_uri: str) -> list[str]:
             f"{'dense%':>6} {'steps/s':>8}" + (f" {'MMCS':>6}" if mmcs else ""))
     lines = [head, "-" * len(head)]
     for r in results:
-        lines.append(f"{r['hook']:<16} {r['name']:<30} {r['d_sae']:>6} {r['fvu']:>7.4f} {r['l0']:>7.1f} "
-                     f"{100 * r['dead_frac']:>6.1f} {100 * r.get('dead_frac_train', float('nan')):>7.1f} "
-                     f"{100 * r['dense_frac']:>6.1f} {r.get('steps_per_s', float('nan')):>8.1f}"
+        nan = float("nan")
+        lines.append(f"{r['hook']:<16} {r['name']:<30} {r['d_sae']:>6} {r.get('fvu', nan):>7.4f} {r.get('l0', nan):>7.1f} "
+                     f"{100 * r.get('dead_frac', nan):>6.1f} {100 * r.get('dead_frac_train', nan):>7.1f} "
+                     f"{100 * r.get('dense_frac', nan):>6.1f} {r.get('steps_per_s', float('nan')):>8.1f}"
                      + (f" {r['mmcs']:>6.3f}" if mmcs else ""))
     if results:
         r = results[0]

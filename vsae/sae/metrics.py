@@ -37,8 +37,8 @@ def reconstruction_stats(sae, batches) -> dict[str, float]:
         l0_sum += float(active.sum())
         fires += active.sum(0).double().cpu()
         n += x.shape[0]
-    if n == 0:
-        return {"rows": 0}
+    if n == 0:  # nothing to measure on (every held-out image unreadable): measured as NaN, not absent
+        return {"rows": 0, **dict.fromkeys(("mse", "fvu", "l0", "dead_frac", "dense_frac"), float("nan"))}
     total_sq = sq_x - float((sum_x.pow(2)).sum()) / n   # Σ||x - mean||²
     return {
         "rows": n,
