@@ -193,7 +193,9 @@ def test_the_train_job_refuses_ksvd_settings_it_cannot_train(small_truth_store, 
     from vsae.jobs.train import TrainJob, check  # and the job refuses it before any work
 
     with pytest.raises(ConfigError, match="hook 'synthetic', ksvd-x4-k40: .*cannot exceed d_in"):
-        check(TrainJob(store_uri=store, out_uri=str(tmp_path / "job"), saes=(ksvd_run(k=40),)))
+        check(TrainJob(store_uri=store, out_uri=str(tmp_path / "job"), saes=(ksvd_run(k=40),), train=train_cfg()))
+    with pytest.raises(ConfigError, match="eval_rows=16384 would hold out 16384 of the 20000 images"):
+        check(TrainJob(store_uri=store, out_uri=str(tmp_path / "job"), saes=(ksvd_run(),)))
     with pytest.raises(ConfigError, match="ksvd_update"):
         SAEConfig(variant="ksvd", ksvd_update="svd")
     # The other variants' digests do not depend on the ksvd fields.
