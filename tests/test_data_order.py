@@ -141,3 +141,19 @@ def test_held_out_images_span_the_classes_of_a_uniform_sample(ordered):
     # and nothing held out is ever trained on
     seen = np.concatenate([b.image_id for b in reader.iter_batches(65536, exclude_images=held)])
     assert not np.isin(ids, seen).any() and len(np.unique(seen)) == len(cls) - len(ids)
+
+
+def test_training_a_store_in_listing_order_warns(ordered, folder, tmp_path):
+    """Stores extracted before ids were shuffled read and train as before, with a warning."""
+    from vsae.jobs.train import order_note
+    from vsae.store.paths import StoreLayout
+
+    listing, reader = ordered
+    store = reader.store
+    where = StoreLayout(store.uri).listing
+    assert order_note(store) == []  # no listing: a synthetic store, rows drawn independently
+    write_listing(listing, where)
+    assert order_note(store) == []
+    write_listing(list_dataset(folder, "imagenet_folder", shuffle_seed=None), where)
+    (note,) = order_note(store)
+    assert "dataset order" in note and "window_images" in note
