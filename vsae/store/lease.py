@@ -30,14 +30,21 @@ def create_object(where: Location, data: bytes) -> None:
     if io.is_local(fs):
         # Whole file first, then a hard link into place: the link is atomic and fails if the name
         # exists, so a concurrent reader never sees a created-but-empty lease.
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        with open(tmp, "wb") as f:
-            f.write(data)
         try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
             os.link(tmp, path)
+        except FileExistsError:
+            raise
+        except OSError as err:  # full disk, quota, permissions: say where
+            raise type(err)(err.errno, f"cannot create {path}: {err.strerror or err}", path) from err
         finally:
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
         return
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "s3" in protocols or "s3a" in protocols:
