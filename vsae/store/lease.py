@@ -11,6 +11,7 @@ the night's run record is itself a conditional create, so at most one of them pu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -35,16 +36,21 @@ def create_object(where: Location, data: bytes) -> None:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(tmp, "wb") as f:
                 f.write(data)
-            os.link(tmp, path)
-        except FileExistsError:
-            raise
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, f"{path} exists already", path) from None
+        except FileExistsError as err:
+            if err.filename == path:
+                raise
+            raise OSError(err.errno, f"cannot create {path}: {err.strerror or err}", path) from err
         except OSError as err:  # full disk, quota, permissions: say where
             raise type(err)(err.errno, f"cannot create {path}: {err.strerror or err}", path) from err
         finally:
             try:
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # never written, or its folder could not be made
         return
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "s3" in protocols or "s3a" in protocols:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
-from zarr.errors import ContainsArrayError
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from vsae.errors import (
     ReadOnlyStore,
@@ -137,7 +137,10 @@ class ActivationStore:
             zstore = io.zarr_store(uri, fs, root, read_only=False, storage_options=storage_options)
             # "a", not "w-": the root may hold the claim, the lease or the dataset listing, and
             # arrays of a creation that was interrupted (completed below) or is under way
-            group = zarr.open_group(store=zstore, mode="a", zarr_format=3)
+            try:
+                group = zarr.open_group(store=zstore, mode="a", zarr_format=3)
+            except ContainsGroupError:  # a creator of the same spec made it in between
+                group = zarr.open_group(store=zstore, mode="r+", zarr_format=3)
             for hook in spec.hooks:
                 _create_hook_arrays(group, spec, hook, where=uri)
             # The spec attribute is written last: a root without it is not yet a store.
@@ -686,7 +689,10 @@ def _claim(layout: StoreLayout, spec: StoreSpec) -> StoreSpec:
 def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec, where: str) -> None:
     g = group
     for part in f"{StoreLayout.HOOKS}/{hook.name}".split("/"):
-        g = g.require_group(part)
+        try:
+            g = g.require_group(part)
+        except ContainsGroupError:  # a creator of the same spec made it in between
+            g = g[part]
     g.attrs.update({"hook": hook.name, "sampler": str(hook.sampler), "rows_per_image": hook.rows_per_image})
     n_rows = spec.n_images * hook.rows_per_image
     names = {"acts": ("row", "channel"), "image_id": ("row",), "yx": ("row", "axis"),
