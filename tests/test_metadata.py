@@ -281,3 +281,52 @@ def test_a_conditional_create_that_fails_names_its_path(tmp_path):
     where = Location.of(str(tmp_path / "file" / "runs" / "x.json"))
     with pytest.raises(OSError, match="cannot create .*file/runs/x.json"):
         create_object(where, b"{}")
+
+
+# -- the dataset listing, through the extract job ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    from vsae.data.demo import write_demo
+
+    return write_demo(str(tmp_path_factory.mktemp("data")), per_class=1, shards=1)["webdataset"]
+
+
+def test_a_torn_or_lost_listing_and_an_edited_manifest_are_repaired_by_the_extract_rerun(store_uri, tiny_dataset):
+    from vsae.client import Client
+    from vsae.data import read_listing
+    from vsae.executor import LocalExecutor
+    from vsae.jobs.extract import ExtractJob, run
+    from vsae.resources import Resources
+
+    job = ExtractJob(store_uri=store_uri, dataset_uri=tiny_dataset, dataset_kind="webdataset",
+                     hooks=("conv2d0=mean",), images_per_task=8, resources=Resources(executor="local", batch_size=8))
+    first = run(job, LocalExecutor(job.resources, progress=False))
+    assert first.ok, first.summary()
+    layout = StoreLayout(store_uri)
+    fs, root = objects(store_uri)
+    listing_path, n_images = f"{root}/dataset.parquet", ActivationStore.open(store_uri).spec.n_images
+    whole = fs.cat_file(listing_path)
+    labels = Client(store_uri).labels([0, 1])
+    # a torn listing, as a killed writer of an older release left it
+    fs.pipe_file(listing_path, whole[:4096] if len(whole) > 4096 else whole[: len(whole) // 2])
+    with pytest.raises(StoreCorrupted, match="dataset listing .*dataset.parquet is damaged"):
+        read_listing(layout.listing)
+    with pytest.raises(StoreCorrupted, match="dataset.parquet is damaged"):
+        Client(store_uri).labels([0])
+    assert any("dataset.parquet" in p for p in ActivationStore.open(store_uri).verify().problems)
+    again = run(job, LocalExecutor(job.resources, progress=False))
+    assert again.ok and any("REPAIR" in n and "dataset.parquet" in n for n in again.notes), again.summary()
+    assert objects(store_uri)[0].cat_file(listing_path) == whole
+    # a lost listing: the client refuses to answer with nulls
+    layout.listing.remove()
+    with pytest.raises(StoreCorrupted, match="dataset.parquet is missing"):
+        Client(store_uri).labels([0])
+    assert run(job, LocalExecutor(job.resources, progress=False)).ok
+    assert Client(store_uri).labels([0, 1]).equals(labels)
+    # an edited manifest: the rerun says so and writes it again
+    edit(store_uri, "manifest.json", f'"n_images": {n_images}'.encode(), f'"n_images": {n_images - 1}'.encode())
+    repaired = run(job, LocalExecutor(job.resources, progress=False))
+    assert repaired.ok and any("REPAIR" in n and "manifest.json" in n for n in repaired.notes), repaired.summary()
+    reader = ActivationStore.open(store_uri)
+    assert reader.manifest["n_images"] == n_images and reader.verify().ok
