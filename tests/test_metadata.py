@@ -330,3 +330,45 @@ def test_a_torn_or_lost_listing_and_an_edited_manifest_are_repaired_by_the_extra
     assert repaired.ok and any("REPAIR" in n and "manifest.json" in n for n in repaired.notes), repaired.summary()
     reader = ActivationStore.open(store_uri)
     assert reader.manifest["n_images"] == n_images and reader.verify().ok
+
+
+FULL = """
+import resource, signal, sys
+from vsae.data import read_listing, write_listing
+from vsae.report import Report
+from vsae.store.paths import StoreLayout
+layout = StoreLayout(sys.argv[1])
+listing = read_listing(layout.listing)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+try:
+    write_listing(listing, layout.listing)
+except OSError as err:
+    print("ERROR", err.errno, err)
+report = Report("extract", lines=["tasks          2 written"], data={"big": "x" * 4096})
+report.save(layout)
+print(report.summary())
+"""
+
+
+def test_a_full_disk_while_the_listing_and_the_report_are_written_leaves_the_old_listing_whole(tmp_path, tiny_dataset):
+    """Out of space (a file-size limit: the kernel's EFBIG, as real as ENOSPC without mounting a
+    small disk) while rewriting the listing and saving a report: the error names the listing,
+    the old listing stays whole, no partial file stays, and the report's summary is still shown."""
+    import errno
+
+    from vsae.data import list_dataset, read_listing, write_listing
+
+    layout = StoreLayout(str(tmp_path / "store.zarr"))
+    listing = list_dataset(tiny_dataset, "webdataset")
+    write_listing(listing, layout.listing)
+    before = (tmp_path / "store.zarr/dataset.parquet").read_bytes()
+    assert len(before) > 1024
+    done = subprocess.run([sys.executable, "-c", FULL, layout.root.uri], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    (error,) = [line for line in done.stdout.splitlines() if line.startswith("ERROR")]
+    assert f"ERROR {errno.EFBIG} " in error and "dataset.parquet" in error, done.stdout + done.stderr
+    assert "REPORT NOT SAVED" in done.stdout and "tasks          2 written" in done.stdout
+    assert (tmp_path / "store.zarr/dataset.parquet").read_bytes() == before
+    assert read_listing(layout.listing).digest == listing.digest
+    assert not list((tmp_path / "store.zarr").rglob("*.partial"))
