@@ -127,6 +127,12 @@ class ActivationStore:
         existing = _read_root_spec(layout)
         if existing is None:
             existing = _claim(layout, spec)
+            if existing.digest != spec.digest:
+                raise StoreSpecMismatch(
+                    f"{uri} is being created with spec {existing.digest[:12]} ({existing.model_id}, "
+                    f"{existing.n_images} images, hooks {list(existing.hook_names)}), not the requested "
+                    f"{spec.digest[:12]}. Use another URI; if that creation was abandoned, delete "
+                    f"{layout.spec_claim.uri} and the '{StoreLayout.HOOKS}' folder, or the whole root.")
         if existing.digest != spec.digest:
             raise StoreSpecMismatch(
                 f"{uri} already holds a store with spec {existing.digest[:12]} "
