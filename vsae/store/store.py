@@ -100,7 +100,7 @@ class ActivationStore:
         self.committed_only = committed_only
         self.manifest = manifest
         self.manifest_damage = manifest_damage
-        """Why ``manifest.json`` was unreadable, for a writable handle (which treats the store as
+        """Why the manifest was unreadable, for a writable handle (which treats the store as
         unpublished, so that :meth:`publish` rewrites it); readers raise instead."""
         self.storage_options = storage_options
         self.layout = StoreLayout(uri, storage_options)
