@@ -121,3 +121,18 @@ def write_synthetic(uri: str, cfg) -> str:
     write_tasks(LocalExecutor(progress=False), uri, SyntheticTasks(cfg, spec), range(spec.n_tasks))
     store.publish()
     return uri
+
+
+def create_at(uri: str, spec_json: str, start: float) -> str:
+    """Create the store from ``spec_json`` at wall-clock time ``start`` (for creation races):
+    ``created <digest>``, or ``mismatch`` if another spec holds the root."""
+    import time
+
+    from vsae.errors import StoreSpecMismatch
+
+    spec = StoreSpec.from_json(spec_json)
+    time.sleep(max(0.0, start - time.time()))
+    try:
+        return f"created {ActivationStore.create(uri, spec).spec.digest}"
+    except StoreSpecMismatch:
+        return "mismatch"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from vsae.data import decode, list_dataset, read_images, read_listing, write_listing
 from vsae.data.demo import CLASSES, write_demo
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, StoreCorrupted
 
 BAD = {"corrupt": 1, "converted:CMYK": 1, "converted:L": 1, "converted:P": 1, "too_small": 1}
 
@@ -74,7 +74,7 @@ def test_manifest_round_trip_and_tamper_check(tmp_path, demo):
 
     table = pq.read_table(tmp_path / "m.parquet")
     pq.write_table(table.set_column(3, "offset", table["offset"].cast("int64")).slice(1), tmp_path / "t.parquet")
-    with pytest.raises(ConfigError, match="does not match its recorded digest"):
+    with pytest.raises(StoreCorrupted, match="do not match its recorded digest"):
         read_listing(str(tmp_path / "t.parquet"))
 
 

@@ -49,10 +49,12 @@ def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
         elif name.startswith("_tasks/"):  # markers: the same rows and checksums; timings differ
             a, b = json.loads(path.read_text()), json.loads(other.read_text())
             a["info"].pop("seconds"), b["info"].pop("seconds")
+            a.pop("digest"), b.pop("digest")  # of their content, timings included
             assert a == b, name
         elif name == "manifest.json":
             a, b = json.loads(path.read_text()), json.loads(other.read_text())
-            a.pop("published_at"), b.pop("published_at")
+            for key in ("published_at", "digest", "marker_digests"):  # the markers' digests cover timings
+                a.pop(key), b.pop(key)
             assert a == b
         elif name.endswith(".parquet"):
             ta, tb = pq.read_table(path), pq.read_table(other)

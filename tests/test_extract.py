@@ -78,11 +78,11 @@ def test_extraction_survives_a_worker_dying_mid_task(tmp_path, drill_report):
 
     data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
     listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
-    write_listing(listing, str(tmp_path / "m.parquet"))
+    write_listing(listing, str(tmp_path / "s.zarr" / "dataset.parquet"))
     spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
                      hook_specs("inception_v1.lucid", ("mixed3a=magnitude:4",)), images_per_task=4, model_code=1)
     uri = ActivationStore.create(tmp_path / "s.zarr", spec).uri
-    producer = FaultyProducer(ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet")),
+    producer = FaultyProducer(ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "s.zarr" / "dataset.parquet")),
                               {1}, "exit", str(tmp_path))
     report = write_tasks(ray(max_retries=2), uri, producer, range(spec.n_tasks))
     assert not report.failed and report.tasks_written == spec.n_tasks == 3
@@ -99,12 +99,12 @@ def small_extraction(tmp_path, images_per_task=4):
 
     data = write_demo(str(tmp_path / "data"), per_class=1, shards=1)
     listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
-    write_listing(listing, str(tmp_path / "m.parquet"))
+    write_listing(listing, str(tmp_path / "s.zarr" / "dataset.parquet"))
     spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
                      hook_specs("inception_v1.lucid", ("mixed3a=magnitude:4",)), images_per_task=images_per_task,
                      model_code=1)
     uri = ActivationStore.create(tmp_path / "s.zarr", spec).uri
-    return uri, spec, ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet"))
+    return uri, spec, ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "s.zarr" / "dataset.parquet"))
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -187,13 +187,13 @@ def test_bf16_compute_stays_close_to_fp32(tmp_path):
     from vsae.store import StoreSpec
 
     listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
-    write_listing(listing, str(tmp_path / "m.parquet"))
+    write_listing(listing, str(tmp_path / "s.zarr" / "dataset.parquet"))
     rows = {}
     for compute in ("float32", "bfloat16"):
         spec = StoreSpec("inception_v1.lucid", "random:0", listing.digest, listing.n_images,
                          hook_specs("inception_v1.lucid", ("mixed4a=mean", "mixed3b/5x5=mean")),
                          images_per_task=10, compute_dtype=compute, model_code=1)
-        rows[compute], _ = ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "m.parquet"))(0)
+        rows[compute], _ = ExtractTasks(spec, "random:0", data["imagenet_folder"], str(tmp_path / "s.zarr" / "dataset.parquet"))(0)
     for hook in ("mixed4a", "mixed3b/5x5"):
         a, b = rows["float32"][hook].acts, rows["bfloat16"][hook].acts
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03

@@ -32,6 +32,7 @@ import torch
 from vsae.analysis import results
 from vsae.data import read_listing
 from vsae.errors import (
+    StoreCorrupted,
     StoreIncomplete,
     StoreNotFound,
     UnknownFeature,
@@ -43,6 +44,7 @@ from vsae.sae import load_sae, read_metrics
 from vsae.sae.checkpoint import find_saes
 from vsae.store import ActivationStore, HookRows, io
 from vsae.store.paths import Location
+from vsae.store.sealed import read_sealed
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,7 @@ class Client:
         None. Queries may name it as ``"latest/<sae name>"``; it is read anew each time, so a
         long-lived client follows the pointer as nights publish, while any run named explicitly
         stays readable."""
-        latest = self._store(model).layout.latest.read_json_or_none()
+        latest = read_sealed(self._store(model).layout.latest)
         return latest["run"] if latest else None
 
     def _run_name(self, store: ActivationStore, run: str) -> str:
@@ -279,7 +281,7 @@ class Client:
 
         store = self._store(model)
         ids = np.asarray(image_ids, dtype=np.int64)
-        listing = read_listing(store.layout.listing)
+        listing = self._checked_listing(store)
         model_card = card(store.spec.model_id)
         images, valid, _ = read_images(listing.table.take(pa.array(ids)), source_uri or listing.source_uri,
                                        model_card.input_size, model_card.resample)
@@ -416,17 +418,25 @@ class Client:
             self._tables[where.uri] = results.read_table(where)
         return self._tables[where.uri]
 
+    def _checked_listing(self, store: ActivationStore):
+        """The store's dataset listing, checked against its own digest and the spec's.
+        Raises StoreCorrupted naming it if it is missing, damaged or another listing."""
+        from vsae.store.store import listing_problem
+
+        problem = listing_problem(store.layout, store.spec)
+        if problem:
+            raise StoreCorrupted(f"{problem}; re-run the extract job that made {store.uri} to list the dataset again")
+        return read_listing(store.layout.listing)
+
     def _listing(self, store: ActivationStore) -> pa.Table:
         if store.uri not in self._listings:
-            where = store.layout.listing
-            try:
-                with where.open() as f:
-                    table = pq.read_table(f)
-            except FileNotFoundError:
+            if ":" in store.spec.dataset:
                 n = store.spec.n_images  # a store without a listing (synthetic): ids only
                 table = pa.table({"image_id": pa.array(np.arange(n)), "shard": pa.nulls(n, pa.string()),
                                   "key": pa.nulls(n, pa.string()), "label": pa.nulls(n, pa.int32()),
                                   "wnid": pa.nulls(n, pa.string()), "caption": pa.nulls(n, pa.string())})
+            else:
+                table = self._checked_listing(store).table
             assert np.array_equal(table["image_id"].to_numpy(), np.arange(table.num_rows)), "listing ids are dense"
             self._listings[store.uri] = table
         return self._listings[store.uri]

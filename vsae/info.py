@@ -12,6 +12,7 @@ from typing import Any
 from vsae.models import card
 from vsae.store import ActivationStore
 from vsae.store.paths import StoreLayout
+from vsae.store.sealed import read_sealed
 
 
 def store_info(uri: str) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def store_info(uri: str) -> dict[str, Any]:
                 for sae_uri, name, info in find_saes(folder)]
         analysis = layout.analysis_index(layout.analysis(folder.name)).read_json_or_none()
         runs.append({"run": folder.name, "saes": saes, "analysed": analysis is not None})
-    latest = layout.latest.read_json_or_none()
+    latest = read_sealed(layout.latest)
     return {
         "uri": layout.root.uri, "model_id": spec.model_id, "weights": spec.weights, "spec_digest": spec.digest,
         "published": store.published, "stale": stale_reason(spec), "n_images": spec.n_images,

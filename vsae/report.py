@@ -86,9 +86,20 @@ class Report:
         return cls(**data)
 
     def save(self, layout) -> str:
-        """Write the report as ``_reports/{job}-{time}.json`` under ``layout``'s store root;
-        returns its URI (also kept in ``saved_to``)."""
-        where = layout.report(self.job, stamp())
+        """Write the report as ``_reports/{job}-{time}-{id}.json`` under ``layout``'s store root
+        (a random id: two jobs finishing in the same instant keep both reports), whole (a
+        temporary object and a rename, or one PUT); returns its URI (also kept in ``saved_to``).
+
+        A report that cannot be saved (full disk, storage unreachable) must not hide what the job
+        did: the failure becomes a note leading the summary, and ``""`` is returned."""
+        import uuid
+
+        where = layout.report(self.job, f"{stamp()}-{uuid.uuid4().hex[:8]}")
+        try:
+            where.write_bytes(json.dumps(self.to_json(), indent=1, default=str).encode())
+        except OSError as err:  # StorageUnavailable and StoreCorrupted are OSErrors too
+            self.notes.append(f"REPORT NOT SAVED to {redact_text(where.uri)}: {type(err).__name__}: {err}")
+            self.saved_to = ""
+            return ""
         self.saved_to = redact_text(where.uri)
-        where.write_bytes(json.dumps(self.to_json(), indent=1, default=str).encode())
         return where.uri

@@ -389,15 +389,32 @@ def write_listing(listing: Listing, where: str | Location) -> None:
 
 
 def read_listing(where: str | Location) -> Listing:
-    """The listing saved at ``where``. Raises FileNotFoundError, or ConfigError if it was altered."""
+    """The listing saved at ``where``.
+
+    Raises:
+        FileNotFoundError: there is none.
+        StoreCorrupted: naming it, if it is not a whole parquet file with vsae's metadata (torn
+        by a killed writer of an older release, truncated, overwritten), or its rows do not
+        match the digest recorded in it. The extract job lists the dataset again and rewrites it.
+    """
+    import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from vsae.errors import StoreCorrupted
 
     where = Location.of(where)
     uri = where.uri
-    table = pq.read_table(io.BytesIO(where.read_bytes()))
-    meta = json.loads(table.schema.metadata[b"vsae"])
-    listing = Listing(table.replace_schema_metadata(None), meta["source_uri"], meta["kind"],
-                      Counter(meta.get("skipped", {})), meta.get("order", "listing"))
-    if listing.digest != meta["digest"]:
-        raise ConfigError(f"dataset listing {uri} does not match its recorded digest")
+    data = where.read_bytes()
+    try:
+        table = pq.read_table(io.BytesIO(data))
+        meta = json.loads(table.schema.metadata[b"vsae"])
+        listing = Listing(table.replace_schema_metadata(None), meta["source_uri"], meta["kind"],
+                          Counter(meta.get("skipped", {})), meta.get("order", "listing"))
+        recorded = meta["digest"]
+    except (pa.ArrowException, OSError, ValueError, KeyError, TypeError) as err:
+        raise StoreCorrupted(f"dataset listing {uri} is damaged ({len(data)} bytes; {type(err).__name__}: {err}); "
+                             "re-running the extract job lists the dataset again and rewrites it") from None
+    if listing.digest != recorded:
+        raise StoreCorrupted(f"dataset listing {uri} is damaged: its rows do not match its recorded digest; "
+                             "re-running the extract job lists the dataset again and rewrites it")
     return listing

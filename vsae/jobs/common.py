@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import fsspec
 
-from vsae.errors import ConfigError, StoreNotFound
+from vsae.errors import ConfigError, StoreNotFound, format_ranges
 from vsae.executor import Executor, LocalExecutor
 from vsae.report import Report
 from vsae.runner import TaskTally
@@ -96,10 +96,16 @@ def finish_store(store: ActivationStore, tally: TaskTally, report: Report, *, ve
         report.data["verified"] = {"tasks": check.tasks_checked, "problems": list(check.problems)}
         if not check.ok:
             report.fail("verify", "; ".join(check.problems[:3]))
-            report.lines.append("store NOT published: the tasks named above failed verification; rewrite them "
-                                "(delete their completion markers and re-run the same command)")
+            for task in check.bad_tasks:  # the next run writes them again
+                store.layout.task_marker(task).remove()
+            bad = format_ranges(check.bad_tasks)
+            report.lines.append("store NOT published: the tasks named above failed verification"
+                                + (f"; their markers were removed, so re-running the same command rewrites "
+                                   f"tasks {bad}" if check.bad_tasks else ""))
             return None
     started = time.perf_counter()
+    if store.manifest_damage:
+        report.notes.append(f"REPAIR         {store.manifest_damage}: written again")
     manifest = store.publish()
     report.lines.append(f"published      {manifest['n_tasks']} tasks, {manifest['n_images']} images, "
                         f"spec {store.spec.digest[:12]} ({time.perf_counter() - started:.1f} s)")

@@ -21,7 +21,7 @@ from vsae.data import list_dataset, read_listing, write_listing
 from vsae.data.demo import write_demo
 from vsae.data.labels import load_class_order
 from vsae.data.listing import KINDS
-from vsae.errors import ConfigError, StaleStore, StoreNotFound
+from vsae.errors import ConfigError, StaleStore, StoreCorrupted, StoreNotFound
 from vsae.executor import Executor, Stage
 from vsae.jobs.common import (
     check_exists,
@@ -195,7 +195,8 @@ def run(job: ExtractJob, executor: Executor) -> Report:
             write_demo(demo.uri, per_class=job.demo_per_class, include_bad=True)
     weights_digest = job.weights if job.weights.startswith("random:") else _weights_digest(job)
     layout = StoreLayout(job.store_uri)
-    previous = read_listing(layout.listing) if layout.listing.exists() else None
+    existing = _stored_spec(job.store_uri)
+    previous = _previous_listing(layout, existing, report)
     listing = previous
     if job.grow or previous is None:
         listing = list_dataset(job.dataset_uri, job.dataset_kind, previous=previous, class_list_uri=job.class_list_uri,
@@ -206,7 +207,12 @@ def run(job: ExtractJob, executor: Executor) -> Report:
                      seed=job.seed, images_per_task=job.images_per_task, compression=job.compression,
                      compute_dtype=job.compute_dtype, model_code=card(job.model_id).code_version)
     relisted = previous is None or listing.n_images != previous.n_images
-    existing = _stored_spec(job.store_uri)
+    if previous is None and existing is not None and listing.digest != existing.dataset:
+        raise StoreCorrupted(
+            f"the dataset listing {layout.listing.uri} of {layout.root.uri} is lost, and listing "
+            f"{job.dataset_uri} again gives another listing (digest {listing.digest[:12]}; the store was made "
+            f"from {existing.dataset[:12]}), so the store's image ids cannot be named again: restore the "
+            "listing, or extract into a new store")
     if job.grow and existing is not None and spec.n_images > existing.n_images:
         if relisted:  # the listing first: a driver killed before the store grew relists the same next time
             write_listing(listing, layout.listing)
@@ -252,7 +258,7 @@ def write_pipeline(executor: Executor, store: ActivationStore, producer, tally: 
     """The store's missing tasks through decode -> forward -> write (``producer``: an
     :class:`~vsae.extract.ExtractTasks`); finished ones are counted as skipped."""
     tally = tally or TaskTally()
-    missing = store.missing_tasks()
+    missing = store.tasks_to_write()  # damaged markers included: those tasks are written again
     todo = set(missing)
     for task in range(store.spec.n_tasks):
         if task not in todo:
@@ -271,6 +277,22 @@ class _Write:
 
     def __call__(self, task: int, produced) -> object:
         return write_rows(self.uri, self.spec_digest, task, produced)
+
+
+def _previous_listing(layout: StoreLayout, existing: StoreSpec | None, report: Report):
+    """The store's dataset listing, or None if there is none yet. A damaged one (a torn file
+    from a killed run, a changed byte) is noted in the report and listed again by the caller
+    (which refuses a relisting that does not give the same listing back)."""
+    if not layout.listing.exists():
+        if existing is not None:
+            report.notes.append(f"REPAIR         dataset listing {layout.listing.uri} is missing: listing the "
+                                "dataset again")
+        return None
+    try:
+        return read_listing(layout.listing)
+    except StoreCorrupted as err:
+        report.notes.append(f"REPAIR         {err}")
+        return None
 
 
 def _stored_spec(uri: str) -> StoreSpec | None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import time
 from dataclasses import field
 from typing import Any
@@ -43,6 +42,7 @@ from vsae.sae.runs import SAERun, TrainConfig
 from vsae.store.lease import Lease, create_object
 from vsae.store.names import validate_name
 from vsae.store.paths import StoreLayout
+from vsae.store.sealed import read_sealed, seal
 
 
 @config_class
@@ -90,8 +90,9 @@ class NightlyJob:
 
 
 def read_latest(store_uri: str) -> dict[str, Any] | None:
-    """What the store's ``latest.json`` says (the published run readers follow), or None."""
-    return StoreLayout(store_uri).latest.read_json_or_none()
+    """What the store's ``latest.json`` says (the published run readers follow), or None.
+    Raises StoreCorrupted naming it if it does not match its own digest."""
+    return read_sealed(StoreLayout(store_uri).latest)
 
 
 def check(job: NightlyJob) -> None:
@@ -114,7 +115,7 @@ def run(job: NightlyJob, executor: Executor) -> Report:
     night, run_name = job.resolved_night, job.run_name
     report = Report("nightly", to_dict(job), store_uri=store_uri, data={"night": night, "run": run_name, "stages": {}})
     report.lines.append(f"night          {night} -> run {run_name}")
-    record = layout.run_record(run_name).read_json_or_none()
+    record = read_sealed(layout.run_record(run_name))
     if record is not None:
         report.status = "already published"
         report.data["record"] = record
@@ -205,11 +206,11 @@ def _night(job: NightlyJob, executor: Executor, layout: StoreLayout, run_name: s
               "published_at": now_utc().isoformat(timespec="seconds")}
     record = redact_value(record)  # kept and shown: never with credentials
     try:  # the conditional write decides who publishes this night
-        create_object(layout.run_record(run_name), json.dumps(record, indent=1).encode())
+        create_object(layout.run_record(run_name), seal(record))
     except FileExistsError:
         report.status = "published by another run"
         return
-    layout.latest.write_bytes(json.dumps(record, indent=1).encode())  # one write: readers move now
+    layout.latest.write_bytes(seal(record))  # one write: readers move now
     report.status = "published"
     report.data["record"] = record
     report.lines.append(f"published      latest -> {run_name} (previous: {record['previous']})")

@@ -70,7 +70,7 @@ def run(job: SyntheticJob, executor: Executor) -> Report:
     report = Report("synthetic", to_dict(job), store_uri=store.uri, lines=[f"store          {store.uri}"])
     if not layout.synthetic_truth.exists():
         layout.synthetic_truth.write_bytes(truth_bytes(job.data, make_features(job.data)))
-    missing = store.missing_tasks()
+    missing = store.tasks_to_write()  # damaged markers included: those tasks are written again
     tally = write_tasks(executor, store.uri, SyntheticTasks(job.data, spec), missing, tally=TaskTally())
     tally.tasks_skipped += spec.n_tasks - len(missing)
     finish_store(store, tally, report, verify=job.verify, executor=executor)

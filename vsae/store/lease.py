@@ -11,6 +11,7 @@ the night's run record is itself a conditional create, so at most one of them pu
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -30,14 +31,26 @@ def create_object(where: Location, data: bytes) -> None:
     if io.is_local(fs):
         # Whole file first, then a hard link into place: the link is atomic and fails if the name
         # exists, so a concurrent reader never sees a created-but-empty lease.
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{uuid.uuid4().hex}.partial"
-        with open(tmp, "wb") as f:
-            f.write(data)
         try:
-            os.link(tmp, path)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise FileExistsError(errno.EEXIST, f"{path} exists already", path) from None
+        except FileExistsError as err:
+            if err.filename == path:
+                raise
+            raise OSError(err.errno, f"cannot create {path}: {err.strerror or err}", path) from err
+        except OSError as err:  # full disk, quota, permissions: say where
+            raise type(err)(err.errno, f"cannot create {path}: {err.strerror or err}", path) from err
         finally:
-            os.unlink(tmp)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass  # never written, or its folder could not be made
         return
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     if "s3" in protocols or "s3a" in protocols:

@@ -132,11 +132,16 @@ def hook_folder(hook: str) -> str:
 
 
 LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
-    ("zarr.json", "root zarr group; attribute `vsae.spec` is the store spec (plain JSON)", "extract, synthetic"),
+    ("zarr.json", "root zarr group; attribute `vsae.spec` is the store spec (plain JSON), `vsae.spec_digest` its digest",
+     "extract, synthetic"),
+    ("_spec.json", "the spec the root was claimed for by its first creator (created once, conditionally)",
+     "extract, synthetic"),
     ("hooks/{hook}/{array}", "one hook's arrays: acts, image_id, yx, prob, valid (zarr v3, one shard per task)",
      "extract, synthetic"),
-    ("_tasks/{task:08d}.json", "a task's completion marker (rows, checksums), written after its shards", "extract, synthetic"),
-    ("manifest.json", "written last by publish: what readers see", "extract, synthetic"),
+    ("_tasks/{task:08d}.json", "a task's completion marker (rows, checksums, its own digest), written after its shards",
+     "extract, synthetic"),
+    ("manifest.json", "written last by publish: what readers see (its own, the spec's and every marker's digest)",
+     "extract, synthetic"),
     ("dataset.parquet", "the dataset listing (image_id, shard, key, label, wnid, caption)", "extract"),
     ("_synthetic/truth.safetensors", "the true feature directions of a synthetic store", "synthetic"),
     ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors",
@@ -144,9 +149,9 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("analysis/{run}/analysis.json", "the analysis index, written last (its presence means complete)", "analyze"),
     ("analysis/{run}/classes.parquet", "the classes analysed, their names, image counts and distances", "analyze"),
     ("analysis/{run}/{hook}/{unit}/", "one unit's tables: features, class means, examples, decoder maps", "analyze"),
-    ("runs/{run}.json", "a published run's record (created once, conditionally)", "nightly"),
-    ("latest.json", "the run readers follow, replaced in one write", "nightly"),
-    ("_reports/{job}-{time}.json", "every job's report (config, figures, failures)", "every job"),
+    ("runs/{run}.json", "a published run's record (created once, conditionally; its own digest)", "nightly"),
+    ("latest.json", "the run readers follow, replaced in one write (its own digest)", "nightly"),
+    ("_reports/{job}-{time}-{id}.json", "every job's report (config, figures, failures)", "every job"),
     ("_lease.json", "which driver holds the store, until when (one at a time)", "nightly"),
     ("dictionaries/{run}/{hook}/{name}/", "K-SVD dictionaries, in the SAE checkpoint format", "reserved (seed 004)"),
     ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
@@ -179,6 +184,10 @@ class StoreLayout:
     def hook_group(self, hook: str) -> Location:
         """The zarr group of ``hook``'s arrays (the hook's own ``/`` kept: nested groups)."""
         return self.root / f"{self.HOOKS}/{hook}"
+
+    @property
+    def spec_claim(self) -> Location:
+        return self.root / "_spec.json"
 
     @property
     def tasks(self) -> Location:

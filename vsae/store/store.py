@@ -23,9 +23,11 @@ from typing import Any
 import numpy as np
 import zarr
 from zarr.codecs import Crc32cCodec, ZstdCodec
+from zarr.errors import ContainsArrayError, ContainsGroupError
 
 from vsae.errors import (
     ReadOnlyStore,
+    SchemaVersionError,
     StaleStoreWarning,
     StoreCorrupted,
     StoreIncomplete,
@@ -35,8 +37,9 @@ from vsae.errors import (
 )
 from vsae.store import io
 from vsae.store.layout import task_image_range
-from vsae.store.paths import Location, StoreLayout
+from vsae.store.paths import StoreLayout
 from vsae.store.rows import HookRows
+from vsae.store.sealed import canonical, content_digest, read_sealed, seal, unseal
 from vsae.store.shards import ShardCodec, hook_codecs, shard_key
 from vsae.store.spec import ARRAY_NAMES, HookSpec, StoreSpec, written_arrays
 from vsae.store.writer import encode_task
@@ -63,6 +66,8 @@ class VerifyReport:
 
     tasks_checked: int
     problems: tuple[str, ...]
+    bad_tasks: tuple[int, ...] = ()
+    """Tasks found damaged (a shard or the marker): rewriting them repairs the store."""
 
     @property
     def ok(self) -> bool:
@@ -72,7 +77,8 @@ class VerifyReport:
     def merged(cls, reports: Iterable[VerifyReport]) -> VerifyReport:
         """One report for disjoint subsets of tasks checked apart (problems in the order given)."""
         reports = list(reports)
-        return cls(sum(r.tasks_checked for r in reports), tuple(p for r in reports for p in r.problems))
+        return cls(sum(r.tasks_checked for r in reports), tuple(p for r in reports for p in r.problems),
+                   tuple(t for r in reports for t in r.bad_tasks))
 
 
 def _codecs(compression: str) -> list:
@@ -86,12 +92,16 @@ class ActivationStore:
     """A handle on one store root. Build with :meth:`create` (driver) or :meth:`open`."""
 
     def __init__(self, uri: str, spec: StoreSpec, *, read_only: bool, committed_only: bool,
-                 manifest: dict[str, Any] | None, storage_options: dict[str, Any] | None):
+                 manifest: dict[str, Any] | None, storage_options: dict[str, Any] | None,
+                 manifest_damage: str = ""):
         self.uri = uri
         self.spec = spec
         self.read_only = read_only
         self.committed_only = committed_only
         self.manifest = manifest
+        self.manifest_damage = manifest_damage
+        """Why the manifest was unreadable, for a writable handle (which treats the store as
+        unpublished, so that :meth:`publish` rewrites it); readers raise instead."""
         self.storage_options = storage_options
         self.layout = StoreLayout(uri, storage_options)
         self._fs, self._root = self.layout.root.fs, self.layout.root.path
@@ -105,26 +115,44 @@ class ActivationStore:
     def create(cls, uri: str | os.PathLike, spec: StoreSpec, *,
                storage_options: dict[str, Any] | None = None) -> ActivationStore:
         """Create the store and size every array (driver only). Reopens an identical existing
-        store, so a restarted job resumes; refuses one created from a different spec."""
+        store, so a restarted job resumes; refuses one created from a different spec.
+
+        Idempotent and safe under races: the first creator claims the root by creating
+        ``_spec.json`` conditionally; a creator with the same spec (a second driver, or a rerun
+        after a driver died half-way) completes whatever exists, one with another spec gets
+        :class:`StoreSpecMismatch`. Arrays that exist are kept if they match the spec.
+        Stale ``*.partial`` files of killed local writers are removed."""
         layout = StoreLayout(uri, storage_options)
         uri, fs, root = layout.root.uri, layout.root.fs, layout.root.path
         existing = _read_root_spec(layout)
-        if existing is not None:
+        if existing is None:
+            existing = _claim(layout, spec)
             if existing.digest != spec.digest:
                 raise StoreSpecMismatch(
-                    f"{uri} already holds a store with spec {existing.digest[:12]} "
-                    f"({existing.model_id}, {existing.n_images} images, hooks {list(existing.hook_names)}); "
-                    f"the requested spec is {spec.digest[:12]}. Use another URI or delete the old store."
-                )
-            return cls.open(uri, mode="a", storage_options=storage_options)
-        zstore = io.zarr_store(uri, fs, root, read_only=False, storage_options=storage_options)
-        # "a", not "w-": the root may already hold the store's lease or dataset listing (no zarr.json
-        # exists, or the spec check above would have found it)
-        group = zarr.open_group(store=zstore, mode="a", zarr_format=3)
-        for hook in spec.hooks:
-            _create_hook_arrays(group, spec, hook)
-        # The spec attribute is written last: a root without it is not yet a store.
-        group.attrs.update({ROOT_ATTR: {"spec": spec.to_dict()}})
+                    f"{uri} is being created with spec {existing.digest[:12]} ({existing.model_id}, "
+                    f"{existing.n_images} images, hooks {list(existing.hook_names)}), not the requested "
+                    f"{spec.digest[:12]}. Use another URI; if that creation was abandoned, delete "
+                    f"{layout.spec_claim.uri} and the '{StoreLayout.HOOKS}' folder, or the whole root.")
+        if existing.digest != spec.digest:
+            raise StoreSpecMismatch(
+                f"{uri} already holds a store with spec {existing.digest[:12]} "
+                f"({existing.model_id}, {existing.n_images} images, hooks {list(existing.hook_names)}); "
+                f"the requested spec is {spec.digest[:12]}. Use another URI or delete the old store."
+            )
+        if _read_root_spec(layout) is None:
+            zstore = io.zarr_store(uri, fs, root, read_only=False, storage_options=storage_options)
+            # "a", not "w-": the root may hold the claim, the lease or the dataset listing, and
+            # arrays of a creation that was interrupted (completed below) or is under way
+            try:
+                group = zarr.open_group(store=zstore, mode="a", zarr_format=3)
+            except ContainsGroupError:  # a creator of the same spec made it in between
+                group = zarr.open_group(store=zstore, mode="r+", zarr_format=3)
+            for hook in spec.hooks:
+                _create_hook_arrays(group, spec, hook, where=uri)
+            # The spec attribute is written last: a root without it is not yet a store.
+            group.attrs.update(_root_attrs(spec))
+        if io.is_local(fs):
+            remove_stale_partials(root)
         return cls.open(uri, mode="a", storage_options=storage_options)
 
     @classmethod
@@ -139,13 +167,20 @@ class ActivationStore:
         spec = _read_root_spec(layout)
         if spec is None:
             raise StoreNotFound(f"no vsae store at {uri} (no zarr group with a '{ROOT_ATTR}' spec attribute)")
-        manifest = _read_json(layout.manifest)
-        if mode == "r" and manifest is not None and "spec" in manifest:
+        damage = ""
+        try:
+            manifest = read_manifest(layout)
+        except StoreCorrupted as err:
+            if mode == "r":
+                raise StoreCorrupted(f"{err}. Re-run the job that wrote the store: it verifies the tasks and "
+                                     "writes the manifest again") from None
+            manifest, damage = None, str(err)
+        if mode == "r" and manifest is not None:
             # Readers see the published generation: while the driver grows the store for new
             # shards, the root spec is already the next one, the manifest still the last one.
             spec = StoreSpec.from_dict(manifest["spec"])
         store = cls(uri, spec, read_only=(mode == "r"), committed_only=committed_only,
-                    manifest=manifest, storage_options=storage_options)
+                    manifest=manifest, storage_options=storage_options, manifest_damage=damage)
         if mode == "r":
             _warn_if_stale(store)
         if mode == "r" and manifest is None and not committed_only:
@@ -204,8 +239,26 @@ class ActivationStore:
         return io.exists(self._fs, path)
 
     def read_marker(self, task: int) -> dict[str, Any] | None:
+        """The task's completion marker, or None if it is missing or damaged (then the task is
+        written again: a writer's view; :meth:`load_marker` tells the two apart)."""
+        try:
+            return self.load_marker(task)
+        except StoreCorrupted:
+            return None
+
+    def load_marker(self, task: int) -> dict[str, Any] | None:
+        """The task's completion marker, or None if it is missing. Raises StoreCorrupted naming
+        it if it is damaged (not JSON, or not matching its own digest: :mod:`vsae.store.sealed`)."""
         self._check_task(task)
-        return _read_json(self.layout.task_marker(task))
+        return read_sealed(self.layout.task_marker(task))
+
+    def tasks_to_write(self) -> list[int]:
+        """Tasks without a sound completion marker: missing ones, and those whose marker is
+        damaged (every marker is read, concurrently), so a rerun rewrites both."""
+        missing = set(self.missing_tasks())
+        done = [t for t in range(self.spec.n_tasks) if t not in missing]
+        damaged = [t for t, m in zip(done, io.map_io(self.read_marker, done)) if m is None]
+        return sorted(missing.union(damaged))
 
     # -- writing --------------------------------------------------------------------------
     def _require_writable(self, action: str) -> None:
@@ -274,14 +327,19 @@ class ActivationStore:
                 for hook, arrays in encoded.items()
             },
         }
-        self.layout.task_marker(task).write_bytes(json.dumps(marker, sort_keys=True, indent=1).encode())
+        self.layout.task_marker(task).write_bytes(seal(marker))
         self._committed = None
         return TaskResult(task, "written", *_marker_counts(marker), marker["info"])
 
     def publish(self) -> dict[str, Any]:
         """Check every task marker and write ``manifest.json`` last (driver only).
 
-        Raises :class:`StoreIncomplete` naming the missing tasks. Publishing twice is a no-op.
+        The manifest is sealed (:mod:`vsae.store.sealed`) and records the spec's digest and each
+        marker's, so readers and :meth:`verify` can tell any of them was changed. Publishing twice
+        is a no-op; a damaged or outdated manifest (markers rewritten since) is written anew.
+
+        Raises :class:`StoreIncomplete` naming the missing tasks, StoreCorrupted naming a damaged
+        marker (re-running the job rewrites its task).
         """
         self._require_writable("publish")
         missing = self.missing_tasks()
@@ -291,15 +349,20 @@ class ActivationStore:
                 f"completion marker: {format_ranges(missing)}. Re-run the job to write them.",
                 missing,
             )
-        existing = _read_json(self.layout.manifest)
-        if existing is not None and existing.get("spec_digest") == self.spec.digest:
-            self.manifest = existing
-            return existing
+        try:
+            existing = read_manifest(self.layout)
+        except StoreCorrupted:
+            existing = None  # written anew below
         paths = [self._marker_path(t) for t in range(self.spec.n_tasks)]
         blobs = io.with_retries(self._fs, f"reading the markers of {self.uri}", self._fs.cat, paths)
         totals = {h: {"rows": 0, "valid_rows": 0} for h in self.spec.hook_names}
-        for path in paths:
-            marker = json.loads(blobs[path])
+        marker_digests = []
+        for task, path in enumerate(paths):
+            try:
+                marker = unseal(blobs[path], self.layout.task_marker(task).uri)
+            except StoreCorrupted as err:
+                raise StoreCorrupted(f"cannot publish {self.uri}: {err}. Re-run the job: it rewrites task {task}") from None
+            marker_digests.append(marker.get("digest") or content_digest(marker))
             # a task written before the store grew is still valid: its bytes depend on the layout
             if marker.get("spec_digest") != self.spec.digest and marker.get("layout_digest") != self.spec.layout_digest:
                 raise StoreCorrupted(f"{path} was written for spec {marker.get('spec_digest')!r}, "
@@ -314,11 +377,16 @@ class ActivationStore:
             "n_tasks": self.spec.n_tasks,
             "n_images": self.spec.n_images,
             "hooks": totals,
-            "published_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "marker_digests": marker_digests,
         }
-        self.layout.manifest.write_bytes(json.dumps(manifest, sort_keys=True, indent=1).encode())
-        self.manifest = manifest
-        return manifest
+        manifest = json.loads(canonical(manifest))  # as a reader will see it
+        if existing is not None and all(existing.get(k) == v for k, v in manifest.items()):
+            self.manifest, self.manifest_damage = existing, ""
+            return existing
+        manifest["published_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.layout.manifest.write_bytes(seal(manifest))
+        self.manifest, self.manifest_damage = read_manifest(self.layout), ""
+        return self.manifest
 
     @property
     def grown_from(self) -> int:
@@ -360,7 +428,7 @@ class ActivationStore:
         history = list(group.attrs.get(ROOT_ATTR, {}).get("history", []))
         history.append({"n_images": old.n_images, "dataset": old.dataset, "spec_digest": old.digest,
                         "grown_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        group.attrs.update({ROOT_ATTR: {"spec": spec.to_dict(), "history": history}})  # last: now it is grown
+        group.attrs.update(_root_attrs(spec, history))  # last: now it is grown
         self.spec = spec
         self._arrays, self._codecs, self._committed, self._readers = {}, {}, None, {}
 
@@ -384,18 +452,33 @@ class ActivationStore:
         return self.committed_tasks(refresh=False)  # lists the markers once, then keeps that snapshot
 
     def verify(self, tasks: list[int] | None = None) -> VerifyReport:
-        """Re-read every shard of the given (default: committed) tasks: each chunk must match its
-        crc32c, and each shard the digest its task's marker recorded when it was written. Each
-        problem names its task, hook and array. This is the one check of a task: a job verifies
-        a large store in parallel by calling it on groups of tasks on its workers
+        """Re-read every shard of the given tasks (default: every task of a published store, the
+        committed ones of another): each chunk must match its crc32c, each shard the digest its
+        task's marker recorded when it was written, each marker its own digest and, read through
+        a read-only handle of a published store, the digest the manifest recorded for it. Each
+        problem names its task, hook and array or the object. Without ``tasks`` the store's
+        metadata is checked too (:meth:`check_metadata`). This is the one check of a task: a job
+        verifies a large store in parallel by calling it on groups of tasks on its workers
         (:func:`vsae.runner.verify_tasks`) and merging the reports (:meth:`VerifyReport.merged`)."""
-        todo = list(self.committed_tasks()) if tasks is None else list(tasks)
+        if tasks is None:
+            todo = list(range(self.spec.n_tasks)) if self.published else list(self.committed_tasks())
+        else:
+            todo = list(tasks)
+        recorded = None
+        if self.read_only and self.published and self.manifest.get("spec_digest") == self.spec.digest:
+            recorded = self.manifest.get("marker_digests")
 
         def check(task: int) -> list[str]:
-            marker = self.read_marker(task)
+            where = self.layout.task_marker(task).uri
+            try:
+                marker = self.load_marker(task)
+            except StoreCorrupted as err:
+                return [f"task {task}: {err}"]
             if marker is None:
-                return [f"task {task}: no completion marker"]
+                return [f"task {task}: no completion marker ({where})"]
             problems = []
+            if recorded is not None and (marker.get("digest") or content_digest(marker)) != recorded[task]:
+                problems.append(f"task {task}: completion marker {where} is not the one the manifest recorded")
             for hook, expected in marker["hooks"].items():
                 for name, digest in expected["shard_digest"].items():
                     codec = self.shard_codec(hook, name)
@@ -411,8 +494,39 @@ class ActivationStore:
                         problems.append(str(err))
             return problems
 
-        found = [p for task_problems in io.map_io(check, todo) for p in task_problems]
-        return VerifyReport(len(todo), tuple(found))
+        results = io.map_io(check, todo)
+        found = [p for task_problems in results for p in task_problems]
+        bad = tuple(t for t, task_problems in zip(todo, results) if task_problems)
+        if tasks is None:
+            found += self.check_metadata()
+        return VerifyReport(len(todo), tuple(found), bad)
+
+    def check_metadata(self) -> list[str]:
+        """Problems with the store's metadata, each naming its object: the root spec (its
+        recorded digest), ``manifest.json`` (its own digest, and its counts and spec against each
+        other), and the dataset listing (present, readable, its rows matching its digest and the
+        digest the spec records) for a store made from one. Run records and ``latest.json``
+        under the root are checked against their own digests."""
+        problems = []
+        try:
+            _read_root_spec(self.layout)
+        except (StoreCorrupted, SchemaVersionError) as err:
+            problems.append(str(err))
+        try:
+            read_manifest(self.layout)
+        except StoreCorrupted as err:
+            problems.append(str(err))
+        if self.manifest_damage:
+            problems.append(self.manifest_damage)
+        problem = listing_problem(self.layout, self.spec)
+        if problem:
+            problems.append(problem)
+        for where in [*self.layout.runs.glob("*.json"), self.layout.latest]:
+            try:
+                read_sealed(where)
+            except StoreCorrupted as err:
+                problems.append(str(err))
+        return list(dict.fromkeys(problems))
 
     def __repr__(self) -> str:
         state = "published" if self.published else f"{len(self.committed_tasks())}/{self.spec.n_tasks} tasks"
@@ -445,39 +559,165 @@ def _marker_counts(marker: dict[str, Any]) -> tuple[dict[str, int], dict[str, in
     return ({h: c["rows"] for h, c in hooks.items()}, {h: c["valid_rows"] for h, c in hooks.items()})
 
 
-def _read_json(where: Location) -> dict[str, Any] | None:
-    try:
-        return where.read_json()
-    except FileNotFoundError:
-        return None
-    except json.JSONDecodeError:
-        return None  # a torn marker counts as absent: the task is rewritten
+def _root_attrs(spec: StoreSpec, history: list | None = None) -> dict[str, Any]:
+    """The root group's ``vsae`` attribute: the spec with its digest (and the growth history)."""
+    out: dict[str, Any] = {"spec": spec.to_dict(), "spec_digest": spec.digest}
+    if history:
+        out["history"] = history
+    return {ROOT_ATTR: out}
 
 
 def _read_root_spec(layout: StoreLayout) -> StoreSpec | None:
+    """The spec in the root ``zarr.json``, or None if there is no store there (yet).
+
+    Raises StoreCorrupted naming ``zarr.json`` if it is not JSON, its spec is not a spec, or the
+    spec does not match the digest recorded with it."""
+    where = layout.zarr_root
     try:
-        meta = layout.zarr_root.read_json()
+        data = where.read_bytes()
     except FileNotFoundError:
         return None
-    attrs = meta.get("attributes", {}).get(ROOT_ATTR)
+    fix = ("restore it, or delete the store and extract again (a rerun cannot rebuild it: it holds the "
+           "spec that every shard was written for)")
+    try:
+        meta = json.loads(data)
+        attrs = meta.get("attributes", {}).get(ROOT_ATTR)
+    except (UnicodeDecodeError, ValueError, AttributeError) as err:
+        raise StoreCorrupted(f"{where.uri} is damaged: not a zarr group's metadata ({type(err).__name__}: "
+                             f"{err}); {fix}") from None
     if attrs is None:
         return None
-    return StoreSpec.from_dict(attrs["spec"])
+    try:
+        spec = StoreSpec.from_dict(attrs["spec"])
+    except SchemaVersionError:
+        raise
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreCorrupted(f"{where.uri} is damaged: its '{ROOT_ATTR}' attribute holds no valid store spec "
+                             f"({type(err).__name__}: {err}); {fix}") from None
+    recorded = attrs.get("spec_digest")
+    if recorded is not None and recorded != spec.digest:
+        raise StoreCorrupted(f"{where.uri} is damaged: its spec does not match the digest recorded with it "
+                             f"({str(recorded)[:12]}, the spec hashes to {spec.digest[:12]}); {fix}")
+    return spec
 
 
-def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec) -> None:
+def read_manifest(layout: StoreLayout) -> dict[str, Any] | None:
+    """The store's sealed ``manifest.json``, checked, or None if the store is not published.
+
+    Raises StoreCorrupted naming it when it does not match its own digest, or its spec, spec
+    digest, image and task counts and hooks disagree."""
+    manifest = read_sealed(layout.manifest)
+    if manifest is None:
+        return None
+    where = layout.manifest.uri
+    try:
+        spec = StoreSpec.from_dict(manifest["spec"])
+        agree = (spec.digest == manifest["spec_digest"] and manifest["n_images"] == spec.n_images
+                 and manifest["n_tasks"] == spec.n_tasks and set(manifest["hooks"]) == set(spec.hook_names)
+                 and len(manifest.get("marker_digests", [None] * spec.n_tasks)) == spec.n_tasks)
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreCorrupted(f"{where} is damaged: {type(err).__name__}: {err}") from None
+    if not agree:
+        raise StoreCorrupted(f"{where} is damaged: its spec digest, image or task count, hooks or marker "
+                             "digests disagree with the spec it records")
+    return manifest
+
+
+def listing_problem(layout: StoreLayout, spec: StoreSpec) -> str:
+    """What is wrong with the dataset listing of a store made from one (its ``dataset`` is a
+    listing digest, not ``kind:...``), or ``""``: missing, unreadable, or not the listing the
+    spec (or the published generation's spec, while the store grows) was made from."""
+    if ":" in spec.dataset:
+        return ""
+    from vsae.data.listing import read_listing
+
+    where = layout.listing
+    try:
+        listing = read_listing(where)
+    except FileNotFoundError:
+        return f"dataset listing {where.uri} is missing: the store's image ids have no names or labels"
+    except StoreCorrupted as err:
+        return str(err)
+    if listing.digest == spec.dataset:
+        return ""
+    if listing.n_images > spec.n_images:  # grown since (ids are kept, new ones follow): its head
+        import dataclasses
+
+        if dataclasses.replace(listing, table=listing.table.slice(0, spec.n_images)).digest == spec.dataset:
+            return ""
+    return (f"dataset listing {where.uri} is not the one the store was made from (digest "
+            f"{listing.digest[:12]}, the spec records {spec.dataset[:12]})")
+
+
+_PARTIAL_AGE = 600.0
+"""Seconds after which a local ``*.partial`` file belongs to a writer that died (any live write
+of an object finishes far sooner)."""
+
+
+def remove_stale_partials(root: str) -> int:
+    """Delete ``*.partial`` files under the local folder ``root`` untouched for
+    :data:`_PARTIAL_AGE` seconds (temp files of writers killed mid-write); returns how many."""
+    import time
+
+    removed = 0
+    for folder, _, names in os.walk(root):
+        for name in names:
+            if not name.endswith(".partial"):
+                continue
+            path = os.path.join(folder, name)
+            try:
+                if time.time() - os.stat(path).st_mtime > _PARTIAL_AGE:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                pass  # its writer finished or another cleaner got it
+    return removed
+
+
+def _claim(layout: StoreLayout, spec: StoreSpec) -> StoreSpec:
+    """Claim the root for ``spec`` (a conditional create of ``_spec.json``); returns the spec of
+    whoever claimed it first, this one or another creator's."""
+    from vsae.store.lease import create_object
+
+    where = layout.spec_claim
+    try:
+        create_object(where, seal({"spec": spec.to_dict(), "spec_digest": spec.digest}))
+        return spec
+    except FileExistsError:
+        pass
+    claimed = read_sealed(where, missing_ok=False)
+    try:
+        return StoreSpec.from_dict(claimed["spec"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise StoreCorrupted(f"{where.uri} is damaged ({err}): delete it and re-run") from None
+
+
+def _create_hook_arrays(group: zarr.Group, spec: StoreSpec, hook: HookSpec, where: str) -> None:
     g = group
     for part in f"{StoreLayout.HOOKS}/{hook.name}".split("/"):
-        g = g.require_group(part)
+        try:
+            g = g.require_group(part)
+        except ContainsGroupError:  # a creator of the same spec made it in between
+            g = g[part]
     g.attrs.update({"hook": hook.name, "sampler": str(hook.sampler), "rows_per_image": hook.rows_per_image})
     n_rows = spec.n_images * hook.rows_per_image
     names = {"acts": ("row", "channel"), "image_id": ("row",), "yx": ("row", "axis"),
              "prob": ("row",), "valid": ("row",)}
     for name, codec in hook_codecs(spec, hook).items():
-        g.create_array(
-            name, shape=(n_rows, *codec.row_shape), dtype=codec.dtype,
-            chunks=(codec.chunk_rows, *codec.row_shape), shards=(codec.shard_rows, *codec.row_shape),
-            fill_value=codec.fill_value, compressors=_codecs(spec.compression),
-            dimension_names=names[name],
-            attributes={"vsae_dtype": spec.dtype} if name == "acts" else None,
-        )
+        shape = (n_rows, *codec.row_shape)
+        try:
+            g.create_array(
+                name, shape=shape, dtype=codec.dtype,
+                chunks=(codec.chunk_rows, *codec.row_shape), shards=(codec.shard_rows, *codec.row_shape),
+                fill_value=codec.fill_value, compressors=_codecs(spec.compression),
+                dimension_names=names[name],
+                attributes={"vsae_dtype": spec.dtype} if name == "acts" else None,
+            )
+        except ContainsArrayError:
+            # made by an interrupted creation, or by a creator of the same spec racing this one
+            found = g[name]
+            if found.shape != shape or found.dtype != codec.dtype or tuple(found.chunks) != (codec.chunk_rows, *codec.row_shape):
+                raise StoreCorrupted(
+                    f"{where}: array {StoreLayout.HOOKS}/{hook.name}/{name} exists with shape {found.shape}, "
+                    f"dtype {found.dtype}, not the spec's {shape}, {codec.dtype}: delete the store's "
+                    f"'{StoreLayout.HOOKS}' folder and re-run") from None
