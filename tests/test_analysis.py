@@ -150,7 +150,7 @@ def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_cla
     st._merge_top(vals.float().numpy(), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
 
 
-@pytest.mark.parametrize("k, magnitude", [(8, True), (3, False), (1, False)])
+@pytest.mark.parametrize("k, magnitude", [(8, True), (3, False), (1, False), (300, True)])
 def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude):
     """Batches with classes (-1 among them, one batch unlabelled, one all in one class), invalid
     rows (whole images and single rows), positive and negative values: class means to 1e-6 of
