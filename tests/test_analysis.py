@@ -159,7 +159,7 @@ def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitud
     n, s, c, top_k, positions = 300, 37, 6, 5, 49
     acts = rng.normal(size=(n * k, s)).astype(np.float16).astype(np.float32)  # float16-derived, as stored
     prob = rng.uniform(0.01, 0.1, n * k).astype(np.float32)
-    valid = rng.random(n * k) > 0.03
+    valid = rng.random(n * k) > 0.1 / k  # about one image in ten has an unreadable row
     valid[k * 10:k * 20] = False  # a run of unreadable images
     ids = np.arange(1000, 1000 + n)
     classes = rng.integers(-1, c, n)
