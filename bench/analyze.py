@@ -1,6 +1,7 @@
 """Analysis throughput against the store's raw read throughput, and client query latency.
 
     .venv/bin/python bench/analyze.py [--images 20000] [--repeats 3] [--queries 200] [--chunk-kib 4096]
+                                      [--threads 1] [--throughput-only] [--neurons-only]
 
 Builds an ImageNet-like store (InceptionV1's ``mixed4a``, 508 channels, ``magnitude:8`` rows of
 ReLU-like values, images spread over the 1000 ImageNet classes) and a TopK SAE (x8) on it with
@@ -14,7 +15,9 @@ RANDOM weights (speed does not depend on them). Then, in one process and on the 
 - ``encode/bf16`` and ``class_means/sae/bf16``: the same two with the encoder in bfloat16
   (``compute_dtype = "bfloat16"``), with the relative L2 error of the class sums against fp32.
 
-Repeats alternate the order; medians are reported, and the ratios against the baseline measured
+The passes run with ``--threads`` torch threads (default 1: what an analysis task gets with the
+default ``num_cpus_per_task``; the store is read on a thread of its own beside them). Repeats
+alternate the order; medians are reported, and the ratios against the baseline measured
 next to them. Then the analysis job runs (local Ray) and the client's latency is measured for
 "top examples of a feature" and "activations of 100 images at a hook", p50/p95, on local disk
 and on a loopback S3 endpoint (moto's server) holding a copy. One JSON line per measurement.
@@ -203,7 +206,14 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--chunk-kib", type=int, default=4096, help="store chunk_bytes in KiB (default 4 MiB)")
     parser.add_argument("--throughput-only", action="store_true", help="local throughput cases only")
+    parser.add_argument("--neurons-only", action="store_true",
+                        help="only the read baseline and the neurons' class means (implies --throughput-only)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads of the passes (default 1, as an analysis task; 0: torch's default)")
     args = parser.parse_args()
+    args.throughput_only |= args.neurons_only
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tmp = Path(tempfile.mkdtemp(prefix="vsae-bench-analyze-"))
     s3 = None
     try:
@@ -219,9 +229,10 @@ def main() -> None:
             stores[compression] = uri
             emit(bench="setup", images=args.images, rows=args.images * K, channels=CHANNELS, compression=compression,
                  chunk_kib=args.chunk_kib,
-                 sae="topk-x8-k32 (RANDOM weights)", cpus=os.cpu_count(), torch=torch.__version__)
+                 sae="topk-x8-k32 (RANDOM weights)", cpus=os.cpu_count(), threads=torch.get_num_threads(),
+                 load_1min=round(os.getloadavg()[0], 2), torch=torch.__version__)
             if compression == "zstd:1":
-                throughput(store, sae_uri, args.repeats, "local")
+                throughput(store, None if args.neurons_only else sae_uri, args.repeats, "local")
             if args.throughput_only:
                 return
             started = time.perf_counter()

@@ -120,6 +120,83 @@ def test_statistics_of_any_split_merge_to_the_same_result():
     assert whole.fired_images.tolist() == (maxes > 0).sum(0).tolist()
 
 
+def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_class, yx_nk2) -> None:
+    """The statistics update as first written (a float64 [C, S] array per batch, positive counts
+    over the valid rows, fired images from the maxima): the reference the faster one must match."""
+    keep = acts.valid_n
+    if not keep.any():
+        return
+    keep_t = torch.as_tensor(keep)
+    mean = acts.mean_ns[keep_t].double()
+    mx = acts.max_ns[keep_t]
+    st.n_images += int(keep.sum())
+    st.n_rows += int(valid_b.sum())
+    st.total += mean.sum(0).numpy()
+    st.fired_images += (mx > 0).sum(0).numpy()
+    rows = acts_bs if valid_b.all() else acts_bs[torch.as_tensor(valid_b)]
+    st.active_rows += (rows > 0).sum(0).numpy()
+    cls = image_class[keep]
+    labelled = cls >= 0
+    if labelled.any() and st.class_sums.shape[0]:
+        sums = torch.zeros(st.class_sums.shape, dtype=torch.float64)
+        sums.index_add_(0, torch.as_tensor(cls[labelled]), mean[torch.as_tensor(labelled)])
+        st.class_sums += sums.numpy()
+        st.class_counts += np.bincount(cls[labelled], minlength=st.class_sums.shape[0])
+    k = min(st.top_act.shape[0], mx.shape[0])
+    vals, idx = torch.topk(mx, k, dim=0)
+    batch_idx = np.flatnonzero(keep)[idx.numpy()]
+    feat = np.broadcast_to(np.arange(mx.shape[1])[None, :], batch_idx.shape)
+    rows_of = acts.rows_of(batch_idx.reshape(-1), feat.reshape(-1)).reshape(batch_idx.shape)
+    st._merge_top(vals.float().numpy(), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
+
+
+@pytest.mark.parametrize("k, magnitude", [(8, True), (3, False), (1, False), (300, True)])
+def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude):
+    """Batches with classes (-1 among them, one batch unlabelled, one all in one class), invalid
+    rows (whole images and single rows), positive and negative values: class means to 1e-6 of
+    the reference and of float64 NumPy, counts, maxima and the top-k identical."""
+    rng = np.random.default_rng(5)
+    n, s, c, top_k, positions = 300, 37, 6, 5, 49
+    acts = rng.normal(size=(n * k, s)).astype(np.float16).astype(np.float32)  # float16-derived, as stored
+    prob = rng.uniform(0.01, 0.1, n * k).astype(np.float32)
+    valid = rng.random(n * k) > 0.1 / k  # about one image in ten has an unreadable row
+    valid[k * 10:k * 20] = False  # a run of unreadable images
+    ids = np.arange(1000, 1000 + n)
+    classes = rng.integers(-1, c, n)
+    classes[100:160] = -1  # a batch without labels
+    classes[160:230] = 2  # a batch in one class
+    yx = rng.integers(0, 14, (n, k, 2)).astype(np.int16)
+    new, ref = UnitStats.empty(s, c, top_k), UnitStats.empty(s, c, top_k)
+    for a, b in ((0, 100), (100, 160), (160, 230), (230, 231), (231, n)):
+        rows = torch.from_numpy(acts[a * k:b * k])
+        level = image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
+        new.update(level, rows, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
+        ref_level = image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
+        reference_update(ref, ref_level, rows, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
+    np.testing.assert_allclose(new.class_means(), ref.class_means(), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(new.total, ref.total, rtol=1e-6, atol=1e-12)
+    for name in ("n_images", "n_rows", "class_counts", "fired_images", "active_rows", "top_act", "top_image",
+                 "top_yx"):
+        np.testing.assert_array_equal(getattr(new, name), getattr(ref, name), err_msg=name)
+    np.testing.assert_array_equal(new.max, ref.max)
+    # and against float64 NumPy directly (image-level means are float32, so values near 0 differ
+    # by their rounding: an absolute 1e-7 on means of about 0.05)
+    ok = valid.reshape(n, k).all(1)
+    rows_nks = acts.reshape(n, k, s).astype(np.float64)
+    if magnitude:
+        means = (rows_nks / (positions * k * prob.astype(np.float64).reshape(n, k, 1))).sum(1)  # SPEC 8
+    else:
+        means = rows_nks.mean(1)
+    for cls in range(c):
+        sel = ok & (classes == cls)
+        np.testing.assert_allclose(new.class_means()[:, cls], means[sel].mean(0), rtol=1e-6, atol=1e-7)
+    assert new.class_counts.tolist() == [int((ok & (classes == cls)).sum()) for cls in range(c)]
+    assert new.active_rows.tolist() == (acts[valid] > 0).sum(0).tolist()
+    assert new.fired_images.tolist() == (acts.reshape(n, k, s)[ok] > 0).any(1).sum(0).tolist()
+    assert new.max.tolist() == np.maximum(acts.reshape(n, k, s)[ok].max(1).max(0), 0).tolist()
+    assert 0 < new.class_counts[2] and (acts < 0).any() and not valid.all()
+
+
 # -- interval examples ------------------------------------------------------------------------
 def offer(maxes: np.ndarray, ids: np.ndarray, maximum: np.ndarray, seed: int, per: int, splits=()):
     out = None

@@ -105,23 +105,30 @@ class UnitStats:
         if not keep.any():
             return
         dev = acts.mean_ns.device
-        keep_t = torch.as_tensor(keep, device=dev)
-        mean = acts.mean_ns[keep_t].double()
-        mx = acts.max_ns[keep_t]
+        every = bool(keep.all())
+        keep_t = None if every else torch.as_tensor(keep, device=dev)
+        # Views, not copies, in the usual case of a batch read whole.
+        mean = acts.mean_ns if every else acts.mean_ns[keep_t]
+        mx = acts.max_ns if every else acts.max_ns[keep_t]
         self.n_images += int(keep.sum())
         self.n_rows += int(valid_b.sum())
-        self.total += mean.sum(0).cpu().numpy()
-        self.fired_images += (mx > 0).sum(0).cpu().numpy()
-        rows = acts_bs if valid_b.all() else acts_bs[torch.as_tensor(valid_b, device=dev)]
-        self.active_rows += _count_positive(rows)
+        positive_ns = _positive_rows(acts_bs, valid_b, keep.shape[0])
+        self.active_rows += positive_ns.sum(0, dtype=torch.int32).cpu().numpy()
+        fired = positive_ns if every else positive_ns[keep_t]
+        self.fired_images += (fired > 0).sum(0, dtype=torch.int32).cpu().numpy()
+        # Sums in float64 as before, added in place into the held totals: widening the [n, S]
+        # means costs far less than a fresh [C, S] float64 array per batch (and its page faults),
+        # and unlike float32 blocks it stays exact however many images of one class a batch
+        # holds (listings sorted by class put a whole batch in one class).
+        mean64 = mean.double()
+        self.total += mean64.sum(0).cpu().numpy()
         cls = image_class[keep]
         labelled = cls >= 0
         if labelled.any() and self.class_sums.shape[0]:
-            sums = torch.zeros(self.class_sums.shape, dtype=torch.float64, device=dev)
-            lab = torch.as_tensor(labelled, device=dev)
-            sums.index_add_(0, torch.as_tensor(cls[labelled], device=dev), mean[lab])
-            self.class_sums += sums.cpu().numpy()
-            self.class_counts += np.bincount(cls[labelled], minlength=self.class_sums.shape[0])
+            lab = cls[labelled]
+            rows = mean64 if labelled.all() else mean64[torch.as_tensor(labelled, device=dev)]
+            _index_add(self.class_sums, lab, rows)
+            self.class_counts += np.bincount(lab, minlength=self.class_sums.shape[0])
         # Top-k: the batch's own top-k per feature, then merged with what is kept.
         k = min(self.top_act.shape[0], mx.shape[0])
         vals, idx = torch.topk(mx, k, dim=0)  # [k, S]
@@ -162,13 +169,28 @@ class UnitStats:
         return np.nan_to_num(means, nan=0.0).T
 
 
-def _count_positive(acts_bs: torch.Tensor, block: int = 2048) -> np.ndarray:
-    """Rows where each column is > 0. In blocks of rows whose mask stays in cache: on a CPU this
-    is 3x faster than one comparison over the whole batch."""
-    out = torch.zeros(acts_bs.shape[1], dtype=torch.int32, device=acts_bs.device)
-    for s in range(0, acts_bs.shape[0], block):
-        out += (acts_bs[s:s + block] > 0).sum(0, dtype=torch.int32)
-    return out.cpu().numpy().astype(np.int64)
+def _positive_rows(acts_bs: torch.Tensor, valid_b: np.ndarray, n_images: int) -> torch.Tensor:
+    """[n, S]: per image and column, its valid rows that are > 0 (uint8; int32 past 255 rows).
+
+    The one pass over the rows' positive mask: its column sums are the positive row counts, and
+    an image fired where its count is > 0 (the same as its max > 0, NaN aside). Summed as bytes,
+    2.5x faster than as int16 on a CPU."""
+    positive = acts_bs > 0
+    if not valid_b.all():
+        positive &= torch.as_tensor(valid_b, device=acts_bs.device)[:, None]
+    k = acts_bs.shape[0] // n_images
+    count_dtype = torch.uint8 if k < 256 else torch.int32
+    return positive.view(torch.uint8).view(n_images, k, acts_bs.shape[1]).sum(1, dtype=count_dtype)
+
+
+def _index_add(sums_cs: np.ndarray, index: np.ndarray, rows: torch.Tensor) -> None:
+    """``sums_cs[index[i]] += rows[i]`` (repeated indices add up): in place on a CPU; through
+    one device array per batch elsewhere (device allocators cache it)."""
+    if rows.device.type == "cpu":
+        torch.from_numpy(sums_cs).index_add_(0, torch.from_numpy(index.astype(np.int64, copy=False)), rows)
+    else:
+        part = torch.zeros(sums_cs.shape, dtype=rows.dtype, device=rows.device)
+        sums_cs += part.index_add_(0, torch.as_tensor(index, device=rows.device), rows).cpu().numpy()
 
 
 def mono(freq_sc: np.ndarray, d_cc: np.ndarray) -> np.ndarray:
