@@ -29,6 +29,7 @@ from vsae.sae import checkpoint as ckpt
 from vsae.sae.base import Losses, SparseAutoencoder, make_sae
 from vsae.sae.metrics import dead_fraction, reconstruction_stats
 from vsae.sae.runs import SAERun, TrainConfig
+from vsae.sae.tracking import TrainingLog
 from vsae.store import ActivationStore, HookReader
 from vsae.store.layout import held_out_images
 
@@ -80,6 +81,7 @@ class Member:
     n_resampled: int = 0
     last: dict[str, float] = field(default_factory=dict)
     warm_started: bool = False
+    log: TrainingLog | None = None     # TensorBoard / W&B, while training
 
     def total(self, sae_steps: int) -> int:
         """Steps this member trains for: ``sae_steps``, or its K-SVD iterations for a ksvd dictionary."""
@@ -190,7 +192,8 @@ def step(m: Member, x: torch.Tensor, cfg: TrainConfig, total: int, dtype: torch.
     if (sae_cfg.resample_every and m.step % sae_cfg.resample_every == 0
             and m.step <= sae_cfg.resample_until * total):
         _resample(m, xn, losses)
-    m.last = {"loss": float(losses.total.detach()), "mse": float(losses.mse), "l0": losses.l0, "aux": float(losses.aux)}
+    m.last = {"loss": float(losses.total.detach()), "mse": float(losses.mse), "l0": losses.l0, "aux": float(losses.aux),
+              "lr": sae_cfg.lr * lr_f, "l1_coefficient": sae_cfg.l1_coefficient * l1_f}
     return losses
 
 
@@ -238,6 +241,9 @@ def checkpoint(m: Member, metrics: dict[str, Any], total: int) -> None:
     ckpt.write_state(m.uri, _state_tensors(m), {
         "step": m.step, "epoch": m.epoch, "batch_in_epoch": m.batch_in_epoch, "rows_seen": m.rows_seen,
         "n_resampled": m.n_resampled, "total_steps": total, "done": done})
+    if m.log is not None:
+        m.log.evaluation(m.step, metrics)
+        m.log.checkpointed()
 
 
 def log(m: Member, bar: Any) -> None:
@@ -246,6 +252,24 @@ def log(m: Member, bar: Any) -> None:
     if hasattr(bar, "set_postfix_str") and not getattr(bar, "disable", False):
         bar.set_postfix_str(line[:120])
     log_.info(line)
+    if m.log is not None:
+        m.log.train(m.step, m.last)
+
+
+def open_log(m: Member, cfg: TrainConfig) -> None:
+    """Start ``m``'s TensorBoard / W&B log (:mod:`vsae.sae.tracking`) from its current step."""
+    if cfg.tensorboard or cfg.wandb_project:
+        m.log = TrainingLog(m.uri, f"{m.run.hook}/{m.run.sae_name}", m.step, tensorboard=cfg.tensorboard,
+                            wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
+                            config={"sae": asdict(m.run.sae), "train": asdict(cfg), "hook": m.run.hook,
+                                    "d_in": m.sae.d_in, "d_sae": m.sae.d_sae, "uri": m.uri})
+
+
+def close_logs(members: list[Member]) -> None:
+    for m in members:
+        if m.log is not None:
+            m.log.close()
+            m.log = None
 
 
 # ---- the pass over a hook --------------------------------------------------------------------
@@ -387,9 +411,12 @@ def train_hook(store_uri: str, runs: list[SAERun], out_uri: str, cfg: TrainConfi
         with nullcontext() if progress else vsae_progress.using(enabled=False):
             bar = vsae_progress.bar(total, desc, "step")
         try:
+            for m in todo:
+                open_log(m, cfg)
             _run(todo, reader, cfg, total, held, eval_x.to(device), device, dtype, bar, results, dead_x)
         finally:
             bar.close()
+            close_logs(todo)
     return [results[id(m)] for m in members]
 
 
@@ -407,6 +434,7 @@ def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, held: np.ndarray,
     atoms = m.sae.W_dec.detach().clone() if m.step > 0 or m.warm_started else None
     bar = vsae_progress.bar(total, f"k-svd {hook} {m.run.sae_name}", "iteration")
     bar.update(m.step)
+    open_log(m, cfg)
     started, start_step = time.perf_counter(), m.step
 
     def on_iteration(it, new_atoms: torch.Tensor) -> None:
@@ -435,6 +463,7 @@ def _run_ksvd(m: Member, reader: HookReader, cfg: TrainConfig, held: np.ndarray,
         raise TaskDataError(f"hook {hook!r}, {m.run.sae_name}: {e}") from e
     finally:
         bar.close()
+        close_logs([m])
 
 
 def _run(todo: list[Member], reader: HookReader, cfg: TrainConfig, total: int, held: np.ndarray,

@@ -39,6 +39,7 @@ from vsae.redact import redact_value
 from vsae.report import FAILED, Report, now_utc
 from vsae.resources import Resources
 from vsae.sae.runs import SAERun, TrainConfig
+from vsae.sae.tracking import check_wandb
 from vsae.store.lease import Lease, create_object
 from vsae.store.names import validate_name
 from vsae.store.paths import StoreLayout
@@ -104,6 +105,7 @@ def check(job: NightlyJob) -> None:
     if missing:
         raise ConfigError(f"SAEs are configured for hooks the extraction does not store: {missing}; "
                           f"extracted: {sorted(extracted)}")
+    check_wandb(job.train.wandb_project)
 
 
 def run(job: NightlyJob, executor: Executor) -> Report:

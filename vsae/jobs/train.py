@@ -32,6 +32,7 @@ from vsae.jobs.common import (
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.sae.runs import SAERun, TrainConfig
+from vsae.sae.tracking import check_wandb
 from vsae.store import ActivationStore
 from vsae.store.names import validate_location, validate_name
 from vsae.store.paths import Location, StoreLayout
@@ -98,6 +99,7 @@ def check(job: TrainJob) -> ActivationStore:
         if r.sae.variant == "ksvd" and r.sae.k > d_in:
             raise ConfigError(f"hook {r.hook!r}, {r.sae_name}: a ksvd dictionary's k ({r.sae.k}) cannot exceed "
                               f"d_in ({d_in}): OMP selects at most d_in independent atoms")
+    check_wandb(job.train.wandb_project)
     out = job.out()
     check_uri(out.uri, "out_uri")
     check_writable(StoreLayout(job.store_uri).root, "store_uri")

@@ -59,6 +59,15 @@ class TrainConfig:
     """Batches read ahead on a background thread."""
     seed: int = 0
     """Data-order seed."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into each SAE's checkpoint folder (``tensorboard --logdir
+    {store}/saes/{run}``): training loss, MSE, L0, learning rate and λ every ``log_every`` steps,
+    held-out FVU, L0, dead and dense fractions at every checkpoint."""
+    wandb_project: str = ""
+    """Also log to this W&B project (needs ``pip install wandb``); a restarted run resumes the same
+    W&B run. Empty: no W&B."""
+    wandb_entity: str = ""
+    """The W&B entity (team or user) of ``wandb_project``; empty: W&B's default."""
 
     def __post_init__(self) -> None:
         if self.batch_rows < 1 or self.steps < 0 or self.epochs <= 0 or self.checkpoint_every < 1:
