@@ -17,7 +17,8 @@ EDGE_DEGREES, CURVE_DEGREES = 30.0, 45.0
 PLANTED = ModelCard(
     model_id="planted_vis.test", input_size=SIZE, resample="bilinear", pixel_scale=1.0,
     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
-    hooks={"planted": HookInfo("planted", "hook_points.planted", "nchw", (2, SIZE, SIZE))},
+    hooks={"planted/pre_relu": HookInfo("planted/pre_relu", "hook_points.pre_relu", "nchw", (2, SIZE, SIZE)),
+           "planted": HookInfo("planted", "hook_points.planted", "nchw", (2, SIZE, SIZE))},
     source="one convolution with planted filters (an oriented edge, an arc), built in the tests")
 
 
@@ -48,7 +49,8 @@ def arc_filter(degrees: float, k: int = KERNEL, radius: float = 4.0) -> np.ndarr
 
 
 class PlantedCNN(nn.Module):
-    """One 11x11 convolution on the grey level; channel 0 an edge, channel 1 an arc; ReLU; a hook."""
+    """One 11x11 convolution on the grey level (channel 0 an edge, channel 1 an arc), a hook, a
+    ReLU, a hook: as InceptionV1's ``{hook}/pre_relu`` and ``{hook}``."""
 
     hooks = PLANTED.hooks
 
@@ -56,10 +58,10 @@ class PlantedCNN(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(3, 2, KERNEL, padding=KERNEL // 2)
         self.head = nn.Linear(2, 2)
-        self.hook_points = nn.ModuleDict({"planted": HookPoint()})
+        self.hook_points = nn.ModuleDict({"pre_relu": HookPoint(), "planted": HookPoint()})
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.hook_points["planted"](F.relu(self.conv(x)))
+        x = self.hook_points["planted"](F.relu(self.hook_points["pre_relu"](self.conv(x))))
         return self.head(x.mean(dim=(2, 3)))
 
 

@@ -75,7 +75,7 @@ def test_planted_units_are_visualised_and_beat_the_dataset(planted_store):
     np.testing.assert_allclose([by[EDGE]["dataset_max"], by[CURVE]["dataset_max"]], rows.acts.max(0), rtol=1e-6)
     for r in table:  # the optimised image excites the planted unit more than any demo image does
         assert r["activation"] > r["dataset_max"] > 0 and r["ratio"] > 1, r
-        assert r["activation"] > r["start_activation"]
+        assert r["activation"] > r["start_activation"] and r["objective"] == pytest.approx(r["activation"])
     edge = _png(f"{out.uri}/{by[EDGE]['png']}")
     assert edge.shape == (SIZE, SIZE, 3)
     own, across = _correlation(edge, edge_filter(EDGE_DEGREES)), _correlation(edge, edge_filter(EDGE_DEGREES + 90))
@@ -100,12 +100,12 @@ def test_dictionary_features_on_ray_read_maxima_from_the_store(planted_store, ra
         store_uri=store, run="d", saes=(SAERun("planted", SAEConfig(variant="relu_l1_scaled", l1_coefficient=1e-3,
                                                                       expansion=2)),
                                         SAERun("planted", SAEConfig(variant="ksvd", k=1, expansion=2,
-                                                                    ksvd_iterations=2, ksvd_rows=256))),
-        train=TrainConfig(batch_rows=64, steps=30, eval_rows=64, normaliser_rows=128, lr_warmup_steps=2,
+                                                                    ksvd_iterations=1, ksvd_rows=256))),
+        train=TrainConfig(batch_rows=64, steps=10, eval_rows=64, normaliser_rows=128, lr_warmup_steps=2,
                           dead_sample_rows=64), resources=RES), local)
     assert trained.ok, trained.summary()
-    job = visualize.VisualizeJob(store_uri=store, weights=weights, run="d", neurons=False, units_per_block=4,
-                                 vis=VisConfig(steps=24, size=SIZE, pad=4, jitter=2), resources=Resources(max_in_flight=2))
+    job = visualize.VisualizeJob(store_uri=store, weights=weights, run="d", neurons=False, indices=(0, 1, 2, 3),
+                                 units_per_block=4, vis=VisConfig(steps=16, size=SIZE, pad=4, jitter=2), resources=Resources(max_in_flight=2))
     report = visualize.run(job, ray_executor)
     assert report.ok, report.summary()
     table = pq.read_table(StoreLayout.visualisation_table(StoreLayout(store).visualisations("d")).uri).to_pylist()
@@ -156,6 +156,22 @@ def test_a_direction_on_a_channel_is_that_neuron_and_units_do_not_depend_on_thei
     np.testing.assert_array_equal(neuron.images, direction.images)
     alone = render(model, PLANTED, hook, Objective("neuron", torch.tensor([1])), seeds[1:], cfg)
     assert np.abs(alone.images[0].astype(int) - neuron.images[1].astype(int)).max() <= 1  # rounding only
+
+
+def test_the_hook_relu_is_applied_with_lucids_redirected_gradient():
+    from vsae.vis.render import RedirectedReLU, forward_to, hook_output
+
+    x = torch.tensor([[-1.0, -2.0], [-1.0, 3.0]], requires_grad=True)
+    y = RedirectedReLU.apply(x)
+    torch.testing.assert_close(y, torch.relu(x))
+    (-y.sum()).backward()  # minimising -y: raise the inputs
+    # row 0 is all off: the redirected gradient raises it; row 1 has a live unit: the ReLU's own
+    torch.testing.assert_close(x.grad, torch.tensor([[-1.0, -1.0], [0.0, -1.0]]))
+    model = PlantedCNN().eval()
+    model.load_state_dict(planted_state())
+    images = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(hook_output(model, PLANTED, PLANTED.hooks["planted"], images, redirect=True),
+                               forward_to(model, PLANTED.hooks["planted"], images))
 
 
 def test_parameterisation_and_transforms():

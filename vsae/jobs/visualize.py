@@ -207,6 +207,7 @@ def render_block(block: Block, *, model_card: ModelCard, make, weights: str, vis
         where.write_bytes(png_bytes(done.images[j]))
         rows.append({"hook": s.hook, "unit": s.name, "kind": s.kind, "index": index, "seed": seeds[j],
                      "start_activation": float(done.start[j]), "activation": float(done.activation[j]),
+                     "objective": float(done.objective[j]),
                      "png": where.uri[len(out.uri) + 1:]})
     return [{**r, "block_seconds": done.seconds, "block_units": len(block.indices)} for r in rows]
 
@@ -339,9 +340,9 @@ def _check_weights(weights: str, store: ActivationStore, model_card: ModelCard) 
 def _write_table(where: Location, rows: list[dict[str, Any]], vis: VisConfig) -> None:
     import pyarrow as pa
 
-    cols = ("hook", "unit", "kind", "index", "seed", "start_activation", "activation", "dataset_max",
+    cols = ("hook", "unit", "kind", "index", "seed", "start_activation", "activation", "objective", "dataset_max",
             "dataset_max_source", "ratio", "png")
-    types = {"index": pa.int32(), "seed": pa.int64(), "start_activation": pa.float32(), "activation": pa.float32(),
+    types = {"index": pa.int32(), "seed": pa.int64(), "start_activation": pa.float32(), "activation": pa.float32(), "objective": pa.float32(),
              "dataset_max": pa.float32(), "ratio": pa.float32()}
     table = pa.table({c: pa.array([r[c] for r in rows], types.get(c, pa.string())) for c in cols})
     table = table.append_column("position", pa.array([vis.position] * len(rows), pa.string()))

@@ -45,6 +45,39 @@ def forward_to(model: nn.Module, hook: HookInfo, x: torch.Tensor) -> torch.Tenso
     return captured[0]
 
 
+class RedirectedReLU(torch.autograd.Function):
+    """ReLU forward; backward as Lucid's ``redirected_relu_grad`` (``lucid.misc.redirected_relu_grad``):
+    an image whose units are all off at the hook (zero ordinary gradient) still receives the
+    gradient that would raise its negative inputs, so a unit that is dead on the random start
+    can be switched on; images with any ordinary gradient get exactly the ReLU's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        return x.clamp_min(0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        relu_grad = torch.where(x < 0, torch.zeros_like(grad), grad)
+        # the loss is minimised: a positive gradient on a negative input would push it lower
+        redirected = torch.where((x < 0) & (grad > 0), torch.zeros_like(grad), grad)
+        alive = relu_grad.flatten(1).norm(dim=1) > 0
+        return torch.where(alive.view(-1, *[1] * (x.ndim - 1)), relu_grad, redirected)
+
+
+def hook_output(model: nn.Module, card: ModelCard, hook: HookInfo, x: torch.Tensor, *,
+                redirect: bool = False) -> torch.Tensor:
+    """The output of ``hook`` for input ``x``. Where the card has ``{hook}/pre_relu`` (the hook is
+    that ReLU's output, as in InceptionV1), the pass stops there and the ReLU is applied here:
+    the same values, and with ``redirect`` Lucid's redirected gradient (:class:`RedirectedReLU`)."""
+    pre = card.hooks.get(f"{hook.name}/pre_relu")
+    if pre is None:
+        return forward_to(model, hook, x)
+    before = forward_to(model, pre, x)
+    return RedirectedReLU.apply(before) if redirect else torch.relu(before)
+
+
 @dataclass
 class Rendered:
     """What :func:`render` returns for a batch of b units."""
@@ -55,6 +88,9 @@ class Rendered:
     """float32 ``[b]``: each unit's activation on its final image as saved (uint8, no transforms)."""
     start: np.ndarray
     """float32 ``[b]``: each unit's activation on its initial image."""
+    objective: np.ndarray
+    """float32 ``[b]``: what the optimiser climbed (:meth:`Objective.climb`) on the final image as
+    saved; for a TopK SAE feature, its encoder response even where TopK leaves it off."""
     seconds: float
     """Wall time of the optimisation."""
 
@@ -88,23 +124,23 @@ def render(model: nn.Module, card: ModelCard, hook: HookInfo, objective: Objecti
         p.requires_grad_(False)  # gradients flow to the image only
     started = time.perf_counter()
     try:
-        start = _activation(model, card, hook, objective, _pixels(params, cfg), out_size, cfg.position)
+        start, _ = _measure(model, card, hook, objective, _pixels(params, cfg), out_size, cfg.position)
         opt = torch.optim.Adam([params], lr=cfg.lr)
         for _ in range(cfg.steps):
             views = transforms.draw(generators, jitter=cfg.jitter, scale=cfg.scale, rotate=cfg.rotate)
             images = param.to_rgb(params, fourier=cfg.fourier, decorrelate=cfg.decorrelate)
             seen = transforms.apply(images, views, pad=cfg.pad, out_size=out_size)
-            acts = forward_to(model, hook, _model_input(seen, card))
+            acts = hook_output(model, card, hook, _model_input(seen, card), redirect=True)
             loss = -objective.climb(position_rows(acts, hook.layout, cfg.position).float()).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         pixels = _pixels(params, cfg)
-        final = _activation(model, card, hook, objective, pixels, out_size, cfg.position)
+        final, climbed = _measure(model, card, hook, objective, pixels, out_size, cfg.position)
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return Rendered(pixels.permute(0, 2, 3, 1).cpu().numpy(), final, start, time.perf_counter() - started)
+    return Rendered(pixels.permute(0, 2, 3, 1).cpu().numpy(), final, start, climbed, time.perf_counter() - started)
 
 
 def _model_input(images01: torch.Tensor, card: ModelCard) -> torch.Tensor:
@@ -119,12 +155,13 @@ def _pixels(params: torch.Tensor, cfg: VisConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _activation(model, card, hook, objective, pixels, out_size, position) -> np.ndarray:
-    """Each unit's activation on the uint8 images as saved, untransformed (a ViT's resized to
-    its input size)."""
+def _measure(model, card, hook, objective, pixels, out_size, position) -> tuple[np.ndarray, np.ndarray]:
+    """Each unit's activation and climbed objective on the uint8 images as saved, untransformed
+    (a ViT's resized to its input size)."""
     images = pixels.float() / 255.0
     if out_size is not None and images.shape[-1] != out_size:
         images = torch.nn.functional.interpolate(images, size=(out_size, out_size), mode="bilinear",
                                                  align_corners=False)
-    acts = forward_to(model, hook, _model_input(images, card))
-    return objective.activation(position_rows(acts, hook.layout, position).float()).cpu().numpy().astype(np.float32)
+    rows = position_rows(hook_output(model, card, hook, _model_input(images, card)), hook.layout, position).float()
+    return (objective.activation(rows).cpu().numpy().astype(np.float32),
+            objective.climb(rows).cpu().numpy().astype(np.float32))
