@@ -122,6 +122,9 @@ def check(job: VisualizeJob) -> tuple[ActivationStore, str, list[UnitSet]]:
     sets = plan_sets(job, store)
     for s in sets:
         info = model.hooks[s.hook]
+        if info.layout == "ntd" and info.shape[0] < 2:
+            raise ConfigError(f"hook {s.hook!r} of {model.model_id} has no patch tokens (shape {info.shape}); "
+                              "visualise a hook with positions, e.g. blocks.11/resid_post")
         if info.layout == "ntd" and job.vis.size not in (0, model.input_size):
             raise ConfigError(f"hook {s.hook!r} of {model.model_id} takes {model.input_size}-pixel images only; set "
                               f"vis.size to 0 or {model.input_size} (got {job.vis.size})")
