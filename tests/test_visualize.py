@@ -218,3 +218,39 @@ def test_bad_requests_fail_before_work(planted_store, tmp_path):
     with pytest.raises(ConfigError, match="not the ones"):
         visualize.run(visualize.VisualizeJob(store_uri=store, weights=str(other), hooks=("planted",), resources=RES),
                       LocalExecutor(RES, progress=False))
+
+
+def test_token_models_are_visualised_at_their_input_size():
+    """A ViT-like model (``ntd``: CLS first, then a square grid of patch tokens) takes its input
+    size only: the transformed view is resampled back to it, and the centre patch is the unit's."""
+    from torch import nn
+
+    from vsae.models import HookInfo, HookPoint, ModelCard
+
+    card = ModelCard(model_id="tokens.test", input_size=32, resample="bilinear", pixel_scale=1.0,
+                     mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+                     hooks={"tokens": HookInfo("tokens", "hook_points.tokens", "ntd", (17, 6))})
+
+    class Tokens(nn.Module):
+        hooks = card.hooks
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.patch = nn.Conv2d(3, 6, 8, stride=8)
+            self.cls = nn.Parameter(torch.randn(1, 1, 6))
+            self.hook_points = nn.ModuleDict({"tokens": HookPoint()})
+
+        def forward(self, x):
+            assert x.shape[-1] == 32, x.shape
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            return self.hook_points["tokens"](torch.cat([self.cls.expand(len(x), -1, -1), t], 1))
+
+    model = Tokens().eval()
+    seeds = [unit_seed(0, "tokens", "neurons", i) for i in (2, 5)]
+    done = render(model, card, card.hooks["tokens"], Objective("neuron", torch.tensor([2, 5])), seeds,
+                  VisConfig(steps=6, size=0, pad=4, jitter=2))
+    assert done.images.shape == (2, 32, 32, 3) and (done.activation > done.start).all()
+    with torch.no_grad():  # the reported activation is the centre patch token's (row 2, column 2 of 4x4)
+        acts = model(torch.as_tensor(done.images).permute(0, 3, 1, 2).float() / 255 * 4 - 2)
+    np.testing.assert_allclose(done.activation, acts[[0, 1], 1 + 2 * 4 + 2, [2, 5]].numpy(), rtol=1e-5, atol=1e-6)
