@@ -158,6 +158,12 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("tuning/{run}/", "curve stimuli responses and tuning curves", "reserved (seed 001)"),
     ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
     ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
+    ("visualisations/{run}/{hook}/{unit}/{index:05d}.png", "one unit's feature visualisation (neuron, SAE or "
+     "K-SVD feature)", "visualize"),
+    ("visualisations/{run}/activations.parquet", "per unit: final activation, the dataset maximum, their ratio",
+     "visualize"),
+    ("visualisations/{run}/visualize.json", "the visualisation index, written last (its presence means complete)",
+     "visualize"),
 )
 """(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
 with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
@@ -278,6 +284,19 @@ class StoreLayout:
 
     def dashboards(self, run: str) -> Location:
         return self.root / f"dashboards/{_segment(run, 'run')}"
+
+    @staticmethod
+    def visualisation_image(visualisations: Location, hook: str, unit: str, index: int) -> Location:
+        """One unit's image: ``{hook}/{unit}/{index:05d}.png`` under a run's visualisations."""
+        return visualisations / f"{hook_folder(hook)}/{_segment(unit, 'unit')}/{index:05d}.png"
+
+    @staticmethod
+    def visualisation_table(visualisations: Location) -> Location:
+        return visualisations / "activations.parquet"
+
+    @staticmethod
+    def visualisation_index(visualisations: Location) -> Location:
+        return visualisations / "visualize.json"
 
 
 def _segment(name: str, what: str) -> str:
