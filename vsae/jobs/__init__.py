@@ -39,6 +39,8 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("analyze", "vsae.jobs.analyze", "AnalyzeJob", "class means, mono scores and examples of a run's SAEs"),
     JobKind("nightly", "vsae.jobs.nightly", "NightlyJob", "grow the store, retrain warm, analyse, publish the night"),
     JobKind("demo", "vsae.jobs.demo", "DemoJob", "the demo: extract, train and analyse on a demo image set"),
+    JobKind("tuning", "vsae.jobs.tuning", "TuningJob", "tuning curves of neurons and features to curve stimuli"),
+    JobKind("sweep", "vsae.jobs.sweep", "SweepJob", "analogous features across an L1 sweep and their max activations"),
 )}
 
 __all__ = ["JOBS", "JobKind"]
