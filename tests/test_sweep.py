@@ -96,3 +96,12 @@ def test_a_single_feature_and_bad_input(swept):
     with pytest.raises(ConfigError, match="out of range"):
         sweep.run(sweep.SweepJob(store_uri=store, run="sw", hook=HOOK, target="neuron:99"),
                   LocalExecutor(Resources(), progress=False))
+
+
+def test_the_ray_executor_gives_the_same_table(swept, ray_executor):
+    store, _, _ = swept
+    job = dict(store_uri=store, run="sw", hook=HOOK, target="neuron:5", n_features=2)
+    local = sweep.run(sweep.SweepJob(name="local", **job), LocalExecutor(Resources(), progress=False))
+    on_ray = sweep.run(sweep.SweepJob(name="ray", **job), ray_executor)
+    assert on_ray.ok, on_ray.summary()
+    assert on_ray.data["rows"] == local.data["rows"]
