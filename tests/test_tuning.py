@@ -161,3 +161,26 @@ def test_bad_input_is_refused_before_work(reference):
 
     with pytest.raises(UnknownHook):
         tuning.check(tuning.TuningJob(store_uri=store, weights=weights, hooks=("conv2",)))
+
+
+def test_the_von_mises_fit_agrees_with_scipy():
+    from scipy.optimize import curve_fit
+
+    from vsae.analysis.tuning import fit_von_mises, von_mises
+
+    theta = np.arange(64) * 5.625
+    th = np.deg2rad(theta)
+    rng = np.random.default_rng(0)
+    curves = np.stack([von_mises(th, 0.5, 3.0, np.deg2rad(100.0), 4.0),
+                       von_mises(th, -1.0, 7.0, np.deg2rad(287.3), 15.0) + 0.05 * rng.standard_normal(64),
+                       np.full(64, 2.0)])
+    fit = fit_von_mises(theta, curves)
+    assert fit["ok"].tolist() == [True, True, False] and np.isnan(fit["mu_deg"][2])
+    np.testing.assert_allclose(fit["mu_deg"][0], 100.0, atol=0.25)
+    np.testing.assert_allclose(fit["kappa"][0], 4.0, rtol=0.06)
+    # half width at half height of kappa 4: arccos(1 + ln(1/2) / 4) = 34.0 deg
+    np.testing.assert_allclose(fit["hwhm_deg"][0], 34.0, atol=1.5)
+    p, _ = curve_fit(von_mises, th, curves[1], p0=(0.0, 5.0, np.deg2rad(280.0), 10.0))
+    np.testing.assert_allclose(fit["mu_deg"][1], np.degrees(p[2]) % 360, atol=0.5)
+    np.testing.assert_allclose(fit["kappa"][1], p[3], rtol=0.06)
+    np.testing.assert_allclose([fit["base"][1], fit["amp"][1]], p[:2], rtol=0.05, atol=0.05)
