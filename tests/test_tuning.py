@@ -102,9 +102,7 @@ def _job(store, weights, run="t1", **kw):
     return TuningJob(store_uri=store, weights=weights, hooks=("conv",), run=run,
                      stimuli=StimuliConfig(orientations=32, radii=(0.0, 6.0, 8.0, 12.0), openings=(90.0,),
                                            width=2.0, length=20.0),
-                     min_sd=1.0, min_selectivity=kw.pop("min_selectivity", 0.05), **kw)
-    # the planted arc answers the opposite arcs too (a second lobe near 225 deg), which a
-    # circular selectivity counts against it: the family threshold is lowered for it
+                     min_sd=1.0, **kw)
 
 
 def test_a_planted_curve_detector_peaks_at_its_orientation(reference):
@@ -161,6 +159,16 @@ def test_bad_input_is_refused_before_work(reference):
 
     with pytest.raises(UnknownHook):
         tuning.check(tuning.TuningJob(store_uri=store, weights=weights, hooks=("conv2",)))
+
+
+def test_selectivity_is_peak_to_mean():
+    from vsae.analysis.tuning import selectivity, von_mises
+
+    theta = np.arange(360) * 1.0
+    assert selectivity(theta, np.full(360, 3.0)) == 0.0 and selectivity(theta, -np.ones(360)) == 0.0
+    bump = von_mises(np.deg2rad(theta), 0.0, 1.0, 0.0, 10.0)
+    assert abs(selectivity(theta, bump) - 0.872) < 0.002  # 1 - I0(10) e^-10
+    assert selectivity(theta, bump + np.roll(bump, 180) / 3) > 0.8  # a weaker opposite lobe costs little
 
 
 def test_the_von_mises_fit_agrees_with_scipy():

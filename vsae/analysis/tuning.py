@@ -121,17 +121,15 @@ def fit_von_mises(theta_deg: np.ndarray, response_un: np.ndarray, *, block: int 
 
 
 def selectivity(theta_deg: np.ndarray, response: np.ndarray) -> float:
-    """``|sum r' e^{i theta}| / sum r'`` with ``r' = r - min r``: 1 - circular variance
-    (Ringach et al. 2002) of the responses above their floor, 0 (untuned) .. 1 (one
-    orientation only); 0 for a flat curve. The floor is removed so that a unit answering every
-    stroke through its centre a little is judged by how its answer varies with orientation."""
-    r = np.asarray(response, np.float64)
-    r = r - r.min() if r.size else r
-    total = r.sum()
-    if total <= 0:
-        return 0.0
-    th = np.deg2rad(theta_deg)
-    return float(np.hypot(r @ np.cos(th), r @ np.sin(th)) / total)
+    """``1 - mean(r+) / max(r+)`` over the orientations (``r+``: responses clipped at 0): 0 for
+    a flat curve, towards 1 for one narrow peak (a von Mises bump of kappa 1 gives 0.53, of
+    kappa 10 0.87, sampled densely: 1 - I0(kappa) exp(-kappa)); 0 when nothing is positive. A peak-to-mean index: unlike the
+    circular variance it does not count a second, weaker lobe (the opposite curve a curve
+    detector often answers a little) as a loss of tuning, and unlike (max - min) / (max + min)
+    it does not call a flat curve with one dip selective."""
+    r = np.maximum(np.asarray(response, np.float64), 0.0)
+    top = r.max() if r.size else 0.0
+    return float(1.0 - r.mean() / top) if top > 0 else 0.0
 
 
 @dataclass(frozen=True)

@@ -68,8 +68,9 @@ class TuningJob:
     """The curve stimuli (orientations, radii, width, length; size 0 = the model's input size)."""
     min_sd: float = 3.0
     """A curve-like unit peaks at least this many SDs for some curve."""
-    min_selectivity: float = 0.3
-    """A curve-like unit's orientation selectivity (1 - circular variance) is at least this."""
+    min_selectivity: float = 0.5
+    """A curve-like unit's orientation selectivity (``1 - mean/peak`` over orientation at its
+    preferred radius) is at least this (0.5: about a von Mises bump of kappa 1)."""
     max_plot_units: int = 16
     """Heat maps per unit set: the curve-like units with the largest peaks, at most this many."""
     reference_block_rows: int = 65536
