@@ -192,3 +192,39 @@ def test_the_von_mises_fit_agrees_with_scipy():
     np.testing.assert_allclose(fit["mu_deg"][1], np.degrees(p[2]) % 360, atol=0.5)
     np.testing.assert_allclose(fit["kappa"][1], p[3], rtol=0.06)
     np.testing.assert_allclose([fit["base"][1], fit["amp"][1]], p[:2], rtol=0.05, atol=0.05)
+
+
+def test_dictionary_features_are_tuned_beside_the_neurons(reference):
+    """An SAE whose features read single neurons (feature 0 = the curve unit, 1 = the edge unit,
+    2 = the opposite arc) answers exactly as those neurons do, in the same SDs."""
+    import torch
+
+    from tests.planted import CHANNELS, EDGE_UNIT
+    from vsae.jobs import tuning
+    from vsae.sae import SAEConfig
+    from vsae.sae.base import make_sae
+    from vsae.sae.checkpoint import CheckpointInfo, write_config, write_weights
+    from vsae.store import ActivationStore
+
+    store, weights = reference
+    cfg = SAEConfig(variant="relu_l1", expansion=1, l1_coefficient=1.0)
+    sae = make_sae(cfg, CHANNELS)
+    reads = [CURVE_UNIT, EDGE_UNIT, 2, 3]
+    with torch.no_grad():
+        eye = torch.eye(CHANNELS)[reads]
+        sae.W_enc.copy_(eye), sae.W_dec.copy_(eye), sae.b_enc.zero_(), sae.b_dec.zero_()
+    where = StoreLayout(store).sae("planted", "conv", "onehot").uri
+    write_config(where, CheckpointInfo(sae=cfg, d_in=CHANNELS, hook="conv",
+                                       store_spec_digest=ActivationStore.open(store).spec.digest))
+    write_weights(where, sae, {})
+    rep = tuning.run(_job(store, weights, run="f1", sae_run="planted"), LocalExecutor(Resources(), progress=False))
+    assert rep.ok, rep.summary()
+    out = StoreLayout(store).tuning("f1")
+    read = lambda name: pq.read_table(StoreLayout.tuning_unit(out, "conv", name).path + "/responses.parquet")  # noqa: E731
+    neurons, features = read("neurons"), read("onehot")
+    for feature, neuron in enumerate(reads[:3]):
+        f = features.filter(features.column("unit").to_numpy() == feature).column("response_sd").to_numpy()
+        n = neurons.filter(neurons.column("unit").to_numpy() == neuron).column("response_sd").to_numpy()
+        np.testing.assert_allclose(f, n, rtol=1e-5, atol=1e-6)
+    family = pq.read_table(StoreLayout.tuning_hook(out, "conv").path + "/family.parquet").to_pylist()
+    assert {("neuron", CURVE_UNIT), ("feature", 0)} <= {(f["kind"], f["unit"]) for f in family}

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from vsae.analysis.results import NEURONS
+
 LN_HALF = math.log(0.5)
 
 
@@ -215,7 +217,7 @@ def family_table(units_by_set: dict[str, pa.Table]) -> pa.Table:
     for name, units in units_by_set.items():
         for r in units.to_pylist():
             if r["curve_like"]:
-                rows.append({"set": name, "kind": "neuron" if name == "neurons" else "feature", "unit": r["unit"],
+                rows.append({"set": name, "kind": "neuron" if name == NEURONS else "feature", "unit": r["unit"],
                              "preferred_orientation_deg": r["preferred_orientation_deg"],
                              "preferred_radius_px": r["preferred_radius_px"], "peak_sd": r["peak_sd"],
                              "tuning_width_deg": r["tuning_width_deg"], "selectivity": r["selectivity"]})

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from vsae.analysis.results import NEURONS
 from vsae.config import config_class, to_dict
 from vsae.data.stimuli import StimuliConfig
 from vsae.errors import ConfigError
@@ -42,8 +43,6 @@ from vsae.resources import Resources
 from vsae.store.names import validate_location, validate_name
 from vsae.store.paths import Location, StoreLayout
 from vsae.store.spec import validate_hook_name
-
-NEURONS = "neurons"
 
 
 @config_class
