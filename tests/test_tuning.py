@@ -17,7 +17,7 @@ from tests.planted import (
     planted_model,
     save_planted_weights,
 )
-from vsae.data.stimuli import StimuliConfig, read_stimuli, render, stimulus_table, write_stimuli
+from vsae.data.stimuli import StimuliConfig, read_stimuli, render, stimulus_table, to_pixels, write_stimuli
 from vsae.errors import ConfigError
 from vsae.executor import LocalExecutor
 from vsae.resources import Resources
@@ -33,6 +33,8 @@ def test_orientation_plus_180_is_the_image_rotated_180(kind, radius, opening):
         b = render(kind, o + 180.0, size=SIZE, centre_yx=CENTRE, radius=radius, opening=opening)
         assert a.sum() > 10
         np.testing.assert_allclose(np.rot90(a, 2), b, atol=1e-9, err_msg=f"{kind} r={radius} o={o}")
+        # and so are the 8-bit images written to disk
+        np.testing.assert_array_equal(np.rot90(to_pixels(a, 0, 255), 2), to_pixels(b, 0, 255))
 
 
 @pytest.mark.parametrize("orientation", [0.0, 30.0, 90.0, 137.0])

@@ -172,7 +172,9 @@ def render(kind: str, orientation: float, *, size: int, centre_yx: tuple[float, 
             dx, dy = _direction(orientation + 180.0 + s * (180.0 - opening) / 2)
             arms.append(_segment_distance(px, py, c, (c[0] + length / 2 * dx, c[1] + length / 2 * dy)))
         dist = np.minimum(*arms)
-    return np.clip(width / 2 + 0.5 - dist, 0.0, 1.0)
+    # Rounded to 1e-10, so that sums evaluated in another order (a stimulus and its mirror
+    # image) give equal values, and equal 8-bit pixels where coverage is exactly one half.
+    return np.round(np.clip(width / 2 + 0.5 - dist, 0.0, 1.0), 10)
 
 
 def to_pixels(coverage: np.ndarray, foreground: int, background: int) -> np.ndarray:

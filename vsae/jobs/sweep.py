@@ -103,28 +103,31 @@ def check(job: SweepJob):
     return store, found, base
 
 
-def max_activations(uri: str, features: list[int], *, store_uri: str, hook: str, block_rows: int) -> list[float]:
+def max_activations(uri: str, features: list[int], *, store_uri: str, hook: str, block_rows: int,
+                    use_gpu: bool = False) -> list[float]:
     """One unit of work: the maximum reported activation of ``features`` of the SAE at ``uri``
-    over the valid rows of ``hook`` (0 for a feature that never fires)."""
+    over the valid rows of ``hook`` (0 for a feature that never fires); on a GPU if asked and
+    present."""
     import torch
 
     from vsae.sae.checkpoint import load_sae
     from vsae.store import ActivationStore
 
-    sae, _ = load_sae(uri)
+    device = "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+    sae, _ = load_sae(uri, device)
     store = ActivationStore.open(store_uri)
     reader = store.hook(hook)
     n_rows = reader.hook.rows_per_image * store.spec.n_images
     best = np.zeros(len(features))
-    idx = torch.tensor(features, dtype=torch.long)
+    idx = torch.tensor(features, dtype=torch.long, device=device)
     for start in range(0, n_rows, block_rows):
         rows = reader.read_rows(start, min(n_rows, start + block_rows))
         acts = rows.acts[rows.valid]
         if not len(acts):
             continue
         with torch.no_grad():
-            f = sae.feature_acts(torch.from_numpy(acts.astype(np.float32)))[:, idx]
-        best = np.maximum(best, f.max(dim=0).values.double().numpy())
+            f = sae.feature_acts(torch.from_numpy(acts.astype(np.float32)).to(device))[:, idx]
+        best = np.maximum(best, f.max(dim=0).values.double().cpu().numpy())
     return best.tolist()
 
 
@@ -149,8 +152,9 @@ def run(job: SweepJob, executor: Executor) -> Report:
     matched = {name: S.match(base_dirs, saes[name].directions().double().numpy()) for _, name, _ in found}
     work = [(uri, name) for _, name, uri in found]
     maxima: dict[str, list[float]] = {}
-    fn = partial(_unit, matched=matched, store_uri=store.uri, hook=job.hook, block_rows=job.block_rows)
-    for outcome in executor.map(fn, work, desc="saes"):
+    fn = partial(_unit, matched=matched, store_uri=store.uri, hook=job.hook, block_rows=job.block_rows,
+                 use_gpu=job.resources.num_gpus_per_task > 0)
+    for outcome in executor.map(fn, work, desc="saes", accelerator=True):
         if outcome.ok:
             maxima[outcome.item[1]] = outcome.value
         else:

@@ -195,6 +195,12 @@ def _encoder(uri: str, device: str):
     return encode
 
 
+def _device(use_gpu: bool) -> str:
+    import torch
+
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+
 def tune_hook(hook: str, *, store_uri: str, stim_uri: str, sets: list[tuple[str, str]], stimuli, out_uri: str,
               job: TuningJob) -> dict[str, Any]:
     """One unit of work: every unit set at ``hook``; writes its tables and plots (idempotent:
@@ -208,7 +214,7 @@ def tune_hook(hook: str, *, store_uri: str, stim_uri: str, sets: list[tuple[str,
     stim_rows = ActivationStore.open(stim_uri).hook(hook).read_rows(0, len(stimulus_of_image))
     stim_acts = np.empty_like(stim_rows.acts)
     stim_acts[stimulus_of_image[stim_rows.image_id]] = stim_rows.acts  # rows in stimulus order
-    encoders = {name: _encoder(uri, "cpu") for name, uri in sets}
+    encoders = {name: _encoder(uri, _device(job.resources.num_gpus_per_task > 0)) for name, uri in sets}
     moments: dict[str, T.Moments | None] = {name: None for name, _ in sets}
     weighted = ref.hook.sampler.weighted
     n_rows = ref.hook.rows_per_image * ActivationStore.open(store_uri).spec.n_images
@@ -289,7 +295,7 @@ def run(job: TuningJob, executor: Executor) -> Report:
     hooks: dict[str, Any] = {}
     fn = partial(_tune_unit, store_uri=store.uri, stim_uri=stim_uri, sets=sets, stimuli=stimuli, out_uri=out.uri,
                  job=job)
-    for outcome in executor.map(fn, list(job.hooks), desc="hooks"):
+    for outcome in executor.map(fn, list(job.hooks), desc="hooks", accelerator=True):
         if outcome.ok:
             hooks[outcome.item] = outcome.value
         else:
