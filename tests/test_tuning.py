@@ -101,10 +101,9 @@ def reference(tmp_path_factory):
 def _job(store, weights, run="t1", **kw):
     from vsae.jobs.tuning import TuningJob
 
-    return TuningJob(store_uri=store, weights=weights, hooks=("conv",), run=run,
-                     stimuli=StimuliConfig(orientations=32, radii=(0.0, 6.0, 8.0, 12.0), openings=(90.0,),
-                                           width=2.0, length=20.0),
-                     min_sd=1.0, **kw)
+    stimuli = kw.pop("stimuli", StimuliConfig(orientations=32, radii=(0.0, 6.0, 8.0, 12.0), openings=(90.0,),
+                                              width=2.0, length=20.0))
+    return TuningJob(store_uri=store, weights=weights, hooks=("conv",), run=run, stimuli=stimuli, min_sd=1.0, **kw)
 
 
 def test_a_planted_curve_detector_peaks_at_its_orientation(reference):
@@ -161,6 +160,11 @@ def test_bad_input_is_refused_before_work(reference):
 
     with pytest.raises(UnknownHook):
         tuning.check(tuning.TuningJob(store_uri=store, weights=weights, hooks=("conv2",)))
+    job = _job(store, weights, run="tb")
+    write_stimuli(StoreLayout.tuning_stimuli(StoreLayout(store).tuning("tb")), job.stimuli.resolved(MODEL_ID))
+    tuning.check(job)  # the run's folder holds these stimuli: fine
+    with pytest.raises(ConfigError, match="other stimuli"):  # others under the same run: refused before work
+        tuning.check(_job(store, weights, run="tb", stimuli=StimuliConfig(orientations=8)))
 
 
 def test_selectivity_is_peak_to_mean():

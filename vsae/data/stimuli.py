@@ -220,6 +220,25 @@ def _png(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def _meta(cfg: StimuliConfig) -> str:
+    return json.dumps(to_dict(cfg), sort_keys=True)
+
+
+def check_stimuli_folder(root_uri: str | Location, cfg: StimuliConfig) -> bool:
+    """Whether ``root_uri`` already holds exactly these stimuli (False if it holds none).
+
+    Raises:
+        ConfigError: it holds other stimuli (drawing there would mix two sets).
+    """
+    root = Location.of(root_uri)
+    if not (root / TABLE).exists():
+        return False
+    if (read_stimuli(root / TABLE).schema.metadata or {}).get(b"vsae.stimuli") == _meta(cfg).encode():
+        return True
+    raise ConfigError(f"{root.uri} already holds other stimuli; draw these into another folder "
+                      "(for the tuning job: another run name)")
+
+
 def write_stimuli(root_uri: str | Location, cfg: StimuliConfig) -> dict[str, str]:
     """Draw every stimulus of ``cfg`` (size resolved) under ``root_uri`` as PNGs plus
     ``stimuli.parquet`` (written last: its presence means complete). A folder that already holds
@@ -230,13 +249,10 @@ def write_stimuli(root_uri: str | Location, cfg: StimuliConfig) -> dict[str, str
     """
     root = Location.of(root_uri)
     table = stimulus_table(cfg)
-    meta = json.dumps(to_dict(cfg), sort_keys=True)
+    meta = _meta(cfg)
     out = {"dataset_uri": (root / IMAGES).uri, "table_uri": (root / TABLE).uri}
-    if (root / TABLE).exists():
-        existing = read_stimuli(root / TABLE)
-        if (existing.schema.metadata or {}).get(b"vsae.stimuli") == meta.encode():
-            return out
-        raise ConfigError(f"{root.uri} already holds other stimuli; draw these into another folder")
+    if check_stimuli_folder(root, cfg):
+        return out
     for row in table.to_pylist():
         pixels = to_pixels(render_row(row, cfg.size), cfg.foreground, cfg.background)
         (root / f"{IMAGES}/{row['file']}").write_bytes(_png(pixels))
@@ -252,5 +268,5 @@ def read_stimuli(where: str | Location) -> pa.Table:
     return pq.read_table(io.BytesIO(Location.of(where).read_bytes()))
 
 
-__all__ = ["KINDS", "SCHEMA", "StimuliConfig", "read_stimuli", "render", "stimulus_table", "to_pixels",
+__all__ = ["KINDS", "SCHEMA", "StimuliConfig", "check_stimuli_folder", "read_stimuli", "render", "stimulus_table", "to_pixels",
            "write_stimuli"]

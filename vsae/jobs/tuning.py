@@ -98,7 +98,8 @@ class TuningJob:
 def check(job: TuningJob):
     """The reference store is published and holds every hook with positions (not pooled rows),
     the weights are the store's, the SAEs of ``sae_run`` exist at those hooks and were trained
-    on this store, and the results location is writable. Returns (store, unit sets per hook).
+    on this store, the results location is writable, and the run's stimuli folder holds none or
+    these stimuli. Returns (store, unit sets per hook).
 
     Raises:
         ConfigError, UnknownHook, StoreNotFound: naming what is wrong and what would be valid.
@@ -128,6 +129,9 @@ def check(job: TuningJob):
             raise ConfigError(f"no SAEs of run {job.sae_run!r} at {', '.join(empty)} under {layout.saes(job.sae_run).uri}"
                               " and neurons = false")
     check_writable(layout.root, "store_uri")
+    from vsae.data.stimuli import check_stimuli_folder
+
+    check_stimuli_folder(StoreLayout.tuning_stimuli(layout.tuning(job.run)), job.stimuli.resolved(store.spec.model_id))
     return store, sets
 
 
