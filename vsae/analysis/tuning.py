@@ -246,9 +246,6 @@ def coverage_table(family: pa.Table, orientations_deg: np.ndarray) -> pa.Table:
 # -- plots ---------------------------------------------------------------------------------------
 
 def _figure(**kw):
-    import matplotlib
-
-    matplotlib.rcParams["svg.hashsalt"] = "vsae"  # fixed ids: the same figure gives the same SVG bytes
     from matplotlib.figure import Figure
 
     return Figure(**kw)
@@ -257,10 +254,13 @@ def _figure(**kw):
 def figure_bytes(fig) -> dict[str, bytes]:
     """A figure as PNG and SVG bytes, with no dates or versions in them (byte-for-byte
     deterministic for the same data)."""
+    import matplotlib
+
     out = {}
     for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
         buf = io.BytesIO()
-        fig.savefig(buf, format=fmt, metadata=meta, dpi=100)
+        with matplotlib.rc_context({"svg.hashsalt": "vsae"}):  # fixed ids: the same SVG bytes every time
+            fig.savefig(buf, format=fmt, metadata=meta, dpi=100)
         out[fmt] = buf.getvalue()
     return out
 
