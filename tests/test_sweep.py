@@ -105,3 +105,33 @@ def test_the_ray_executor_gives_the_same_table(swept, ray_executor):
     on_ray = sweep.run(sweep.SweepJob(name="ray", **job), ray_executor)
     assert on_ray.ok, on_ray.summary()
     assert on_ray.data["rows"] == local.data["rows"]
+
+
+@pytest.mark.slow
+def test_a_sweep_trained_in_one_pass_is_followed(tmp_path):
+    """The train job trains one SAE per λ at a hook in one pass; the sweep job follows a feature
+    across them and its maxima are those of the trained SAEs over the store."""
+    from vsae.jobs import train
+    from vsae.sae import SAERun, TrainConfig, load_sae
+
+    store = str(tmp_path / "syn.zarr")
+    local = LocalExecutor(Resources(), progress=False)
+    assert synthetic.run(synthetic.SyntheticJob(
+        store_uri=store, data=SyntheticConfig(n_rows=8192, d_in=D_IN, n_features=N_FEATURES, active_per_row=3),
+        images_per_task=4096, dtype="float32"), local).ok
+    runs = tuple(SAERun(hook=HOOK, name=f"l1-{lam:g}", sae=SAEConfig(variant="relu_l1", expansion=2, l1_coefficient=lam))
+                 for lam in (0.5, 4.0))
+    trained = train.run(train.TrainJob(store_uri=store, run="sweep", saes=runs, train=TrainConfig(
+        batch_rows=256, steps=150, eval_rows=1024, normaliser_rows=2048, dead_sample_rows=2048, lr_warmup_steps=10)),
+        local)
+    assert trained.ok, trained.summary()
+    rep = sweep.run(sweep.SweepJob(store_uri=store, run="sweep", hook=HOOK, target="feature:0", name="t"), local)
+    assert rep.ok, rep.summary()
+    rows = rep.data["rows"]
+    assert [r["sae"] for r in rows] == ["l1-0.5", "l1-4"] and rows[0]["feature"] == 0 and rows[0]["cosine"] > 0.999
+    acts = ActivationStore.open(store).hook(HOOK).read_rows(0, 8192).acts
+    for r in rows:
+        sae, _ = load_sae(StoreLayout(store).sae("sweep", HOOK, r["sae"]).uri)
+        with torch.no_grad():
+            want = sae.feature_acts(torch.from_numpy(acts))[:, r["feature"]].max().item()
+        np.testing.assert_allclose(r["max_activation"], want, rtol=1e-6)
