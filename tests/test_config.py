@@ -39,7 +39,10 @@ def test_checked_in_extraction_configs_load(name):
                                        ("train", "demo_train"), ("train", "inception_v1_train"),
                                        ("train", "synthetic_train"), ("train", "clip_vit_train"),
                                        ("train", "clip_vit_ksvd"), ("train", "demo_ksvd"),
-                                       ("nightly", "demo_nightly"), ("nightly", "inception_v1_nightly")])
+                                       ("nightly", "demo_nightly"), ("nightly", "inception_v1_nightly"),
+                                       ("tuning", "demo_tuning"), ("tuning", "inception_v1_tuning"),
+                                       ("train", "demo_sweep_train"), ("train", "inception_v1_sweep_train"),
+                                       ("sweep", "demo_sweep"), ("sweep", "inception_v1_sweep")])
 def test_checked_in_configs_load_and_round_trip(job, name):
     cls = JOBS[job].config_class
     cfg = config.load(cls, str(ROOT / f"pipelines/configs/{name}.toml"))

@@ -40,6 +40,8 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("nightly", "vsae.jobs.nightly", "NightlyJob", "grow the store, retrain warm, analyse, publish the night"),
     JobKind("demo", "vsae.jobs.demo", "DemoJob", "the demo: extract, train and analyse on a demo image set"),
     JobKind("visualize", "vsae.jobs.visualize", "VisualizeJob", "feature visualisations of neurons and dictionary features"),
+    JobKind("tuning", "vsae.jobs.tuning", "TuningJob", "tuning curves of neurons and features to curve stimuli"),
+    JobKind("sweep", "vsae.jobs.sweep", "SweepJob", "analogous features across an L1 sweep and their max activations"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

@@ -11,6 +11,8 @@ does not).
 - ``magnitude:K``: K positions drawn with replacement, each with probability proportional to the
   L2 norm of its channel vector (seed 001); every row keeps its (y, x) and its draw probability;
 - ``all``: every spatial position, row-major;
+- ``centre``: the one position at the middle of the grid, ``(h // 2, w // 2)`` (the patch
+  token there for ViT), where synthetic stimuli are centred (seed 001's tuning curves);
 - ``cls`` (ViT): the CLS token; ``tokens`` (ViT): every token, CLS first.
 """
 
@@ -21,9 +23,9 @@ from dataclasses import dataclass
 
 from vsae.errors import ConfigError
 
-KINDS = ("mean", "magnitude", "all", "cls", "tokens")
+KINDS = ("mean", "magnitude", "all", "cls", "tokens", "centre")
 LAYOUTS = ("nchw", "ntd")
-_SPEC = re.compile(r"^(mean|all|cls|tokens|magnitude:[1-9][0-9]*)$")
+_SPEC = re.compile(r"^(mean|all|cls|tokens|centre|magnitude:[1-9][0-9]*)$")
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Sampler:
             return spec
         text = spec.strip() if isinstance(spec, str) else spec
         if not isinstance(text, str) or not _SPEC.match(text):
-            raise ConfigError(f"unknown sampler {spec!r}; valid: mean, magnitude:K (K >= 1), all, cls, tokens")
+            raise ConfigError(f"unknown sampler {spec!r}; valid: mean, magnitude:K (K >= 1), all, centre, cls, tokens")
         kind, _, k = text.partition(":")
         return cls(kind, int(k) if k else 0)
 
@@ -66,9 +68,11 @@ class Sampler:
 
     @property
     def fixed_rows(self) -> int | None:
-        """Rows per image when the sampler alone fixes it (``mean``/``cls``: 1,
+        """Rows per image when the sampler alone fixes it (``mean``/``cls``/``centre``: 1,
         ``magnitude:K``: K), else None (it depends on the hook's shape)."""
-        return 1 if self.pooled else (self.k if self.kind == "magnitude" else None)
+        if self.pooled or self.kind == "centre":
+            return 1
+        return self.k if self.kind == "magnitude" else None
 
     def check_layout(self, layout: str) -> None:
         """Raises ConfigError unless this sampler can read activations of ``layout``."""

@@ -97,8 +97,17 @@ def _tokens(acts, layout, sampler, ids, hook, seed) -> Drawn:
     return acts.reshape(b * t, -1), yx, prob
 
 
+def _centre(acts, layout, sampler, ids, hook, seed) -> Drawn:
+    vectors, width = _positions(acts, layout)
+    b, n = vectors.shape[:2]
+    height = n // width
+    y, x = height // 2, width // 2
+    yx = np.broadcast_to(np.array([y, x], dtype=np.int16), (b, 1, 2)).copy()
+    return vectors[:, y * width + x], yx, np.ones((b, 1), dtype=np.float32)
+
+
 KIND_DRAW: dict[str, Callable[..., Drawn]] = {
-    "mean": _mean, "all": _all, "magnitude": _magnitude, "cls": _cls, "tokens": _tokens}
+    "mean": _mean, "all": _all, "magnitude": _magnitude, "cls": _cls, "tokens": _tokens, "centre": _centre}
 
 
 def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids: np.ndarray,

@@ -155,7 +155,11 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("_lease.json", "which driver holds the store, until when (one at a time)", "nightly"),
     ("dictionaries/{run}/{hook}/{name}/", "K-SVD dictionaries, in the SAE checkpoint format", "reserved (seed 004)"),
     ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
-    ("tuning/{run}/", "curve stimuli responses and tuning curves", "reserved (seed 001)"),
+    ("tuning/{run}/", "curve stimuli responses and tuning curves; `tuning.json` written last", "tuning"),
+    ("tuning/{run}/stimuli/", "the curve stimuli as a dataset: images/stimuli/*.png and stimuli.parquet", "tuning"),
+    ("tuning/{run}/stimuli.zarr/", "the stimuli's activations at the centre position (an activation store)", "tuning"),
+    ("tuning/{run}/{hook}/{unit}/", "one unit set's responses.parquet, units.parquet, heat maps (PNG, SVG)", "tuning"),
+    ("sweeps/{run}/", "analogous features across an L1 sweep: table, plot, `sweep.json` written last", "sweep"),
     ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
     ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
     ("visualisations/{run}/{hook}/{unit}/{index:05d}.png", "one unit's feature visualisation (neuron, SAE or "
@@ -278,6 +282,34 @@ class StoreLayout:
 
     def tuning(self, run: str) -> Location:
         return self.root / f"tuning/{_segment(run, 'run')}"
+
+    @staticmethod
+    def tuning_index(tuning: Location) -> Location:
+        return tuning / "tuning.json"
+
+    @staticmethod
+    def tuning_stimuli(tuning: Location) -> Location:
+        return tuning / "stimuli"
+
+    @staticmethod
+    def tuning_store(tuning: Location) -> Location:
+        return tuning / "stimuli.zarr"
+
+    @staticmethod
+    def tuning_hook(tuning: Location, hook: str) -> Location:
+        return tuning / hook_folder(hook)
+
+    @staticmethod
+    def tuning_unit(tuning: Location, hook: str, unit: str) -> Location:
+        return tuning / f"{hook_folder(hook)}/{_segment(unit, 'unit')}"
+
+    def sweeps(self, run: str) -> Location:
+        """The folder of one L1 sweep analysis (analogous features across SAEs)."""
+        return self.root / f"sweeps/{_segment(run, 'run')}"
+
+    @staticmethod
+    def sweep_index(sweep: Location) -> Location:
+        return sweep / "sweep.json"
 
     def visualisations(self, run: str) -> Location:
         return self.root / f"visualisations/{_segment(run, 'run')}"
