@@ -69,7 +69,7 @@ def test_heatmap_paints_the_cell_of_each_stored_position():
     out = plots.overlay_heatmap(image, field, np.array([[1, 2], [0, 0]]), np.array([2.0, 0.0]), vmax=2.0)
     from matplotlib import colormaps
 
-    expected = np.rint(np.asarray(colormaps[plots.CMAP](1.0)[:3]) * 255 * plots.HEAT_ALPHA)
+    expected = np.rint(np.float32(plots.HEAT_ALPHA) * (np.asarray(colormaps[plots.CMAP](1.0)[:3]) * 255).astype(np.float32))
     # position (1, 2): field rows [2, 7), centre 4.5, the 4x4 cell [2.5, 6.5) -> pixels 2..5 (rounded)
     painted = np.argwhere(out.any(axis=2))
     assert painted[:, 0].min() == 2 and painted[:, 0].max() == 5 and painted[:, 1].min() == 6
@@ -96,7 +96,7 @@ def test_example_grid_is_a_picture_of_the_top_examples(client):
     image = client.images(top["image_id"].to_numpy())[0][0]
     plain = plots.crop_field(image, field, top["y"][0].as_py(), top["x"][0].as_py(), 64)
     assert not np.array_equal(plain, crops[0])  # the heat map is drawn ...
-    ids, yx, values = plots.unit_rows(client, top["image_id"].to_numpy(), HOOK, SAE, feature)
+    values = plots.unit_rows(client, top["image_id"].to_numpy(), HOOK, SAE).acts[:, feature]
     assert values.max() == pytest.approx(top["activation"][0].as_py(), rel=1e-5)  # ... from the stored rows
     intervals = client.example_grid(feature, HOOK, SAE, kind="interval", size=32)
     assert intervals.size[0] == 5 * 36 + 4

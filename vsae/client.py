@@ -113,6 +113,7 @@ class Client:
         self.storage_options = storage_options
         self._stores = _discover(self.uri, storage_options)
         self._parquet: dict[str, pq.ParquetFile] = {}
+        self._groups: dict[tuple[str, int], pa.Table] = {}
         self._tables: dict[str, pa.Table] = {}
         self._listings: dict[str, pa.Table] = {}
         self._saes: dict[str, torch.nn.Module] = {}
@@ -442,9 +443,16 @@ class Client:
         return layout.analysis_unit(layout.analysis(run), hook, unit)
 
     def _row_group(self, where: Location, group: int) -> pa.Table:
+        key = (where.uri, group)
+        if key in self._groups:  # the last few row groups read: a feature's tables, or its block's
+            return self._groups[key]
         if where.uri not in self._parquet:
             self._parquet[where.uri] = pq.ParquetFile(where.open(), pre_buffer=True)
-        return self._parquet[where.uri].read_row_group(group)
+        table = self._parquet[where.uri].read_row_group(group)
+        self._groups[key] = table
+        while len(self._groups) > 8:
+            self._groups.pop(next(iter(self._groups)))
+        return table
 
     def _feature_row(self, feature: int, hook: str, sae: str) -> dict[str, Any]:
         self._check_feature(feature, hook, sae)

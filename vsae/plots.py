@@ -16,6 +16,7 @@ pyplot, so nothing global changes and they render headless.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -41,12 +42,10 @@ def overlay_heatmap(image_hwc: np.ndarray, field: ReceptiveField, yx_r2: np.ndar
     ``jump`` cell at the centre of its field (matplotlib's ``inferno`` colour map, opacity
     ``HEAT_ALPHA * value / vmax``). Rows with ``y < 0`` (pooled) or a value <= 0 paint nothing.
     Returns a new uint8 [S, S, 3] array."""
-    from matplotlib import colormaps
-
     out = image_hwc.astype(np.float32)
     if vmax <= 0 or not np.isfinite(vmax):
         return image_hwc.copy()
-    cmap = colormaps[CMAP]
+    lut = _colour_table()
     size = image_hwc.shape[0]
     scale = size / field.input_size
     for (y, x), v in zip(np.asarray(yx_r2).reshape(-1, 2), np.asarray(values_r, dtype=np.float64)):
@@ -55,10 +54,17 @@ def overlay_heatmap(image_hwc: np.ndarray, field: ReceptiveField, yx_r2: np.ndar
         t = min(float(v) / vmax, 1.0)
         y0, y1, x0, x1 = (int(round(c * scale)) for c in field.cell(int(y), int(x)))
         y0, x0, y1, x1 = max(0, y0), max(0, x0), min(size, y1), min(size, x1)
-        colour = np.asarray(cmap(t)[:3], np.float32) * 255
         a = HEAT_ALPHA * t
-        out[y0:y1, x0:x1] = (1 - a) * out[y0:y1, x0:x1] + a * colour
+        out[y0:y1, x0:x1] = (1 - a) * out[y0:y1, x0:x1] + a * lut[int(round(t * 255))]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@functools.cache
+def _colour_table() -> np.ndarray:
+    """[256, 3] float32 RGB (0..255) of the colour map at t = i / 255."""
+    from matplotlib import colormaps
+
+    return (colormaps[CMAP](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.float32)
 
 
 def crop_field(image_hwc: np.ndarray, field: ReceptiveField, y: int, x: int, size: int) -> np.ndarray:
@@ -72,26 +78,27 @@ def crop_field(image_hwc: np.ndarray, field: ReceptiveField, y: int, x: int, siz
     return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
 
 
-def unit_rows(client: Client, image_ids: Sequence[int] | np.ndarray, hook: str, sae: str, feature: int):
-    """The stored rows of the images and one unit's value on each: ``(image_id [r], yx [r, 2],
-    value [r] float32)``. ``sae`` is ``"run/name"`` or ``"run/neurons"`` (the hook's channels)."""
+def unit_rows(client: Client, image_ids: Sequence[int] | np.ndarray, hook: str, sae: str):
+    """The stored rows of the images with the unit's values (:class:`~vsae.store.HookRows`,
+    ``acts`` [rows, units] float32): SAE features for ``"run/name"``, the hook's own channels
+    for ``"run/neurons"``."""
     from vsae.analysis.results import NEURONS
 
     if sae.partition("/")[2] == NEURONS:
-        rows = client.activations(image_ids, hook)
-    else:
-        rows = client.features(image_ids, hook, sae)
-    return rows.image_id, rows.yx, np.asarray(rows.acts[:, feature], dtype=np.float32)
+        return client.activations(image_ids, hook)
+    return client.features(image_ids, hook, sae)
 
 
 def example_crops(client: Client, examples: pa.Table, hook: str, sae: str, feature: int, size: int = 112,
-                  source_uri: str | None = None, images: dict[int, np.ndarray] | None = None
-                  ) -> list[np.ndarray | None]:
+                  source_uri: str | None = None, images: dict[int, np.ndarray | None] | None = None,
+                  rows=None, vmax: float | None = None) -> list[np.ndarray | None]:
     """Crops of example rows (``image_id``, ``y``, ``x``, as :meth:`Client.top_examples` gives
     them) sized to the hook's receptive field, with the unit's heat map over the image's stored
-    rows (scaled to the feature's maximum): uint8 [size, size, 3] each, None where the image could
-    not be read. ``images`` (image id -> uint8 [S, S, 3]) skips reading images already read."""
-    store, name = client._hook(hook)
+    rows (scaled to ``vmax``, by default the feature's maximum): uint8 [size, size, 3] each, None
+    where the image could not be read. Already read inputs may be passed: ``images`` (image id ->
+    uint8 [S, S, 3] or None), ``rows`` (the unit's :class:`~vsae.store.HookRows` of those images,
+    every feature's column)."""
+    store, _ = client._hook(hook)
     field = client.receptive_field(hook)
     ids = examples["image_id"].to_numpy()
     if not len(ids):
@@ -101,16 +108,19 @@ def example_crops(client: Client, examples: pa.Table, hook: str, sae: str, featu
     if missing:
         pixels, valid = client.images(missing, store.spec.model_id, source_uri)
         images.update({i: (p if ok else None) for i, p, ok in zip(missing, pixels, valid)})
-    row_ids, yx, values = unit_rows(client, np.unique(ids), hook, sae, feature)
-    vmax = float(client.feature(feature, hook, sae, n_classes=0).max)
+    if rows is None:
+        rows = unit_rows(client, np.unique(ids), hook, sae)
+    values = np.asarray(rows.acts[:, feature], dtype=np.float32)
+    if vmax is None:
+        vmax = float(client.feature(feature, hook, sae, n_classes=0).max)
     out: list[np.ndarray | None] = []
     for image_id, y, x in zip(ids, examples["y"].to_numpy(), examples["x"].to_numpy()):
         img = images.get(int(image_id))
         if img is None:
             out.append(None)
             continue
-        mine = row_ids == image_id
-        out.append(crop_field(overlay_heatmap(img, field, yx[mine], values[mine], vmax), field, y, x, size))
+        mine = rows.image_id == image_id
+        out.append(crop_field(overlay_heatmap(img, field, rows.yx[mine], values[mine], vmax), field, y, x, size))
     return out
 
 
@@ -205,12 +215,13 @@ def png_bytes(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def image_png(pixels_hwc: np.ndarray) -> bytes:
-    """uint8 [h, w, 3] as PNG bytes (PIL, no metadata)."""
+def image_jpeg(pixels_hwc: np.ndarray, quality: int = 88) -> bytes:
+    """uint8 [h, w, 3] as baseline JPEG bytes (PIL; no metadata, so the same pixels give the same
+    bytes). Photo crops are ~5x smaller than as PNG and encode faster."""
     import io
 
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(pixels_hwc).save(buf, format="PNG", optimize=False)
+    Image.fromarray(pixels_hwc).save(buf, format="JPEG", quality=quality)
     return buf.getvalue()

@@ -39,6 +39,7 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("analyze", "vsae.jobs.analyze", "AnalyzeJob", "class means, mono scores and examples of a run's SAEs"),
     JobKind("nightly", "vsae.jobs.nightly", "NightlyJob", "grow the store, retrain warm, analyse, publish the night"),
     JobKind("demo", "vsae.jobs.demo", "DemoJob", "the demo: extract, train and analyse on a demo image set"),
+    JobKind("dashboard", "vsae.jobs.dashboard", "DashboardJob", "a static site of a run's features, a page per feature"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

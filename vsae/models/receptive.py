@@ -12,6 +12,7 @@ Read from the model cards' architecture tables, without torch.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from vsae.errors import UnknownHook
@@ -81,6 +82,7 @@ class _Field:
         return max(fields, key=lambda f: f.size)
 
 
+@functools.cache
 def _inception_fields() -> dict[str, _Field]:
     """Every InceptionV1 hook's field, walking the network as ``InceptionV1.forward`` does."""
     out: dict[str, _Field] = {}
