@@ -157,7 +157,7 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
     ("tuning/{run}/", "curve stimuli responses and tuning curves", "reserved (seed 001)"),
     ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
-    ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
+    ("dashboards/{run}/", "feature dashboards (static pages)", "dashboard"),
 )
 """(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
 with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
