@@ -37,8 +37,9 @@ HEAT_ALPHA = 0.6
 
 
 def overlay_heatmap(image_hwc: np.ndarray, field: ReceptiveField, yx_r2: np.ndarray, values_r: np.ndarray,
-                    vmax: float) -> np.ndarray:
-    """``image_hwc`` (uint8 [S, S, 3]) with each position's value painted over the ``jump`` x
+                    vmax: float, origin: tuple[int, int] = (0, 0), image_side: int | None = None) -> np.ndarray:
+    """``image_hwc`` (uint8 [S, S, 3], or the part of such an image from pixel ``origin`` (y, x)
+    on, for an image of side ``image_side``) with each position's value painted over the ``jump`` x
     ``jump`` cell at the centre of its field (matplotlib's ``inferno`` colour map, opacity
     ``HEAT_ALPHA * value / vmax``). Rows with ``y < 0`` (pooled) or a value <= 0 paint nothing.
     Returns a new uint8 [S, S, 3] array."""
@@ -46,14 +47,17 @@ def overlay_heatmap(image_hwc: np.ndarray, field: ReceptiveField, yx_r2: np.ndar
     if vmax <= 0 or not np.isfinite(vmax):
         return image_hwc.copy()
     lut = _colour_table()
-    size = image_hwc.shape[0]
-    scale = size / field.input_size
+    h, w = image_hwc.shape[:2]
+    scale = (image_side or image_hwc.shape[0]) / field.input_size
+    oy, ox = origin
     for (y, x), v in zip(np.asarray(yx_r2).reshape(-1, 2), np.asarray(values_r, dtype=np.float64)):
         if y < 0 or not v > 0:
             continue
         t = min(float(v) / vmax, 1.0)
         y0, y1, x0, x1 = (int(round(c * scale)) for c in field.cell(int(y), int(x)))
-        y0, x0, y1, x1 = max(0, y0), max(0, x0), min(size, y1), min(size, x1)
+        y0, x0, y1, x1 = max(0, y0 - oy), max(0, x0 - ox), min(h, y1 - oy), min(w, x1 - ox)
+        if y0 >= y1 or x0 >= x1:
+            continue
         a = HEAT_ALPHA * t
         out[y0:y1, x0:x1] = (1 - a) * out[y0:y1, x0:x1] + a * lut[int(round(t * 255))]
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
@@ -70,11 +74,16 @@ def _colour_table() -> np.ndarray:
 def crop_field(image_hwc: np.ndarray, field: ReceptiveField, y: int, x: int, size: int) -> np.ndarray:
     """The part of the image position ``(y, x)`` sees (its receptive field, clipped to the image;
     the whole image for pooled rows), resized to ``size`` x ``size`` (PIL bilinear): uint8 [size, size, 3]."""
-    from PIL import Image
 
     scale = image_hwc.shape[0] / field.input_size
     y0, y1, x0, x1 = (int(round(c * scale)) for c in field.box(int(y), int(x)))
-    crop = Image.fromarray(np.ascontiguousarray(image_hwc[y0:y1, x0:x1]))
+    return _resized(image_hwc[y0:y1, x0:x1], size)
+
+
+def _resized(pixels_hwc: np.ndarray, size: int) -> np.ndarray:
+    from PIL import Image
+
+    crop = Image.fromarray(np.ascontiguousarray(pixels_hwc))
     return np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
 
 
@@ -120,7 +129,11 @@ def example_crops(client: Client, examples: pa.Table, hook: str, sae: str, featu
             out.append(None)
             continue
         mine = rows.image_id == image_id
-        out.append(crop_field(overlay_heatmap(img, field, rows.yx[mine], values[mine], vmax), field, y, x, size))
+        side = img.shape[0]
+        scale = side / field.input_size
+        y0, y1, x0, x1 = (int(round(c * scale)) for c in field.box(int(y), int(x)))
+        part = overlay_heatmap(img[y0:y1, x0:x1], field, rows.yx[mine], values[mine], vmax, (y0, x0), side)
+        out.append(_resized(part, size))
     return out
 
 

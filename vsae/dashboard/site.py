@@ -236,22 +236,22 @@ def write_block(block: Block, settings: Settings) -> dict[str, int]:
     for row in table:
         f = row["feature"]
         top, interval = examples[f]
-        both = [top, interval]
+        # an image in both lists has the same crop (the position of its max): drawn once
+        both = pa.concat_tables([top.select(["image_id", "y", "x"]), interval.select(["image_id", "y", "x"])])
+        _, first = np.unique(both["image_id"].to_numpy(), return_index=True)
+        both = both.take(pa.array(np.sort(first)))
         written: dict[int, str | None] = {}
-        for t in both:
-            crops = plots.example_crops(client, t, hook, sae, f, settings.crop_px, settings.source_uri,
-                                        images=images, rows=rows, vmax=row["max"])
-            for image_id, crop in zip(t["image_id"].to_pylist(), crops):
-                if image_id in written:
-                    continue
-                if crop is None:
-                    written[image_id] = None
-                    tally["unreadable"] += 1
-                    continue
-                name = f"img/{f}-{image_id}.jpg"
-                (folder / name).write_bytes(plots.image_jpeg(crop))
-                written[image_id] = name
-                tally["images"] += 1
+        crops = plots.example_crops(client, both, hook, sae, f, settings.crop_px, settings.source_uri,
+                                    images=images, rows=rows, vmax=row["max"])
+        for image_id, crop in zip(both["image_id"].to_pylist(), crops):
+            if crop is None:
+                written[image_id] = None
+                tally["unreadable"] += 1
+                continue
+            name = f"img/{f}-{image_id}.jpg"
+            (folder / name).write_bytes(plots.image_jpeg(crop))
+            written[image_id] = name
+            tally["images"] += 1
         html = feature_page(client, settings, hook, unit, row, top, interval, written, names, n_images)
         (folder / f"{f}.html").write_bytes(html.encode())
         tally["pages"] += 1
