@@ -61,6 +61,7 @@ def test_mixed_blocks_take_their_largest_branch_and_tokens_see_everything():
     assert block == five and block.size > receptive_field("inception_v1.lucid", "mixed4a/1x1").size
     vit = receptive_field("clip_vit_b32.openai", "blocks.3/resid_post")
     assert vit.whole_image and vit.box(2, 3) == (0, 224, 0, 224)
+    assert vit.cell(2, 3) == (64, 96, 96, 128)  # its heat-map value sits on its own 32 px patch
 
 
 def test_heatmap_paints_the_cell_of_each_stored_position():

@@ -50,9 +50,9 @@ class ReceptiveField:
 
     def cell(self, y: int, x: int) -> tuple[float, float, float, float]:
         """``(y0, y1, x0, x1)`` in pixels: the ``jump`` x ``jump`` square centred on position
-        ``(y, x)``'s field, where its heat-map value is drawn."""
-        cy = self.first + y * self.jump + self.size / 2
-        cx = self.first + x * self.jump + self.size / 2
+        ``(y, x)``'s field (of its patch, for a whole-image field), where its heat-map value is drawn."""
+        centre = self.jump / 2 if self.whole_image else self.first + self.size / 2
+        cy, cx = centre + y * self.jump, centre + x * self.jump
         h = self.jump / 2
         return cy - h, cy + h, cx - h, cx + h
 
