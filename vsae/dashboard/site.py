@@ -61,6 +61,8 @@ class Settings:
     crop_px: int = 112
     n_classes: int = 10
     dense_frac: float = 0.1
+    analysis_digest: str = ""
+    """The analysis's ``inputs_digest``: a worker's cached client serves one analysis only."""
 
     def sae(self, unit: str) -> str:
         return f"{self.run}/{unit}"
@@ -91,8 +93,9 @@ def feature_href(hook: str, unit: str, feature: int) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def client_for(store_uri: str):
-    """One read-only client per store per process (its table caches serve every block)."""
+def client_for(store_uri: str, analysis_digest: str = ""):
+    """One read-only client per store and analysis per process (its table caches serve every
+    block; a new analysis of the run gets a new client, never the old tables)."""
     from vsae import Client
 
     return Client(store_uri)
@@ -215,7 +218,7 @@ def write_block(block: Block, settings: Settings) -> dict[str, int]:
     Returns ``{"pages": ..., "images": ..., "unreadable": ...}``."""
     from vsae import plots
 
-    client = client_for(settings.store_uri)
+    client = client_for(settings.store_uri, settings.analysis_digest)
     out = Location.of(settings.out_uri)
     hook, unit, sae = block.hook, block.unit, settings.sae(block.unit)
     table = client.features_table(hook, sae).slice(block.start, block.stop - block.start).to_pylist()

@@ -132,9 +132,11 @@ def run(job: DashboardJob, executor: Executor) -> Report:
     out = job.out(store.uri)
     report = Report("dashboard", to_dict(job), store_uri=store.uri,
                     notes=weights_note(store.spec.weights, store.spec.model_id))
+    layout = StoreLayout(store.uri)
+    digest = layout.analysis_index(layout.analysis(job.run)).read_json()["inputs_digest"]
     settings = site.Settings(store.uri, job.run, out.uri, units, job.source_uri or None, job.crop_px,
-                             job.n_classes, job.dense_frac)
-    client = site.client_for(store.uri)
+                             job.n_classes, job.dense_frac, digest)
+    client = site.client_for(store.uri, digest)
     site.write_assets(out)
     counts = {(u.hook, u.unit): site.write_unit_index(client, settings, u, out) for u in units}
     for hook in dict.fromkeys(u.hook for u in units):
