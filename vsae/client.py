@@ -113,6 +113,7 @@ class Client:
         self.storage_options = storage_options
         self._stores = _discover(self.uri, storage_options)
         self._parquet: dict[str, pq.ParquetFile] = {}
+        self._groups: dict[tuple[str, int], pa.Table] = {}
         self._tables: dict[str, pa.Table] = {}
         self._listings: dict[str, pa.Table] = {}
         self._saes: dict[str, torch.nn.Module] = {}
@@ -312,6 +313,62 @@ class Client:
                 out.append(img[y0:y1, x0:x1])
         return out
 
+    # -- pictures (vsae.plots) --------------------------------------------------------------
+    def receptive_field(self, hook: str):
+        """The input pixels a position of ``hook`` sees
+        (:class:`~vsae.models.receptive.ReceptiveField`, from the model's layers).
+
+        Raises:
+            UnknownHook: no such hook, or no known layer path for the model.
+        """
+        from vsae.models.receptive import receptive_field
+
+        store, name = self._hook(hook)
+        return receptive_field(store.spec.model_id, name)
+
+    def example_grid(self, feature: int, hook: str, sae: str, kind: str = "top", k: int | None = None,
+                     size: int = 112, cols: int = 5, source_uri: str | None = None):
+        """The feature's examples as one RGB ``PIL.Image.Image``: crops of the receptive field of
+        the position where it is largest (``size`` x ``size`` pixels each), the activation over
+        the image's stored rows as a heat map, and the value under each. ``kind``: ``"top"``
+        (:meth:`top_examples`) or ``"interval"`` (:meth:`interval_examples`, captioned
+        ``interval: value``). ``sae`` may be ``"run/neurons"``."""
+        from vsae import plots
+
+        if kind not in ("top", "interval"):
+            raise ValueError(f"kind must be 'top' or 'interval', got {kind!r}")
+        table = self.top_examples(feature, hook, sae, k) if kind == "top" else self.interval_examples(feature, hook, sae)
+        crops = plots.example_crops(self, table, hook, sae, feature, size, source_uri)
+        acts = table["activation"].to_numpy()
+        captions = ([f"{a:.3g}" for a in acts] if kind == "top" else
+                    [f"{i}: {a:.3g}" for i, a in zip(table["interval"].to_numpy(), acts)])
+        return plots.grid(crops, captions, cols, size)
+
+    def activation_histogram(self, feature: int, hook: str, sae: str):
+        """A ``matplotlib.figure.Figure``: images by the feature's max activation, in the ten
+        (by default) equal intervals of (0, max] the analysis counted (seed 001)."""
+        from vsae import plots
+
+        row = self._feature_row(feature, hook, sae)
+        n_images = self._analysed_images(hook, sae)
+        return plots.histogram_figure(row["interval_counts"], row["max"], n_images - sum(row["interval_counts"]),
+                                      f"{sae} #{feature} at {hook}")
+
+    def class_means_plot(self, feature: int, hook: str, sae: str, n: int = 10):
+        """A ``matplotlib.figure.Figure``: the ``n`` largest class means of the feature as bars
+        labelled with WordNet names (:meth:`class_means`)."""
+        from vsae import plots
+
+        table = self.class_means(feature, hook, sae).slice(0, n)
+        return plots.class_means_figure(table["name"].to_pylist(), table["mean"].to_numpy(),
+                                        f"{sae} #{feature} at {hook}")
+
+    def _analysed_images(self, hook: str, sae: str) -> int:
+        """Images the analysis of this unit counted (readable ones)."""
+        store, run, unit, name = self._unit(hook, sae)
+        index = self._analysis_index(store, run, required=True)
+        return next(u["n_images"] for u in index["units"] if u["hook"] == name and u["unit"] == unit)
+
     # -- plumbing -------------------------------------------------------------------------
     def _store(self, model: str | None) -> ActivationStore:
         if model is None:
@@ -386,9 +443,16 @@ class Client:
         return layout.analysis_unit(layout.analysis(run), hook, unit)
 
     def _row_group(self, where: Location, group: int) -> pa.Table:
+        key = (where.uri, group)
+        if key in self._groups:  # the last few row groups read: a feature's tables, or its block's
+            return self._groups[key]
         if where.uri not in self._parquet:
             self._parquet[where.uri] = pq.ParquetFile(where.open(), pre_buffer=True)
-        return self._parquet[where.uri].read_row_group(group)
+        table = self._parquet[where.uri].read_row_group(group)
+        self._groups[key] = table
+        while len(self._groups) > 8:
+            self._groups.pop(next(iter(self._groups)))
+        return table
 
     def _feature_row(self, feature: int, hook: str, sae: str) -> dict[str, Any]:
         self._check_feature(feature, hook, sae)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install vsae on a fresh machine (Python 3.11+).
 #   bash infra/local/setup.sh          the package and its runtime dependencies
-#   bash infra/local/setup.sh --test   also the test tools (pytest, hypothesis, moto)
+#   bash infra/local/setup.sh --test   also the test tools (pytest, hypothesis, moto, Debian's chromium)
 # torch is pinned to the CPU build first; on a GPU machine install your CUDA build of torch into
 # .venv before running this script (any torch >= 2.4 is kept as it is).
 set -euo pipefail
@@ -19,6 +19,14 @@ if [[ -n "$extras" ]]; then
     # Lucent's PyTorch port of InceptionV1, the tests' independent reference; without its
     # dependencies, which would pull in torchvision (a CUDA build that breaks beside CPU torch).
     .venv/bin/python -m pip install --quiet --no-deps "torch-lucent==0.1.8"
+    # Debian's chromium for the dashboard's browser test (Playwright drives it; no browser is
+    # downloaded at run time), installed when missing and permitted; the test skips without it.
+    if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+        sudo=""; [[ $(id -u) == 0 ]] || sudo="sudo -n"
+        $sudo apt-get install -y -q chromium >/dev/null 2>&1 \
+            || { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q chromium >/dev/null 2>&1; } \
+            || echo "chromium not installed (no apt-get permission): the browser test will be skipped"
+    fi
 fi
 # WordNet 3.0 for the analysis job's class tree (ImageNet classes are WordNet noun synsets): an
 # nltk copy if there is one, else the system's (Debian/Ubuntu: wordnet-base + wordnet-sense-index,

@@ -42,6 +42,7 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("visualize", "vsae.jobs.visualize", "VisualizeJob", "feature visualisations of neurons and dictionary features"),
     JobKind("tuning", "vsae.jobs.tuning", "TuningJob", "tuning curves of neurons and features to curve stimuli"),
     JobKind("sweep", "vsae.jobs.sweep", "SweepJob", "analogous features across an L1 sweep and their max activations"),
+    JobKind("dashboard", "vsae.jobs.dashboard", "DashboardJob", "a static site of a run's features, a page per feature"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

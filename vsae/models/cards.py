@@ -27,6 +27,7 @@ MIXED = {
     "mixed5b": (832, 384, 192, 384, 48, 128, 128, 7),
 }
 STEM = (("conv2d0", 64, 112), ("conv2d1", 64, 56), ("conv2d2", 192, 56))
+POOL_AFTER = {"mixed3b": "maxpool4", "mixed4e": "maxpool10"}  # stride-2 pools between stages
 
 
 def inception_hook_key(name: str) -> str:

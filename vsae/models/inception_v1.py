@@ -27,14 +27,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsae.models.cards import INCEPTION_V1_CARD as CARD
-from vsae.models.cards import MIXED
+from vsae.models.cards import MIXED, POOL_AFTER
 from vsae.models.cards import inception_hook_key as _hook_key
 from vsae.models.hooks import HookPoint
 
 MODEL_ID = CARD.model_id
 HOOKS = CARD.hooks
 LRN_RADIUS, LRN_ALPHA, LRN_BETA, LRN_BIAS = 4, 9.99999974738e-05, 0.5, 1.0
-POOL_AFTER = {"mixed3b": "maxpool4", "mixed4e": "maxpool10"}  # stride-2 pools between stages
 
 
 def local_response_norm_tf(x: torch.Tensor, radius: int = LRN_RADIUS, alpha: float = LRN_ALPHA,

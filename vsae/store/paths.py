@@ -160,14 +160,14 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("tuning/{run}/stimuli.zarr/", "the stimuli's activations at the centre position (an activation store)", "tuning"),
     ("tuning/{run}/{hook}/{unit}/", "one unit set's responses.parquet, units.parquet, heat maps (PNG, SVG)", "tuning"),
     ("sweeps/{run}/", "analogous features across an L1 sweep: table, plot, `sweep.json` written last", "sweep"),
-    ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
-    ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
+    ("visualisations/{run}/", "feature visualisations", "visualize"),
     ("visualisations/{run}/{hook}/{unit}/{index:05d}.png", "one unit's feature visualisation (neuron, SAE or "
      "K-SVD feature)", "visualize"),
     ("visualisations/{run}/activations.parquet", "per unit: final activation, the dataset maximum, their ratio",
      "visualize"),
     ("visualisations/{run}/visualize.json", "the visualisation index, written last (its presence means complete)",
      "visualize"),
+    ("dashboards/{run}/", "feature dashboards (static pages)", "dashboard"),
 )
 """(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
 with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
