@@ -39,6 +39,8 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("analyze", "vsae.jobs.analyze", "AnalyzeJob", "class means, mono scores and examples of a run's SAEs"),
     JobKind("nightly", "vsae.jobs.nightly", "NightlyJob", "grow the store, retrain warm, analyse, publish the night"),
     JobKind("demo", "vsae.jobs.demo", "DemoJob", "the demo: extract, train and analyse on a demo image set"),
+    JobKind("toy", "vsae.jobs.toy", "ToyJob", "sweep toy models of superposition and their monosemanticity"),
+    JobKind("toy_store", "vsae.jobs.toy_store", "ToyStoreJob", "a toy model's hidden layer as a store with known features"),
 )}
 
 __all__ = ["JOBS", "JobKind"]
