@@ -149,7 +149,9 @@ def results_table(trials: Sequence[Trial], rows_by_trial: dict[str, list[dict]],
     for t in trials:
         for row in rows_by_trial.get(t.trial_id, []):
             records.append({"trial_id": t.trial_id, **{k: t.params[k] for k in swept}, **row})
-    return pd.DataFrame.from_records(records)
+    df = pd.DataFrame.from_records(records)
+    metrics = sorted(c for c in df.columns if c not in ("trial_id", "step", "loss", *swept))
+    return df[["trial_id", *swept, "step", "loss", *metrics]] if len(df) else df
 
 
 def write_table(df, where: Location) -> None:

@@ -1,0 +1,104 @@
+"""Toy-model training throughput: vsae's loop against a plain PyTorch loop, and a sweep's
+parallel speed-up over trials (Ray Tune against one trial after another in process).
+
+    PYTHONPATH=. python bench/toy.py [--steps 1024] [--repeats 3] [--trials 4] [--threads 1]
+
+The plain loop is the same model, data, optimiser and schedule written inline (what a
+researcher would write from the seed); both draw their batches the same way. Runs alternate
+(vsae, plain, vsae, ...) so load on a shared machine hits both alike. The sweep part runs the
+same ``--trials`` toy trials with the in-process executor and with the Ray executor (an embedded
+local Ray, one CPU per trial, started before timing). One JSON line per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import tempfile
+import time
+from dataclasses import replace
+
+import torch
+
+from vsae.toy.config import ToyConfig
+from vsae.toy.model import ToyTask, make_generator, make_model, train_toy
+
+
+def plain_loop(cfg: ToyConfig) -> float:
+    """The seed's model and training, written out: returns the final eval loss."""
+    task = ToyTask(cfg)
+    _, x_eval, y_eval = task.batch(cfg.eval_size, make_generator(cfg.data_seed, 0xE7A1))
+    model = make_model(cfg)
+    opt = torch.optim.AdamW([{"params": [model[0].weight, model[2].weight], "weight_decay": 0.0},
+                             {"params": [model[0].bias], "weight_decay": cfg.bias_decay}], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    for _ in range(cfg.steps):
+        _, xb, yb = task.batch(cfg.batch_size)
+        loss = torch.nn.functional.mse_loss(model(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        return float(torch.nn.functional.mse_loss(model(x_eval), y_eval))
+
+
+def vsae_loop(cfg: ToyConfig) -> float:
+    for _, loss, _ in train_toy(cfg):
+        pass
+    return loss
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--trials", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-sweep", action="store_true")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    for size, cfg in (("demo N=64 m=16 k=256", ToyConfig(n_features=64, m=16, k=256, eps=1 / 64, batch_size=256,
+                                                          lr=3e-3, steps=a.steps)),
+                      ("seed N=512 m=64 k=1024", ToyConfig(n_features=512, m=64, k=1024, eps=1 / 64, batch_size=256,
+                                                            lr=3e-3, steps=a.steps // 4))):
+        times = {"vsae": [], "plain": []}
+        losses = {}
+        for _ in range(a.repeats):
+            for name, fn in (("vsae", vsae_loop), ("plain", plain_loop)):
+                t = time.perf_counter()
+                losses[name] = fn(cfg)
+                times[name].append(time.perf_counter() - t)
+        best = {k: cfg.steps / min(v) for k, v in times.items()}
+        print(json.dumps({"bench": "toy_steps_per_s", "size": size, "batch": cfg.batch_size, "steps": cfg.steps,
+                          "threads": a.threads, "vsae_steps_s": round(best["vsae"], 1),
+                          "plain_steps_s": round(best["plain"], 1), "ratio": round(best["vsae"] / best["plain"], 3),
+                          "final_loss": {k: round(v, 6) for k, v in losses.items()}}), flush=True)
+    if a.skip_sweep:
+        return
+    from cluster.executor import RayExecutor
+    from cluster.runtime import init_ray
+    from vsae.executor import LocalExecutor
+    from vsae.jobs.toy import ToyJob, run
+    from vsae.resources import Resources
+
+    res = Resources(local_num_cpus=2, max_in_flight=2, num_cpus_per_task=a.threads)
+    init_ray(res)
+    model = ToyConfig(n_features=64, m=16, k=256, eps=1 / 64, batch_size=256, lr=3e-3, steps=a.steps)
+    seeds = list(range(a.trials))
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, ex in (("local", LocalExecutor(replace(res, executor="local"), progress=False)),
+                         ("ray_tune", RayExecutor(res, progress=False))):
+            t = time.perf_counter()
+            report = run(ToyJob(experiment_uri=tmp, name=name, model=model, init_seed=seeds, plots=False), ex)
+            out[name] = time.perf_counter() - t
+            assert report.ok and report.data["trials_run"] == a.trials, report.summary()
+    print(json.dumps({"bench": "toy_sweep", "trials": a.trials, "steps": a.steps, "ray_cpus": 2,
+                      "local_s": round(out["local"], 2), "ray_tune_s": round(out["ray_tune"], 2),
+                      "speedup": round(out["local"] / out["ray_tune"], 3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
