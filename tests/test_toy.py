@@ -139,6 +139,18 @@ def test_the_seeds_findings_hold_at_reduced_size(tmp_path):
     assert (df.groupby("trial_id")["step"].apply(list).map(lambda s: s == checkpoint_steps(1024))).all()
 
 
+@pytest.mark.parametrize("name, trials", [("toy_demo", 8), ("toy_seed_lr_bias", 60), ("toy_seed_width", 28)])
+def test_the_checked_in_sweeps_load_and_plan(name, trials):
+    from vsae import config
+    from vsae.jobs import toy
+
+    job = config.load(toy.ToyJob, str(ROOT / f"pipelines/configs/{name}.toml"))
+    assert config.from_dict(toy.ToyJob, config.to_dict(job)) == job
+    assert len(toy.check(dataclasses.replace(job, experiment_uri=f"memory://toy-{name}"))) == trials
+    if name != "toy_demo":  # the seed's sizes
+        assert (job.model.n_features, job.model.m) == (512, 64) and any(b < 0 for b in job.init_bias)
+
+
 def sweep_job(uri: str, **kw):
     from vsae.jobs.toy import ToyJob
 
@@ -169,8 +181,9 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_trials(tmp_pa
     """The driver is killed (SIGKILL) once two of six trials have finished; the rerun of the same
     command keeps those two (their result files untouched) and runs the other four."""
     config = tmp_path / "sweep.toml"
-    model = dataclasses.replace(TINY, steps=256)
+    model = dataclasses.replace(TINY, steps=128)
     config.write_text(f'experiment_uri = "{tmp_path}"\nname = "s"\ninit_bias = [0.0, -0.1, -0.2]\nk = [12, 24]\n'
+                      "plots = false\n"
                       "[model]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in dataclasses.asdict(model).items())
                       + "[resources]\nexecutor = \"local\"\n")
     cmd = [sys.executable, "-m", "cluster.cli", "toy", "--config", str(config)]
@@ -256,3 +269,14 @@ def test_a_polysemantic_toy_models_hidden_layer_is_a_store_whose_saes_find_its_f
         log_every=600)), LOCAL)
     (result,) = trained.data["saes"]
     assert result["mmcs"] >= 0.9, trained.summary()
+
+
+def test_the_checked_in_toy_store_configs_load():
+    from vsae import config
+    from vsae.jobs import toy_store, train
+
+    store = config.load(toy_store.ToyStoreJob, str(ROOT / "pipelines/configs/toy_store.toml"))
+    tr = config.load(train.TrainJob, str(ROOT / "pipelines/configs/toy_store_train.toml"))
+    assert tr.store_uri == store.store_uri and tr.saes[0].hook == f"toy/{store.layer}"
+    with pytest.raises(ConfigError, match="layer"):
+        toy_store.ToyStoreJob(layer="middle")

@@ -32,7 +32,7 @@ from vsae.toy.config import ToyConfig
 class ToyJob:
     """Sweep toy models of superposition and measure their neurons' monosemanticity."""
 
-    experiment_uri: str = "runs/toy"
+    experiment_uri: str = "experiments/toy"
     """Folder (local path or any fsspec URI) holding experiments; this one is ``{experiment_uri}/{name}``."""
     name: str = "demo"
     """The experiment's name: rerunning the same name resumes it."""

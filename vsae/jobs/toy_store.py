@@ -31,7 +31,7 @@ from vsae.toy.config import ToyConfig
 class ToyStoreJob:
     """Train a toy model and write its hidden layer as a store with known features."""
 
-    store_uri: str = "runs/toy.zarr"
+    store_uri: str = "experiments/toy.zarr"
     """Where the store goes: a local path or any fsspec URI."""
     model: ToyConfig = field(default_factory=ToyConfig)
     """The toy model (trained first, in one unit of work)."""

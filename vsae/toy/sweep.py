@@ -55,7 +55,9 @@ class ExperimentLayout:
         return self.root / f"plots/{name}.png"
 
     def report(self, job: str, stamp: str) -> Location:
-        return self.root / f"_reports/{job}-{stamp}.json"
+        from vsae.store.paths import StoreLayout
+
+        return StoreLayout(self.root).report(job, stamp)
 
 
 def trial_id(params: dict[str, Any]) -> str:
