@@ -16,6 +16,8 @@ import hashlib
 import time
 from dataclasses import field
 
+import numpy as np
+
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
@@ -104,19 +106,27 @@ def run(job: ToyStoreJob, executor: Executor) -> Report:
     store = ActivationStore.create(job.store_uri, spec)
     layout = StoreLayout(store.uri)
     report = Report("toy_store", to_dict(job), store_uri=store.uri, lines=[f"store          {store.uri}"])
+    directions = feature_directions(job.model, weights, job.layer)
+    # A feature no neuron answers has no direction after the nonlinearity: left out of the truth
+    # (MMCS is over the features the layer carries), counted in the report.
+    visible = np.linalg.norm(directions, axis=1) > 1e-6
     if not layout.synthetic_truth.exists():
-        layout.synthetic_truth.write_bytes(truth_bytes(job.model, feature_directions(job.model, weights, job.layer),
-                                                       weights, job.layer, mono["frac_of_k"]))
+        layout.synthetic_truth.write_bytes(truth_bytes(job.model, directions[visible], weights, job.layer,
+                                                       mono["frac_of_k"], np.flatnonzero(visible)))
     missing = store.tasks_to_write()
     tally = write_tasks(executor, store.uri, ToyStoreTasks(job.model, spec, job.layer, blob), missing,
                         tally=TaskTally())
     tally.tasks_skipped += spec.n_tasks - len(missing)
     finish_store(store, tally, report, verify=job.verify, executor=executor)
-    report.data.update(spec_digest=spec.digest, loss=trained.value["loss"], monosemantic=mono)
+    report.data.update(spec_digest=spec.digest, loss=trained.value["loss"], monosemantic=mono,
+                       features_in_truth=int(visible.sum()))
     report.lines.append(f"toy model      {job.model.task}, N={job.model.n_features} m={job.model.m} "
                         f"k={job.model.k}, loss {trained.value['loss']:.4g}, monosemantic neurons "
                         f"{mono['n_monosemantic']} ({mono['frac_of_k']:.1%} of k, {mono['frac_of_n']:.1%} of N)")
-    report.lines.append(f"truth          {job.model.n_features} true directions of hook toy/{job.layer}: "
+    if not visible.all():
+        report.notes.append(f"{int((~visible).sum())} of {job.model.n_features} features move no neuron of "
+                            f"toy/{job.layer}: left out of the truth")
+    report.lines.append(f"truth          {int(visible.sum())} true directions of hook toy/{job.layer}: "
                         f"{layout.synthetic_truth.uri}")
     report.seconds = time.perf_counter() - started
     report.save(layout)

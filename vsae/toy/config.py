@@ -42,11 +42,13 @@ class ToyConfig:
     """Mean of the hidden biases at initialisation (added to PyTorch's default uniform init)."""
     bias_decay: float = 0.0
     """Decay coefficient of the hidden biases towards 0 during the first half of training
-    (decoupled, as AdamW's weight decay; 0 = none)."""
+    (decoupled, as AdamW's weight decay: each step multiplies the biases by 1 - lr·bias_decay;
+    0 = none)."""
     lr: float = 3e-3
     """Peak learning rate."""
     optimiser: str = "adam"
-    """``adam`` (torch AdamW with no weight decay on weights) or ``sgd`` (momentum 0.9)."""
+    """``adam`` (torch's fused AdamW, betas (0.9, 0.999), no weight decay on weights) or ``sgd``
+    (momentum 0.9)."""
     cosine: bool = True
     """Cosine schedule from ``lr`` to 0 over training (else constant)."""
     steps: int = 4096

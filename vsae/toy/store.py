@@ -76,12 +76,14 @@ def task_features(cfg: ToyConfig, task: int, start: int, stop: int) -> np.ndarra
 
 
 def truth_bytes(cfg: ToyConfig, directions: np.ndarray, weights: dict[str, np.ndarray], layer: str,
-                monosemantic_frac: float) -> bytes:
-    """The true directions (``features`` [N, k]) and the toy model's weights as safetensors, with
-    the config, layer and the neurons' monosemantic fraction in its metadata."""
+                monosemantic_frac: float, feature_index: np.ndarray) -> bytes:
+    """The true directions (``features`` [n, k] float32, of the features ``feature_index`` [n]
+    int64) and the toy model's weights (``model.*``) as safetensors, with the config, layer and
+    the neurons' monosemantic fraction in its metadata."""
     from safetensors.numpy import save
 
-    return save({"features": directions, **{f"model.{k}": v for k, v in weights.items()}},
+    return save({"features": directions, "feature_index": np.asarray(feature_index, dtype=np.int64),
+                 **{f"model.{k}": v for k, v in weights.items()}},
                 metadata={"toy": json.dumps(asdict(cfg), sort_keys=True), "layer": layer,
                           "monosemantic_frac_of_k": f"{monosemantic_frac:.6f}"})
 
