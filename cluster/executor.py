@@ -151,7 +151,8 @@ class RayExecutor:
         else:
             space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "params": t.params} for t in trials])}
             tuner = tune.Tuner(fn, param_space=space,
-                               tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_in_flight),
+                               tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_in_flight,
+                                                               reuse_actors=True),
                                run_config=tune.RunConfig(name=name, storage_path=experiment_uri, verbose=0))
             finished = set()
         results = {r.config["trial"]["trial_id"]: r for r in tuner.fit()}
