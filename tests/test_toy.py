@@ -280,3 +280,16 @@ def test_the_checked_in_toy_store_configs_load():
     assert tr.store_uri == store.store_uri and tr.saes[0].hook == f"toy/{store.layer}"
     with pytest.raises(ConfigError, match="layer"):
         toy_store.ToyStoreJob(layer="middle")
+
+
+def test_a_toy_model_that_diverges_fails_its_unit_with_the_reason(tmp_path):
+    from vsae.jobs import toy, toy_store
+
+    bad = dataclasses.replace(TINY, lr=1e9, optimiser="sgd", steps=8)
+    report = toy_store.run(toy_store.ToyStoreJob(store_uri=str(tmp_path / "t.zarr"), model=bad, n_rows=64), LOCAL)
+    assert not report.ok and "diverged" in report.failed["toy model"]
+    assert not (tmp_path / "t.zarr" / "zarr.json").exists()
+    sweep = toy.run(toy.ToyJob(experiment_uri=str(tmp_path), name="d", model=bad, lr=[1e-2, 1e9], plots=False), LOCAL)
+    assert sweep.data["trials_run"] == 1 and len(sweep.failed) == 1 and "diverged" in next(iter(sweep.failed.values()))
+    df = pd.read_parquet(tmp_path / "d" / "results.parquet")
+    assert set(df["lr"]) == {1e-2} and df.notna().all().all()

@@ -25,6 +25,7 @@ from vsae.jobs.common import check_uri, check_writable, finish_store
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store.names import validate_location
+from vsae.store.paths import StoreLayout
 from vsae.store.spec import COMPRESSIONS, DTYPES
 from vsae.toy.config import ToyConfig
 
@@ -91,14 +92,17 @@ def run(job: ToyStoreJob, executor: Executor) -> Report:
 
     from vsae.runner import TaskTally, write_tasks
     from vsae.store import ActivationStore
-    from vsae.store.paths import StoreLayout
     from vsae.toy.store import ToyStoreTasks, feature_directions, store_spec, truth_bytes
 
     check(job)
     started = time.perf_counter()
     (trained,) = list(executor.map(train_unit, [job.model], desc="toy model"))
-    if not trained.ok:
-        raise ConfigError(f"the toy model did not train: {trained.error}")
+    if not trained.ok:  # e.g. a diverged model: the job fails with its reason, no store is written
+        report = Report("toy_store", to_dict(job), store_uri=job.store_uri)
+        report.fail("toy model", trained.error)
+        report.seconds = time.perf_counter() - started
+        report.save(StoreLayout(job.store_uri))
+        return report
     weights, mono = trained.value["weights"], trained.value["monosemantic"]
     blob = save(weights)
     spec = store_spec(job.model, hashlib.sha256(blob).hexdigest(), layer=job.layer, n_rows=job.n_rows,
