@@ -206,21 +206,28 @@ def test_a_sweep_killed_mid_way_resumes_without_rerunning_finished_trials(tmp_pa
     assert len(list(trials.glob("*.json"))) == 6
 
 
-def test_the_ray_tune_sweep_runs_trials_and_restores_without_rerunning(tmp_path, ray_executor):
+def test_the_ray_tune_sweep_runs_trials_and_restores_without_rerunning(tmp_path, ray_executor, s3_endpoint):
+    """Ray Tune trials with the experiment (Tune's own state included) on the loopback S3 endpoint."""
     from vsae.jobs.toy import run
+    from vsae.store.paths import Location
 
-    job = sweep_job(str(tmp_path), k=[], init_bias=[0.0, -0.2])
+    uri = f"s3://vsae-test/{os.urandom(5).hex()}/experiments"
+    job = sweep_job(uri, k=[], init_bias=[0.0, -0.2])
     report = run(job, ray_executor)
     assert report.ok and report.data["trials_run"] == 2, report.summary()
-    local = run(dataclasses.replace(job, name="local"), LOCAL)
+    local = run(dataclasses.replace(job, experiment_uri=str(tmp_path), plots=False), LOCAL)
     by_id = {r["trial_id"]: r for r in local.data["final"]}
     for r in report.data["final"]:  # the same trials, the same numbers on either executor
         assert r["loss"] == pytest.approx(by_id[r["trial_id"]]["loss"], rel=1e-5)
         assert r["n_monosemantic"] == by_id[r["trial_id"]]["n_monosemantic"]
-    arrays = {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "arrays").iterdir()}
+    arrays = Location.of(uri) / "s" / "arrays"
+    written = {a.uri: a.fs.info(a.path)["LastModified"] for a in arrays.children()}
+    assert len(written) == 2
     again = run(job, ray_executor)
     assert again.data["trials_resumed"] == 2 and again.data["trials_run"] == 0, again.summary()
-    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "s" / "arrays").iterdir()} == arrays
+    arrays.fs.invalidate_cache()
+    assert {a.uri: a.fs.info(a.path)["LastModified"] for a in arrays.children()} == written
+    assert (Location.of(uri) / "s" / "trials").children(), "Tune's experiment state is on S3 too"
 
 
 def test_the_executor_sweep_reads_back_finished_trials(tmp_path):
