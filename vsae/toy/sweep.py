@@ -120,18 +120,17 @@ def run_trial(params: dict[str, Any], *, arrays_uri: str) -> Iterator[dict[str, 
 
     cfg = ToyConfig(**params)
     task = ToyTask(cfg)
-    steps = []
     for step, loss, model in train_toy(cfg):
         row = {"step": step, "loss": loss, **measure(model, task).as_row()}
         if step == cfg.steps:
             responses = single_feature_responses(model, task)
             with torch.no_grad():
-                blob = save({"responses": responses, "bias": model[0].bias.numpy().copy(),
+                blob = save({"responses": responses, "bias": model[0].bias.detach().numpy().copy(),
                              "monosemantic": monosemantic_mask(responses).astype(np.uint8),
-                             "w_in": model[0].weight.numpy().copy(), "w_out": model[2].weight.numpy().copy()},
+                             "w_in": model[0].weight.detach().numpy().copy(),
+                             "w_out": model[2].weight.detach().numpy().copy()},
                             metadata={"params": json.dumps(params, sort_keys=True)})
             (Location.of(arrays_uri) / f"{trial_id(params)}.safetensors").write_bytes(blob)
-        steps.append(step)
         yield row
 
 
