@@ -276,6 +276,13 @@ def test_a_polysemantic_toy_models_hidden_layer_is_a_store_whose_saes_find_its_f
         log_every=600)), LOCAL)
     (result,) = trained.data["saes"]
     assert result["mmcs"] >= 0.9, trained.summary()
+    from vsae import Client  # the client reads the toy store and its SAE as any other
+
+    client = Client(uri)
+    rows = client.activations([start, start + 5], "toy/pre")
+    np.testing.assert_array_equal(rows.acts, acts[[0, 5]])
+    feats = client.features([start, start + 5], "toy/pre", f"r/{Path(result['uri']).name}")
+    assert feats.acts.shape == (2, 128) and ((feats.acts > 0).sum(axis=1) <= 4).all()
 
 
 def test_the_checked_in_toy_store_configs_load():
