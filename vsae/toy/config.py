@@ -42,8 +42,8 @@ class ToyConfig:
     """Mean of the hidden biases at initialisation (added to PyTorch's default uniform init)."""
     bias_decay: float = 0.0
     """Decay coefficient of the hidden biases towards 0 during the first half of training
-    (decoupled, as AdamW's weight decay: each step multiplies the biases by 1 - lr·bias_decay;
-    0 = none)."""
+    (``adam``: decoupled, as AdamW's weight decay, each step multiplies the biases by
+    1 - lr·bias_decay; ``sgd``: SGD's weight decay, bias_decay·b added to the gradient; 0 = none)."""
     lr: float = 3e-3
     """Peak learning rate."""
     optimiser: str = "adam"
