@@ -4,7 +4,9 @@
 unit, at most ``max_in_flight`` at once, with ``num_cpus_per_task`` CPUs (and
 ``num_gpus_per_task`` GPUs for units that run a model); ``pipeline`` streams units through Ray
 Data, one stage after another, the model stage on a pool of actors (GPUs when requested) so that
-decoding, the forward pass and writing overlap.
+decoding, the forward pass and writing overlap; ``sweep`` runs a sweep's trials as Ray Tune
+trials (actors), its experiment state under any URI Tune's storage understands, restored and
+finished after an interruption without rerunning finished trials.
 
 Retries belong to Ray: a unit whose worker died, or that raised ``OSError`` (a storage hiccup),
 is rerun up to ``max_retries`` times; idempotence belongs to the units (a store task's marker, a
@@ -15,6 +17,7 @@ other units go on. Ray starts on the first unit, after the job's checks.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
@@ -23,7 +26,7 @@ from tqdm.auto import tqdm
 
 from cluster.runtime import init_ray
 from vsae import progress
-from vsae.executor import UNIT_ERRORS, Outcome, Stage, call_with_retries, one_line
+from vsae.executor import UNIT_ERRORS, Outcome, Stage, Trial, TrialResult, call_with_retries, one_line
 from vsae.resources import Resources
 
 T = TypeVar("T")
@@ -126,6 +129,56 @@ class RayExecutor:
                 yield Outcome(todo[i], error=why)
         finally:
             bar.close()
+
+
+    # -- sweep -------------------------------------------------------------------------------
+    def sweep(self, trainable: Callable[[dict], Iterable[dict]], trials: Sequence[Trial], experiment_uri: str,
+              name: str, *, desc: str) -> Iterator[Outcome[Trial]]:
+        """The trials as one Ray Tune experiment ``{experiment_uri}/{name}``: a grid over the
+        trials vsae planned (grid or seeded random search), each a function trainable reporting
+        one result per metric row, at most ``max_in_flight`` at once with ``num_cpus_per_task``
+        CPUs each. An experiment that exists is restored (``Tuner.restore``): its finished trials
+        are kept, unfinished and errored ones resumed."""
+        from ray import tune
+
+        init_ray(self.resources)
+        fn = tune.with_resources(partial(_tune_trial, trainable), {"cpu": self.resources.num_cpus_per_task})
+        path = f"{experiment_uri.rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, fn, resume_errored=True)
+            finished = {r.config["trial"]["trial_id"] for r in tuner.get_results()
+                        if r.error is None and r.metrics and r.metrics.get("done")}
+        else:
+            space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "params": t.params} for t in trials])}
+            tuner = tune.Tuner(fn, param_space=space,
+                               tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_in_flight,
+                                                               reuse_actors=True),
+                               run_config=tune.RunConfig(name=name, storage_path=experiment_uri, verbose=0))
+            finished = set()
+        results = {r.config["trial"]["trial_id"]: r for r in tuner.fit()}
+        for trial in trials:
+            r = results.get(trial.trial_id)
+            if r is None:
+                yield Outcome(trial, error=f"KeyError: trial {trial.trial_id} is not in the experiment {path}")
+            elif r.error is not None:
+                yield Outcome(trial, error=one_line(r.error))
+            else:
+                df = r.metrics_dataframe
+                keep = [c for c in df.columns if c not in _TUNE_KEYS and not c.startswith("config/")]
+                yield Outcome(trial, TrialResult(df[keep].to_dict("records"), resumed=trial.trial_id in finished))
+
+
+def _tune_trial(trainable: Callable[[dict], Iterable[dict]], config: dict) -> None:
+    from ray import tune
+
+    for row in trainable(config["trial"]["params"]):
+        tune.report(dict(row))
+
+
+_TUNE_KEYS = {"done", "trial_id", "experiment_tag", "should_checkpoint", "timesteps_total", "episodes_total",
+              "training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "node_ip", "hostname",
+              "pid", "time_since_restore", "timesteps_since_restore", "iterations_since_restore",
+              "checkpoint_dir_name", "episode_reward_mean"}
 
 
 class _Failed:

@@ -10,6 +10,9 @@ does not know its executor. Two calls cover every job:
 - :meth:`Executor.pipeline` streams items through :class:`Stage` s, so that on a cluster the
   stages of different items overlap (decode on CPUs while a model actor runs the forward pass on
   a GPU and another task writes).
+- :meth:`Executor.sweep` runs the :class:`Trial` s of a hyperparameter sweep, each a generator
+  of metric rows (one per checkpoint step), resumably under an experiment location: on a cluster
+  as Ray Tune trials, here one after another with a result file per finished trial.
 
 :class:`LocalExecutor` runs everything in this process, one unit after another: tests,
 notebooks, debugging, a laptop without Ray. The Ray executors live in ``cluster/``.
@@ -87,6 +90,24 @@ def call_with_retries(fn: Callable[[], Any], retries: int) -> Any:
     raise AssertionError("unreachable")
 
 
+@dataclass(frozen=True)
+class Trial:
+    """One trial of a sweep: a stable id (a file-name-safe string, the same on every rerun of the
+    sweep) and its parameters (plain JSON values)."""
+
+    trial_id: str
+    params: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial reported: its metric rows in order, and whether they were read back from an
+    earlier (interrupted) run of the sweep instead of being computed now."""
+
+    rows: list[dict[str, Any]]
+    resumed: bool = False
+
+
 class Executor(Protocol):
     """Runs units of work. Implementations: :class:`LocalExecutor`, ``cluster.RayExecutor``."""
 
@@ -99,6 +120,13 @@ class Executor(Protocol):
 
     def pipeline(self, stages: Sequence[Stage], items: Iterable[T], *, desc: str) -> Iterator[Outcome[T]]:
         """Every item through the stages in order; the last stage's value is the outcome's."""
+        ...
+
+    def sweep(self, trainable: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], trials: Sequence[Trial],
+              experiment_uri: str, name: str, *, desc: str) -> Iterator[Outcome[Trial]]:
+        """Run ``trainable(trial.params)`` (a generator of flat metric rows) for every trial under
+        the experiment ``experiment_uri``/``name``; outcomes carry a :class:`TrialResult`. A rerun
+        of an interrupted sweep resumes it: finished trials are never run again."""
         ...
 
 
@@ -126,6 +154,26 @@ class LocalExecutor:
             return value
 
         return self._map(through, items, desc, 0)
+
+    def sweep(self, trainable: Callable[[dict[str, Any]], Iterable[dict[str, Any]]], trials: Sequence[Trial],
+              experiment_uri: str, name: str, *, desc: str) -> Iterator[Outcome[Trial]]:
+        """Trials one after another in this process; each finished trial's rows are written whole
+        to ``{experiment_uri}/{name}/{trial_id}.json``, and a trial whose file exists is read back,
+        not run (so a killed sweep resumes where it stopped; an unfinished trial starts over)."""
+        from vsae.store.paths import Location
+
+        folder = Location.of(experiment_uri) / name
+
+        def one(trial: Trial) -> TrialResult:
+            where = folder / f"{trial.trial_id}.json"
+            saved = where.read_json_or_none()
+            if saved is not None and saved.get("params") == trial.params:
+                return TrialResult(saved["rows"], resumed=True)
+            rows = [dict(row) for row in trainable(trial.params)]
+            where.write_json({"trial_id": trial.trial_id, "params": trial.params, "rows": rows})
+            return TrialResult(rows)
+
+        return self._map(one, trials, desc, self.resources.max_retries)
 
     def _map(self, fn: Callable[[T], Any], items: Iterable[T], desc: str, retries: int) -> Iterator[Outcome[T]]:
         todo = list(items)
@@ -168,5 +216,5 @@ def make_executor(resources: Resources, *, progress: bool = True, ray_factory: C
     return ray_factory(resources, progress=progress)
 
 
-__all__ = ["Executor", "LocalExecutor", "Outcome", "Stage", "UNIT_ERRORS", "call_with_retries", "make_executor",
+__all__ = ["Executor", "LocalExecutor", "Outcome", "Stage", "Trial", "TrialResult", "UNIT_ERRORS", "call_with_retries", "make_executor",
            "one_line"]

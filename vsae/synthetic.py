@@ -133,8 +133,10 @@ def store_truth(store_uri: str) -> np.ndarray | None:
     """The true directions saved beside a synthetic store, or None for any other store."""
     from vsae.store.paths import StoreLayout
 
-    where = StoreLayout(store_uri).synthetic_truth
-    return load_truth(where.read_bytes())[1] if where.exists() else None
+    from safetensors.numpy import load
+
+    where = StoreLayout(store_uri).synthetic_truth  # a synthetic or a toy store (vsae.toy.store) keeps it
+    return load(where.read_bytes())["features"] if where.exists() else None
 
 
 def recovery(features: np.ndarray, directions: np.ndarray) -> float:

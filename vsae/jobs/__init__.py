@@ -43,6 +43,8 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("tuning", "vsae.jobs.tuning", "TuningJob", "tuning curves of neurons and features to curve stimuli"),
     JobKind("sweep", "vsae.jobs.sweep", "SweepJob", "analogous features across an L1 sweep and their max activations"),
     JobKind("dashboard", "vsae.jobs.dashboard", "DashboardJob", "a static site of a run's features, a page per feature"),
+    JobKind("toy", "vsae.jobs.toy", "ToyJob", "sweep toy models of superposition and their monosemanticity"),
+    JobKind("toy_store", "vsae.jobs.toy_store", "ToyStoreJob", "a toy model's hidden layer as a store with known features"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

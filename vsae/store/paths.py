@@ -143,8 +143,10 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("manifest.json", "written last by publish: what readers see (its own, the spec's and every marker's digest)",
      "extract, synthetic"),
     ("dataset.parquet", "the dataset listing (image_id, shard, key, label, wnid, caption)", "extract"),
-    ("_synthetic/truth.safetensors", "the true feature directions of a synthetic store", "synthetic"),
-    ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors, TensorBoard event files (events.out.tfevents.*)",
+    ("_synthetic/truth.safetensors", "the true feature directions of a synthetic or toy store (and a toy store's model)",
+     "synthetic, toy_store"),
+    ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors, "
+     "TensorBoard event files (events.out.tfevents.*)",
      "train"),
     ("analysis/{run}/analysis.json", "the analysis index, written last (its presence means complete)", "analyze"),
     ("analysis/{run}/classes.parquet", "the classes analysed, their names, image counts and distances", "analyze"),
