@@ -39,6 +39,7 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("analyze", "vsae.jobs.analyze", "AnalyzeJob", "class means, mono scores and examples of a run's SAEs"),
     JobKind("nightly", "vsae.jobs.nightly", "NightlyJob", "grow the store, retrain warm, analyse, publish the night"),
     JobKind("demo", "vsae.jobs.demo", "DemoJob", "the demo: extract, train and analyse on a demo image set"),
+    JobKind("graph", "vsae.jobs.graph", "GraphJob", "the concept graph between adjacent layers (seed 004)"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

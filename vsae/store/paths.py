@@ -144,6 +144,8 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
      "extract, synthetic"),
     ("dataset.parquet", "the dataset listing (image_id, shard, key, label, wnid, caption)", "extract"),
     ("_synthetic/truth.safetensors", "the true feature directions of a synthetic store", "synthetic"),
+    ("_synthetic/graph.json", "a layered synthetic store's true parents of every concept (rule, parents needed)",
+     "synthetic"),
     ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors",
      "train"),
     ("analysis/{run}/analysis.json", "the analysis index, written last (its presence means complete)", "analyze"),
@@ -154,7 +156,10 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("_reports/{job}-{time}-{id}.json", "every job's report (config, figures, failures)", "every job"),
     ("_lease.json", "which driver holds the store, until when (one at a time)", "nightly"),
     ("dictionaries/{run}/{hook}/{name}/", "K-SVD dictionaries, in the SAE checkpoint format", "reserved (seed 004)"),
-    ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
+    ("graph/{run}/graph.json", "the concept graph's index, written last (its presence means complete)", "graph"),
+    ("graph/{run}/codes/{hook}.parquet", "each image's non-zero dictionary codes at a hook (image_id, feature, value)",
+     "graph"),
+    ("graph/{run}/{table}.parquet", "the graph's tables: nodes, edges, layers (per layer pair), inference", "graph"),
     ("tuning/{run}/", "curve stimuli responses and tuning curves", "reserved (seed 001)"),
     ("visualisations/{run}/", "feature visualisations", "reserved (seed 001)"),
     ("dashboards/{run}/", "feature dashboards (static pages)", "reserved (dashboards)"),
@@ -207,6 +212,10 @@ class StoreLayout:
     @property
     def synthetic_truth(self) -> Location:
         return self.root / "_synthetic/truth.safetensors"
+
+    @property
+    def synthetic_graph(self) -> Location:
+        return self.root / "_synthetic/graph.json"
 
     # -- training and analysis runs -------------------------------------------------------------
     @property
@@ -268,7 +277,20 @@ class StoreLayout:
         return self.root / f"dictionaries/{_segment(run, 'run')}"
 
     def graph(self, run: str) -> Location:
+        """The folder of one concept graph (seed 004)."""
         return self.root / f"graph/{_segment(run, 'run')}"
+
+    @staticmethod
+    def graph_index(graph: Location) -> Location:
+        return graph / "graph.json"
+
+    @staticmethod
+    def graph_codes(graph: Location, hook: str) -> Location:
+        return graph / f"codes/{hook_folder(hook)}.parquet"
+
+    @staticmethod
+    def graph_table(graph: Location, table: str) -> Location:
+        return graph / f"{_segment(table, 'table')}.parquet"
 
     def tuning(self, run: str) -> Location:
         return self.root / f"tuning/{_segment(run, 'run')}"
