@@ -180,7 +180,8 @@ class LayerGraph:
 def make_graph(cfg: SyntheticConfig) -> tuple[LayerGraph, ...]:
     """The true graph of a layered store, one :class:`LayerGraph` per layer from 1, drawn from
     ``seed`` alone. A concept with parents draws k in 1..``max_parents`` distinct parents and a
-    rule (OR, AND, or a threshold 1 < m < k), redrawn (up to 100 times, else an orphan) until
+    rule (OR, AND, or a threshold 1 < m < k), the parents preferring concepts few others use
+    (concepts sharing parents are correlated, which blurs which of them is the parent), redrawn (up to 100 times, else an orphan) until
     its rate on a pilot sample lies in :data:`RATE_RANGE` (times layer 0's rate) and it differs from every concept
     drawn before in its layer (two identical concepts would make parents ambiguous)."""
     rng = np.random.default_rng([cfg.seed, 0x6A9F])
@@ -189,12 +190,15 @@ def make_graph(cfg: SyntheticConfig) -> tuple[LayerGraph, ...]:
     graphs = []
     for _ in range(1, cfg.layers):
         parents, need, seen = [], [], set()
+        uses = np.zeros(cfg.n_features)
         for _j in range(cfg.n_features):
             chosen: tuple[tuple[int, ...], int] = ((), 0)
             if rng.random() >= cfg.orphans:
                 for _try in range(100):
                     k = int(rng.integers(1, cfg.max_parents + 1))
-                    ps = tuple(sorted(int(i) for i in rng.choice(cfg.n_features, k, replace=False)))
+                    spread = 1.0 / (1.0 + uses) ** 4  # prefer parents few concepts use yet
+                    ps = tuple(sorted(int(i) for i in rng.choice(cfg.n_features, k, replace=False,
+                                                                 p=spread / spread.sum())))
                     kind = "or" if k == 1 else str(rng.choice(["or", "and", "threshold"] if k >= 3 else ["or", "and"]))
                     m = 1 if kind == "or" else k if kind == "and" else int(rng.integers(2, k))
                     rate = float((below[:, list(ps)].sum(axis=1) >= m).mean())
@@ -202,6 +206,7 @@ def make_graph(cfg: SyntheticConfig) -> tuple[LayerGraph, ...]:
                         chosen = (ps, m)
                         break
             seen.add(chosen)
+            uses[list(chosen[0])] += 1
             parents.append(chosen[0])
             need.append(chosen[1])
         graph = LayerGraph(tuple(parents), tuple(need))

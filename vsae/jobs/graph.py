@@ -81,6 +81,10 @@ class GraphJob:
     """Inputs used (non-zero) in more than this fraction of the T fits become parents (seed 004: 0.8)."""
     held_out: float = 0.2
     """Fraction of images held out for the metrics (a seeded random sample, not a tail)."""
+    max_train_images: int = 0
+    """Fit on at most this many training images, a seeded random sample (0: all). Each unit holds
+    the dense codes of its training images, ``images x concepts`` floats, and ``images x T x
+    concepts_per_unit`` solver state."""
     inference: str = "none"
     """Binarised inference through all layers: ``argmax`` (on where p > 0.5), ``sample`` (a
     Bernoulli draw) or ``none``. Needs ``inputs = "binary"``."""
@@ -113,6 +117,8 @@ class GraphJob:
         if self.ensemble < 1 or self.mu < 0 or not 0 <= self.usage_threshold < 1 or not 0 < self.held_out < 1:
             raise ConfigError(f"need ensemble >= 1, mu >= 0, usage_threshold in [0, 1) and held_out in (0, 1); got "
                               f"{self.ensemble}, {self.mu}, {self.usage_threshold}, {self.held_out}")
+        if self.max_train_images < 0:
+            raise ConfigError(f"max_train_images must be >= 0 (0: all), got {self.max_train_images}")
         if self.concepts_per_unit < 1 or self.truth_k < 1 or self.threshold < 0 or self.max_iter < 1 or self.tol < 0:
             raise ConfigError("need concepts_per_unit >= 1, truth_k >= 1, threshold >= 0, max_iter >= 1, tol >= 0")
 
@@ -281,6 +287,9 @@ def run(job: GraphJob, executor: Executor) -> Report:
     usable = np.ones(n_images, bool)
     usable[invalid] = False
     train, held = np.flatnonzero(usable & ~held_mask), np.flatnonzero(usable & held_mask)
+    if job.max_train_images and len(train) > job.max_train_images:
+        rng = np.random.default_rng([job.seed, 0x7A1])
+        train = np.sort(rng.choice(train, job.max_train_images, replace=False))
     n_concepts = [coded[h]["n_concepts"] for h in hooks]
     items = [(pair, start) for pair in range(len(hooks) - 1)
              for start in range(0, n_concepts[pair + 1], job.concepts_per_unit)]
