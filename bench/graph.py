@@ -41,6 +41,11 @@ from vsae.graph.nodes import rebalanced_counts  # noqa: E402
 from vsae.graph.solver import fit_l1_logistic  # noqa: E402
 
 
+# scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1
+L1 = {"penalty": "l1"} if tuple(int(v) for v in __import__("sklearn").__version__.split(".")[:2]) < (1, 8) \
+    else {"l1_ratio": 1.0}
+
+
 def make_data(images: int, inputs: int, targets: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     x = rng.random((2 * images, inputs)) < 0.08
@@ -108,7 +113,7 @@ def main() -> None:
             rows = np.flatnonzero(w[b])
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                model = LogisticRegression(l1_ratio=1.0, C=1 / args.mu, solver=solver)
+                model = LogisticRegression(**L1, C=1 / args.mu, solver=solver)
                 model.fit(x[rows], y[rows, target_of[b]], sample_weight=w[b, rows])
             coef[b], intercept[b] = model.coef_[0], model.intercept_[0]
         report(f"sklearn_{solver}", time.perf_counter() - t, coef, intercept)

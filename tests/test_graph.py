@@ -19,6 +19,9 @@ from vsae.synthetic import SyntheticConfig, graph_json, make_graph, make_layered
 
 # Ground-truth stores: 64 concepts per layer in superposition in 48 dimensions, ~4 on per row.
 LAYERED = dict(d_in=48, n_features=64, active_per_row=4.0, layers=3)
+# scikit-learn 1.8 replaced penalty="l1" by l1_ratio=1
+L1 = {"penalty": "l1"} if tuple(int(v) for v in __import__("sklearn").__version__.split(".")[:2]) < (1, 8) \
+    else {"l1_ratio": 1.0}
 TRUTH_GRAPH = dict(dictionary="truth", truth_k=8, threshold=0.35, inputs="binary", inference="argmax",
                    concepts_per_unit=64)
 
@@ -105,7 +108,7 @@ def test_batched_solver_agrees_with_scikit_learn_saga():
     for b in range(len(ys)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref = LogisticRegression(l1_ratio=1.0, C=1 / mu, solver="saga", tol=1e-10, max_iter=100_000)
+            ref = LogisticRegression(**L1, C=1 / mu, solver="saga", tol=1e-10, max_iter=100_000)
             ref.fit(x, y_nb[:, b], sample_weight=w_bn[b])
         ours = fits.coef[b].numpy()
         same += np.array_equal(np.flatnonzero(np.abs(ours) > 1e-6), np.flatnonzero(np.abs(ref.coef_[0]) > 1e-6))
