@@ -183,6 +183,13 @@ def test_small_second_store_recovers_its_parents(tmp_path):
     assert report.ok, report.summary()
     precision, recall, aucs = recovered(uri, "truth")
     assert precision >= 0.9 and recall >= 0.9 and float(np.mean(aucs)) >= 0.95, (precision, recall, np.mean(aucs))
+    # the seed's inputs: the real codes x_l instead of the binary y_l
+    report = graph.run(graph.GraphJob(store_uri=uri, run="codes", ensemble=10, mu=10.0,
+                                      **{**TRUTH_GRAPH, "truth_k": 6, "inputs": "codes", "inference": "none"}),
+                       LocalExecutor(progress=False))
+    assert report.ok and report.data["inference"] is None, report.summary()
+    precision, recall, aucs = recovered(uri, "codes")
+    assert precision >= 0.9 and recall >= 0.9 and float(np.mean(aucs)) >= 0.95, (precision, recall, np.mean(aucs))
 
 
 # -- degenerate concepts ------------------------------------------------------------------------
