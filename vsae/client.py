@@ -370,6 +370,86 @@ class Client:
         return next(u["n_images"] for u in index["units"] if u["hook"] == name and u["unit"] == unit)
 
     # -- plumbing -------------------------------------------------------------------------
+    # -- the concept graph (seed 004) ----------------------------------------------------------
+    def graph_layers(self, run: str = "default", model: str | None = None) -> pa.Table:
+        """Per layer pair of graph ``run``: concepts fitted and skipped, AUC and F1 mean/std/median,
+        parents mean/median/max and histogram (``{store}/graph/{run}/layers.parquet``).
+
+        Raises:
+            UnknownRun: no complete graph ``run`` (``vsae graph --run RUN`` writes one).
+        """
+        return self._graph_table(run, "layers", model)
+
+    def parents(self, hook: str, concept: int, run: str = "default") -> pa.Table:
+        """The parents of ``concept`` at ``hook`` (``"hook"`` or ``"model:hook"``) in graph ``run``:
+        edges (parent_hook, parent, hook, concept, weight, usage), largest usage first."""
+        return self._edges(hook, concept, run, "hook", "concept")
+
+    def children(self, hook: str, concept: int, run: str = "default") -> pa.Table:
+        """The concepts of the next layer that ``concept`` at ``hook`` is a parent of, in graph
+        ``run`` (same columns as :meth:`parents`), largest usage first."""
+        return self._edges(hook, concept, run, "parent_hook", "parent")
+
+    def concept(self, hook: str, concept: int, run: str = "default") -> dict[str, Any]:
+        """One concept's node row in graph ``run``: status, parents, held-out AUC and F1 (None
+        where undefined), class balance. Concepts of the first layer have no row.
+
+        Raises:
+            UnknownRun: no complete graph ``run``; IndexError: no such concept at that layer.
+        """
+        store, name = self._hook(hook)
+        nodes = self._graph_table(run, "nodes", store.spec.model_id)
+        mask = pc.and_(pc.equal(nodes["hook"], name), pc.equal(nodes["concept"], concept))
+        rows = nodes.filter(mask).to_pylist()
+        if not rows:
+            index = self._graph_index(store, run)
+            raise IndexError(f"graph {run!r} has no node {concept} at {name!r} (layers {index['hooks']}, "
+                             f"concepts {index['n_concepts']}; the first layer's concepts are inputs only)")
+        return rows[0]
+
+    def export_graph(self, run: str = "default", *, format: str = "graphml", model: str | None = None) -> bytes:
+        """Graph ``run`` as GraphML bytes (for Gephi, Cytoscape, ``networkx.read_graphml``) or
+        node-link JSON (``format="json"``): every concept of every layer, id ``"{hook}:{concept}"``,
+        with its metrics; every edge with weight and usage (:mod:`vsae.graph.export`). The client
+        writes nothing: save the bytes where you like.
+
+        Raises:
+            UnknownRun: no complete graph ``run``; ValueError: an unknown format.
+        """
+        from vsae.graph import export
+
+        if format not in ("graphml", "json"):
+            raise ValueError(f"format must be 'graphml' or 'json', got {format!r}")
+        store = self._store(model)
+        index = self._graph_index(store, run)
+        graph = export.graph_dict(index["hooks"], index["n_concepts"], self._graph_table(run, "nodes", model),
+                                  self._graph_table(run, "edges", model))
+        return export.to_graphml(graph) if format == "graphml" else export.to_json(graph)
+
+    def _graph_index(self, store: ActivationStore, run: str) -> dict:
+        key = f"{store.uri}#graph#{run}"
+        if key not in self._tables:
+            layout = store.layout
+            index = layout.graph_index(layout.graph(run)).read_json_or_none()
+            if index is None:
+                raise UnknownRun(f"no complete concept graph {run!r} in {store.uri} (vsae graph --run {run})")
+            self._tables[key] = index
+        return self._tables[key]
+
+    def _graph_table(self, run: str, table: str, model: str | None) -> pa.Table:
+        store = self._store(model)
+        self._graph_index(store, run)
+        key = f"{store.uri}#graph#{run}#{table}"
+        if key not in self._tables:
+            self._tables[key] = results.read_table(store.layout.graph_table(store.layout.graph(run), table))
+        return self._tables[key]
+
+    def _edges(self, hook: str, concept: int, run: str, hook_col: str, concept_col: str) -> pa.Table:
+        store, name = self._hook(hook)
+        edges = self._graph_table(run, "edges", store.spec.model_id)
+        found = edges.filter(pc.and_(pc.equal(edges[hook_col], name), pc.equal(edges[concept_col], concept)))
+        return found.sort_by([("usage", "descending"), ("weight", "descending")])
+
     def _store(self, model: str | None) -> ActivationStore:
         if model is None:
             if len(self._stores) != 1:

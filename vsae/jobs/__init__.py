@@ -45,6 +45,7 @@ JOBS: dict[str, JobKind] = {k.name: k for k in (
     JobKind("dashboard", "vsae.jobs.dashboard", "DashboardJob", "a static site of a run's features, a page per feature"),
     JobKind("toy", "vsae.jobs.toy", "ToyJob", "sweep toy models of superposition and their monosemanticity"),
     JobKind("toy_store", "vsae.jobs.toy_store", "ToyStoreJob", "a toy model's hidden layer as a store with known features"),
+    JobKind("graph", "vsae.jobs.graph", "GraphJob", "the concept graph between adjacent layers (seed 004)"),
 )}
 
 __all__ = ["JOBS", "JobKind"]

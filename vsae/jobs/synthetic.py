@@ -1,7 +1,8 @@
 """The synthetic-store job: write a store of activations with known features, publish, verify.
 
 Ground truth for SAE training (seed 002's toy data in the store format): see
-:mod:`vsae.synthetic`. The true directions are saved beside the store, so the training job
+:mod:`vsae.synthetic`. With ``data.layers > 1`` the store is layered, the ground truth of the
+concept graph (seed 004): the true parents of every concept go to ``_synthetic/graph.json``. The true directions are saved beside the store, so the training job
 scores every SAE trained on it by how well it recovers them (MMCS).
 
 Report data: ``tasks``, ``published``, ``verified``, ``spec_digest``.
@@ -23,7 +24,7 @@ from vsae.store import ActivationStore
 from vsae.store.names import validate_location
 from vsae.store.paths import StoreLayout
 from vsae.store.spec import COMPRESSIONS, DTYPES
-from vsae.synthetic import SyntheticConfig, SyntheticTasks, make_features, truth_bytes
+from vsae.synthetic import SyntheticConfig, SyntheticTasks, graph_json, make_features, truth_bytes
 
 
 @config_class
@@ -70,6 +71,8 @@ def run(job: SyntheticJob, executor: Executor) -> Report:
     report = Report("synthetic", to_dict(job), store_uri=store.uri, lines=[f"store          {store.uri}"])
     if not layout.synthetic_truth.exists():
         layout.synthetic_truth.write_bytes(truth_bytes(job.data, make_features(job.data)))
+    if job.data.layered and not layout.synthetic_graph.exists():
+        layout.synthetic_graph.write_json(graph_json(job.data))
     missing = store.tasks_to_write()  # damaged markers included: those tasks are written again
     tally = write_tasks(executor, store.uri, SyntheticTasks(job.data, spec), missing, tally=TaskTally())
     tally.tasks_skipped += spec.n_tasks - len(missing)
@@ -77,6 +80,9 @@ def run(job: SyntheticJob, executor: Executor) -> Report:
     report.data["spec_digest"] = spec.digest
     report.lines.append(f"truth          {job.data.n_features} true features in {job.data.d_in} dimensions, "
                         f"{job.data.active_per_row:g} active per row: {layout.synthetic_truth.uri}")
+    if job.data.layered:
+        report.lines.append(f"layers         {job.data.layers} hooks, concepts of each layer boolean functions of "
+                            f"1..{job.data.max_parents} parents below: {layout.synthetic_graph.uri}")
     report.seconds = time.perf_counter() - started
     report.save(layout)
     return report

@@ -139,11 +139,11 @@ def run(job: TrainJob, executor: Executor) -> Report:
             results.extend(outcome.value)
         else:
             report.fail(f"hook {outcome.item[0].hook}", outcome.error)
-    truth = store_truth(store.uri)
-    if truth is not None:  # a synthetic store: score every SAE by how well it found the true features
-        from vsae.sae import load_sae
+    for r in results:  # a synthetic store: score every SAE by how well it found the true features
+        truth = store_truth(store.uri, r["hook"])
+        if truth is not None:
+            from vsae.sae import load_sae
 
-        for r in results:
             r["mmcs"] = recovery(truth, load_sae(r["uri"])[0].directions().numpy())
     for hook in sorted({r["hook"] for r in results if r.get("eval_rows", 0) < 100}):
         n = min(r.get("eval_rows", 0) for r in results if r["hook"] == hook)

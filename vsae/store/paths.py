@@ -145,9 +145,10 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("dataset.parquet", "the dataset listing (image_id, shard, key, label, wnid, caption)", "extract"),
     ("_synthetic/truth.safetensors", "the true feature directions of a synthetic or toy store (and a toy store's model)",
      "synthetic, toy_store"),
+    ("_synthetic/graph.json", "a layered synthetic store's true parents of every concept (rule, parents needed)",
+     "synthetic"),
     ("saes/{run}/{hook}/{sae}/", "an SAE checkpoint: cfg.json, sae.safetensors, metrics.json, train_state.safetensors, "
-     "TensorBoard event files (events.out.tfevents.*)",
-     "train"),
+     "TensorBoard event files (events.out.tfevents.*)", "train"),
     ("analysis/{run}/analysis.json", "the analysis index, written last (its presence means complete)", "analyze"),
     ("analysis/{run}/classes.parquet", "the classes analysed, their names, image counts and distances", "analyze"),
     ("analysis/{run}/{hook}/{unit}/", "one unit's tables: features, class means, examples, decoder maps", "analyze"),
@@ -156,7 +157,6 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("_reports/{job}-{time}-{id}.json", "every job's report (config, figures, failures)", "every job"),
     ("_lease.json", "which driver holds the store, until when (one at a time)", "nightly"),
     ("dictionaries/{run}/{hook}/{name}/", "K-SVD dictionaries, in the SAE checkpoint format", "reserved (seed 004)"),
-    ("graph/{run}/", "the concept graph between layers", "reserved (seed 004)"),
     ("tuning/{run}/", "curve stimuli responses and tuning curves; `tuning.json` written last", "tuning"),
     ("tuning/{run}/stimuli/", "the curve stimuli as a dataset: images/stimuli/*.png and stimuli.parquet", "tuning"),
     ("tuning/{run}/stimuli.zarr/", "the stimuli's activations at the centre position (an activation store)", "tuning"),
@@ -170,6 +170,10 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("visualisations/{run}/visualize.json", "the visualisation index, written last (its presence means complete)",
      "visualize"),
     ("dashboards/{run}/", "feature dashboards (static pages)", "dashboard"),
+    ("graph/{run}/graph.json", "the concept graph's index, written last (its presence means complete)", "graph"),
+    ("graph/{run}/codes/{hook}.parquet", "each image's non-zero dictionary codes at a hook (image_id, feature, value)",
+     "graph"),
+    ("graph/{run}/{table}.parquet", "the graph's tables: nodes, edges, layers (per layer pair), inference", "graph"),
 )
 """(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
 with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
@@ -219,6 +223,10 @@ class StoreLayout:
     @property
     def synthetic_truth(self) -> Location:
         return self.root / "_synthetic/truth.safetensors"
+
+    @property
+    def synthetic_graph(self) -> Location:
+        return self.root / "_synthetic/graph.json"
 
     # -- training and analysis runs -------------------------------------------------------------
     @property
@@ -280,7 +288,20 @@ class StoreLayout:
         return self.root / f"dictionaries/{_segment(run, 'run')}"
 
     def graph(self, run: str) -> Location:
+        """The folder of one concept graph (seed 004)."""
         return self.root / f"graph/{_segment(run, 'run')}"
+
+    @staticmethod
+    def graph_index(graph: Location) -> Location:
+        return graph / "graph.json"
+
+    @staticmethod
+    def graph_codes(graph: Location, hook: str) -> Location:
+        return graph / f"codes/{hook_folder(hook)}.parquet"
+
+    @staticmethod
+    def graph_table(graph: Location, table: str) -> Location:
+        return graph / f"{_segment(table, 'table')}.parquet"
 
     def tuning(self, run: str) -> Location:
         return self.root / f"tuning/{_segment(run, 'run')}"
