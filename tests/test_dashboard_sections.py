@@ -100,7 +100,7 @@ def test_sections_are_absent_where_their_jobs_have_not_run(demo_run, tmp_path):
     assert not any(f'id="{i}"' in html for i in ("visualisation", "tuning", "concept", "parents"))
 
 
-def test_concept_graph_pages_and_panels_link_parents_and_children_both_ways(tmp_path):
+def test_concept_graph_pages_and_panels_link_parents_and_children_both_ways(tmp_path, browser):  # noqa: F811
     """A layered synthetic store's graph (true dictionaries, unit ``truth``): a page per layer
     pair with the layer summaries, every node's parents and children on its page, linked."""
     from tests.test_graph import TRUTH_GRAPH, layered_store
@@ -139,6 +139,13 @@ def test_concept_graph_pages_and_panels_link_parents_and_children_both_ways(tmp_
         assert f'href="../../../{child_hook.replace("/", ".")}/truth/f/{concept}.html"' in children
         assert client.children(parent_hook, p, "g").num_rows == len(re.findall("<tr>", children)) - 1
     assert section.feature_panel(client, settings, child_hook, "other-unit", concept, "") is None
+    # the pair's page in Chromium, opened as a file: no errors, its plot decoded
+    from vsae.dashboard.site import write_assets
+
+    write_assets(Location.of(str(tmp_path / "site")))
+    visit = Visit(browser, "file://")
+    visit.open((tmp_path / "site/graph/pair-0.html").as_uri())
+    assert visit.page.locator("img").count() == 1 and visit.page.locator("#nodes tr").count() == 25
 
 
 def test_browser_loads_a_feature_page_with_panels_and_the_section_pages(browser, sections_site):  # noqa: F811
@@ -155,7 +162,7 @@ def test_browser_loads_a_feature_page_with_panels_and_the_section_pages(browser,
         visit.open(f"{origin}/mixed3b.5x5/{UNIT}/f/0.html")
         assert visit.page.locator("#visualisation").count() == 1
         assert visit.page.locator("h2:text('Feature visualisation') + div img").count() == 1
-        for page in ("visualize/index.html", "tuning/index.html", "toy/index.html"):
+        for page in ("tuning/index.html", "toy/index.html", "visualize/index.html"):
             visit.open(f"{origin}/{page}")
         visit.page.click("#visualisations a >> nth=0")
         visit.check()
