@@ -25,6 +25,10 @@ from vsae.dashboard.sections import Section, register_section
 from vsae.store.paths import Location, StoreLayout, hook_folder
 
 
+TUNING, GRAPH = "tuning", "graph"
+"""Section names (their folders under the site root, not under a store)."""
+
+
 def _unit_shown(settings, hook: str, unit: str) -> bool:
     return any(u.hook == hook and u.unit == unit for u in settings.units)
 
@@ -166,7 +170,7 @@ def _tuning_panel(client, settings, hook: str, unit: str, f: int, root: str) -> 
     order = np.argsort(theta, kind="stable")
     curve = _curve_svg(theta[order], resp["response_sd"].to_numpy()[mask][order]) if mask.any() else ""
     return (f'<h2>Tuning curve</h2><div class="grid2"><div><table class="stats" id="tuning">{table}</table>'
-            f'<p class="note"><a href="{root}tuning/index.html">all tuning curves</a></p></div><div>{curve}'
+            f'<p class="note"><a href="{root}{TUNING}/index.html">all tuning curves</a></p></div><div>{curve}'
             f'<p class="note">response in SD against orientation at the preferred radius</p></div></div>')
 
 
@@ -260,7 +264,7 @@ def _graph_panel(client, settings, hook: str, unit: str, f: int, root: str) -> s
                                   & (nodes["concept"].to_numpy() == f))).to_pylist()
     if node:
         n = node[0]
-        parts.append(f'<p class="note">{escape(n["status"])}; <a href="{root}graph/pair-{n["pair"]}.html">layer pair '
+        parts.append(f'<p class="note">{escape(n["status"])}; <a href="{root}{GRAPH}/pair-{n["pair"]}.html">layer pair '
                      f'{escape(n["parent_hook"])} -&gt; {escape(hook)}</a></p><table class="stats" id="concept">'
                      + "".join(f"<tr><th>{k}</th>{pages.cell(n[v])}</tr>"
                                for k, v in (("held-out AUC", "auc"), ("F1", "f1"), ("parents", "n_parents")))
@@ -311,7 +315,7 @@ def _toy_write(client, settings, folder: Location) -> str:
 
 register_section(Section("visualize", "Feature visualisations", _vis_present, _vis_write, _vis_panel,
                          run_field="visualize_run"))
-register_section(Section("tuning", "Tuning curves", _tuning_present, _tuning_write, _tuning_panel,
+register_section(Section(TUNING, "Tuning curves", _tuning_present, _tuning_write, _tuning_panel,
                          run_field="tuning_run"))
-register_section(Section("graph", "Concept graph", _graph_present, _graph_write, _graph_panel, run_field="graph_run"))
+register_section(Section(GRAPH, "Concept graph", _graph_present, _graph_write, _graph_panel, run_field="graph_run"))
 register_section(Section("toy", "Toy-model sweeps", _toy_present, _toy_write, run_field="toy_uri"))
