@@ -189,7 +189,12 @@ def _graph(store_uri: str, run: str):
     index = StoreLayout.graph_index(where).read_json_or_none()
     if index is None:
         return None
-    return index, *(results.read_table(StoreLayout.graph_table(where, t)) for t in ("nodes", "edges", "layers"))
+    nodes, edges, layers = (results.read_table(StoreLayout.graph_table(where, t)) for t in ("nodes", "edges", "layers"))
+    by: dict[tuple[str, str, int], list[dict[str, Any]]] = {}  # (role, hook, concept) -> edges, read once
+    for e in edges.to_pylist():
+        by.setdefault(("parents", e["hook"], e["concept"]), []).append(e)
+        by.setdefault(("children", e["parent_hook"], e["parent"]), []).append(e)
+    return index, nodes, by, layers
 
 
 def _graph_present(layout: StoreLayout, run: str) -> bool:
@@ -269,11 +274,9 @@ def _graph_panel(client, settings, hook: str, unit: str, f: int, root: str) -> s
                      + "".join(f"<tr><th>{k}</th>{pages.cell(n[v])}</tr>"
                                for k, v in (("held-out AUC", "auc"), ("F1", "f1"), ("parents", "n_parents")))
                      + "</table>")
-    e = edges.to_pylist()
-    for title, key, other_hook, other, table_id in (("Parents", "hook", "parent_hook", "parent", "parents"),
-                                                    ("Children", "parent_hook", "hook", "concept", "children")):
-        mine = [r for r in e if r[key] == hook and r["concept" if key == "hook" else "parent"] == f]
-        mine.sort(key=lambda r: (-r["usage"], -r["weight"]))
+    for title, other_hook, other, table_id in (("Parents", "parent_hook", "parent", "parents"),
+                                               ("Children", "hook", "concept", "children")):
+        mine = sorted(edges.get((table_id, hook, f), []), key=lambda r: (-r["usage"], -r["weight"]))
         rows = [{"concept": f"{r[other_hook]} {r[other]}", "weight": r["weight"], "usage": r["usage"],
                  "href": _concept_link(settings, root, units, r[other_hook], r[other])} for r in mine]
         parts.append(f"<h3>{title}</h3>" + pages.link_table(rows, [("concept", "concept"), ("weight", "weight"),

@@ -8,6 +8,9 @@ and plots are small and written here; the feature pages are cut into blocks of
 reading its examples' images once. Sections of other jobs' results (:mod:`vsae.dashboard.sections`)
 are added where the store holds them.
 
+Sections: ``visualize_run``, ``tuning_run`` and ``graph_run`` name the runs of those jobs shown
+(default: ``run``); ``toy_uri`` a toy experiment folder.
+
 Report data: ``out_uri``, ``units`` (per ``hook/unit``: features, dead, dense), ``pages``,
 ``images``, ``unreadable`` (example images that could not be read), ``sections``, ``seconds``.
 """
