@@ -41,10 +41,21 @@ class Section:
     feature_panel: Callable[[Client, Settings, str, str, int, str], str | None] | None = None
     """``feature_panel(client, settings, hook, unit, feature, root)``: HTML for the feature's
     page (``root`` is the relative path to the site root), or None where it has nothing."""
+    run_field: str = ""
+    """The :class:`~vsae.dashboard.site.Settings` field naming this section's results: a run
+    (``*_run``; empty means the dashboard's run) or a location (``toy_uri``); its value is what
+    ``present`` gets as ``run``. Empty: the dashboard's run."""
+
+    def results_run(self, settings: Settings) -> str:
+        """The value ``present`` is asked about (see :attr:`run_field`)."""
+        if not self.run_field:
+            return settings.run
+        value = getattr(settings, self.run_field)
+        return value or (settings.run if self.run_field.endswith("_run") else "")
 
 
 SECTIONS: dict[str, Section] = {}
-SECTION_MODULES: list[str] = []
+SECTION_MODULES: list[str] = ["vsae.dashboard.extras"]
 """Modules whose import registers a section (the concept graph's, the tuning curves' ...)."""
 
 

@@ -63,6 +63,14 @@ class Settings:
     dense_frac: float = 0.1
     analysis_digest: str = ""
     """The analysis's ``inputs_digest``: a worker's cached client serves one analysis only."""
+    visualize_run: str = ""
+    """Run of the ``visualize`` job shown (empty: ``run``)."""
+    tuning_run: str = ""
+    """Run of the ``tuning`` job shown (empty: ``run``)."""
+    graph_run: str = ""
+    """Run of the ``graph`` job shown (empty: ``run``)."""
+    toy_uri: str = ""
+    """An experiment folder of the ``toy`` job (``{experiment_uri}/{name}``); empty: none."""
 
     def sae(self, unit: str) -> str:
         return f"{self.run}/{unit}"
@@ -200,7 +208,7 @@ def write_sections(client, settings: Settings, out: Location) -> list[tuple[str,
     layout = StoreLayout(client.store().uri)
     links = []
     for section in load_sections().values():
-        if section.present(layout, settings.run):
+        if section.present(layout, section.results_run(settings)):
             entry = section.write(client, settings, out / section.name)
             links.append((section.title, f"{section.name}/{entry}"))
     return links

@@ -8,6 +8,9 @@ and plots are small and written here; the feature pages are cut into blocks of
 reading its examples' images once. Sections of other jobs' results (:mod:`vsae.dashboard.sections`)
 are added where the store holds them.
 
+Sections: ``visualize_run``, ``tuning_run`` and ``graph_run`` name the runs of those jobs shown
+(default: ``run``); ``toy_uri`` a toy experiment folder.
+
 Report data: ``out_uri``, ``units`` (per ``hook/unit``: features, dead, dense), ``pages``,
 ``images``, ``unreadable`` (example images that could not be read), ``sections``, ``seconds``.
 """
@@ -55,6 +58,14 @@ class DashboardJob:
     """A unit firing on more than this fraction of the stored rows is flagged dense."""
     features_per_block: int = 256
     """Feature pages per unit of work."""
+    visualize_run: str = ""
+    """Run of the ``visualize`` job whose images and activations are shown (default: ``run``)."""
+    tuning_run: str = ""
+    """Run of the ``tuning`` job whose tuning curves are shown (default: ``run``)."""
+    graph_run: str = ""
+    """Run of the ``graph`` job whose concept graph is shown (default: ``run``)."""
+    toy_uri: str = ""
+    """A ``toy`` experiment folder (``{experiment_uri}/{name}``, anywhere) whose sweep is shown."""
     resources: Resources = field(default_factory=Resources)
     """``max_in_flight`` blocks at once, ``num_cpus_per_task`` per block, ``max_retries``."""
 
@@ -63,6 +74,10 @@ class DashboardJob:
         validate_location(self.out_uri, "out_uri", required=False)
         validate_location(self.source_uri, "source_uri", required=False)
         validate_name(self.run, "run")
+        for name in (self.visualize_run, self.tuning_run, self.graph_run):
+            if name:
+                validate_name(name, "run")
+        validate_location(self.toy_uri, "toy_uri", required=False)
         for name in self.saes:
             validate_name(name, "SAE name")
         for hook in self.hooks:
@@ -135,7 +150,8 @@ def run(job: DashboardJob, executor: Executor) -> Report:
     layout = StoreLayout(store.uri)
     digest = layout.analysis_index(layout.analysis(job.run)).read_json()["inputs_digest"]
     settings = site.Settings(store.uri, job.run, out.uri, units, job.source_uri or None, job.crop_px,
-                             job.n_classes, job.dense_frac, digest)
+                             job.n_classes, job.dense_frac, digest, job.visualize_run, job.tuning_run,
+                             job.graph_run, job.toy_uri)
     client = site.client_for(store.uri, digest)
     site.write_assets(out)
     counts = {(u.hook, u.unit): site.write_unit_index(client, settings, u, out) for u in units}

@@ -1,0 +1,172 @@
+"""The dashboard's sections for the seed analyses: feature visualisations and tuning curves of
+the demo store's units on their feature pages, the concept graph's pages and panels (a layered
+synthetic store's graph), and the toy sweeps' page; each absent where its job has not run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.test_dashboard import HOOK, RUN, SAE, UNIT, Visit, browser, make_job, values  # noqa: F401
+from vsae import Client
+from vsae.dashboard.sections import load_sections
+from vsae.dashboard.site import Settings, SiteUnit
+from vsae.executor import LocalExecutor
+from vsae.jobs import dashboard
+from vsae.resources import Resources
+from vsae.store.paths import Location, StoreLayout
+
+LOCAL = LocalExecutor(Resources(executor="local", max_in_flight=2), progress=False)
+
+
+@pytest.fixture(scope="module")
+def sections_site(demo_run, tmp_path_factory):
+    """A copy of the demo store with small `visualize` and `tuning` runs of r1 at the SAE's hook,
+    a small toy sweep elsewhere, and the dashboard of it all."""
+    from vsae.data.stimuli import StimuliConfig
+    from vsae.jobs import toy, tuning, visualize
+    from vsae.toy import ToyConfig
+    from vsae.vis.config import VisConfig
+
+    root = tmp_path_factory.mktemp("sections")
+    store = str(root / "store.zarr")
+    shutil.copytree(demo_run[0], store)
+    vis = visualize.run(visualize.VisualizeJob(store_uri=store, run=RUN, hooks=(HOOK,), indices=(0, 1, 2),
+                                               vis=VisConfig(steps=4, size=64, pad=4, jitter=2)), LOCAL)
+    assert vis.ok, vis.summary()
+    weights = Client(store).store().spec.weights
+    tun = tuning.run(tuning.TuningJob(store_uri=store, weights=weights, hooks=(HOOK,), run=RUN, sae_run=RUN, min_sd=0.5,
+                                      min_selectivity=0.1,
+                                      stimuli=StimuliConfig(orientations=8, radii=(0.0, 16.0), openings=(), width=3.0,
+                                                            length=48.0)), LOCAL)
+    assert tun.ok, tun.summary()
+    sweep = toy.run(toy.ToyJob(experiment_uri=str(root / "toy"), name="s", plots=True,
+                               model=ToyConfig(n_features=16, m=6, k=24, eps=1 / 8, steps=32, batch_size=64,
+                                               eval_size=256, lr=1e-2), init_bias=[0.0, -0.2]), LOCAL)
+    assert sweep.ok, sweep.summary()
+    out = root / "site"
+    report = dashboard.run(make_job(store, out_uri=str(out), toy_uri=str(root / "toy/s")), LOCAL)
+    assert report.ok, report.summary()
+    return store, out, report
+
+
+def test_feature_pages_show_the_visualisation_and_the_tuning_curve(sections_site):
+    store, out, report = sections_site
+    assert report.data["sections"] == ["Feature visualisations", "Tuning curves", "Toy-model sweeps"]
+    index = (out / "index.html").read_text()
+    for href in ("visualize/index.html", "tuning/index.html", "toy/index.html"):
+        assert f'href="{href}"' in index and (out / href).is_file()
+    layout = StoreLayout(store)
+    vis = pq.read_table(StoreLayout.visualisation_table(layout.visualisations(RUN)).path).to_pylist()
+    tuned = {int(r["unit"]): r for r in pq.read_table(
+        (StoreLayout.tuning_unit(layout.tuning(RUN), HOOK, UNIT) / "units.parquet").path).to_pylist()}
+    for row in (r for r in vis if r["unit"] in (UNIT, "neurons")):
+        f = row["index"]
+        html = (out / f"mixed3b.5x5/{row['unit']}/f/{f}.html").read_text()
+        expected = [row["activation"], row["dataset_max"], row["ratio"], row["steps"]]
+        np.testing.assert_array_equal(values(html, "visualisation"),  # a ratio to a zero maximum: none, shown as "–"
+                                      [float("nan") if v is None else v for v in expected])
+        img = out / f"visualize/mixed3b.5x5/{row['unit']}/{f}.png"
+        assert img.read_bytes() == StoreLayout.visualisation_image(layout.visualisations(RUN), HOOK, row["unit"],
+                                                                   f).read_bytes()  # copied once, same bytes
+        assert f'src="../../../visualize/mixed3b.5x5/{row["unit"]}/{f}.png"' in html
+    assert len(list((out / "visualize").rglob("*.png"))) == 6  # 3 neurons + 3 features, each once
+    # a feature outside the visualised indices has no panel
+    assert 'id="visualisation"' not in (out / f"mixed3b.5x5/{UNIT}/f/5.html").read_text()
+    f = sorted(tuned)[0]
+    html = (out / f"mixed3b.5x5/{UNIT}/f/{f}.html").read_text()
+    r = tuned[f]
+    np.testing.assert_array_equal(values(html, "tuning"), [r["preferred_orientation_deg"], r["preferred_radius_px"], r["peak_sd"],
+                                      r["selectivity"], int(r["curve_like"])])
+    assert "<polyline" in html and 'href="../../../tuning/index.html"' in html
+    assert (out / "tuning/mixed3b.5x5/polar.png").read_bytes()[:4] == b"\x89PNG"
+    toy = (out / "toy/index.html").read_text()
+    rows = pq.read_table(str(out.parent / "toy/s/results.parquet")).num_rows
+    assert toy.count("<tr>") == rows + 1 and len(list((out / "toy/plots").glob("*.png"))) >= 1
+
+
+def test_sections_are_absent_where_their_jobs_have_not_run(demo_run, tmp_path):
+    """The demo store has none of those results: no link, no panel, no folder."""
+    out = tmp_path / "site"
+    report = dashboard.run(make_job(demo_run[0], out_uri=str(out), neurons=False, features_per_block=256,
+                                    toy_uri=str(tmp_path / "no-toy")), LOCAL)
+    assert report.ok and report.data["sections"] == []
+    assert not any((out / s).exists() for s in ("visualize", "tuning", "graph", "toy"))
+    html = (out / f"mixed3b.5x5/{UNIT}/f/0.html").read_text()
+    assert not any(f'id="{i}"' in html for i in ("visualisation", "tuning", "concept", "parents"))
+
+
+def test_concept_graph_pages_and_panels_link_parents_and_children_both_ways(tmp_path, browser):  # noqa: F811
+    """A layered synthetic store's graph (true dictionaries, unit ``truth``): a page per layer
+    pair with the layer summaries, every node's parents and children on its page, linked."""
+    from tests.test_graph import TRUTH_GRAPH, layered_store
+    from vsae.jobs import graph
+
+    uri = layered_store(tmp_path, 1200, seed=5, d_in=32, n_features=24, active_per_row=3.0, layers=2)
+    rep = graph.run(graph.GraphJob(store_uri=uri, run="g", ensemble=4, mu=10.0, **{**TRUTH_GRAPH, "truth_k": 6}), LOCAL)
+    assert rep.ok, rep.summary()
+    client = Client(uri)
+    hooks = rep.data["hooks"]
+    settings = Settings(uri, "r", str(tmp_path / "site"), tuple(SiteUnit(h, "truth", 24) for h in hooks),
+                        graph_run="g")
+    section = load_sections()["graph"]
+    assert section.present(StoreLayout(uri), section.results_run(settings))
+    assert not section.present(StoreLayout(uri), "other")
+    folder = Location.of(str(tmp_path / "site/graph"))
+    assert section.write(client, settings, folder) == "index.html"
+    page = (tmp_path / "site/graph/pair-0.html").read_text()
+    row = pq.read_table(str(StoreLayout.graph_table(StoreLayout(uri).graph("g"), "layers").path)).to_pylist()[0]
+    assert values(page, "layer") == [row[k] for k in ("n_concepts", "n_fitted", "auc_mean", "auc_std", "auc_median",
+                                                      "f1_mean", "f1_std", "f1_median", "parents_mean",
+                                                      "parents_max")]
+    assert "per-node AUCs instead of ROC curves" in page
+    assert (tmp_path / "site/graph/pair-0.png").read_bytes()[:4] == b"\x89PNG"
+    child_hook, parent_hook = hooks[1], hooks[0]
+    concept = next(c for c in range(24) if client.parents(child_hook, c, "g").num_rows)
+    html = section.feature_panel(client, settings, child_hook, "truth", concept, "../../../")
+    node = client.concept(child_hook, concept, "g")
+    assert values(html, "concept") == [node["auc"], node["f1"], node["n_parents"]]
+    parents = client.parents(child_hook, concept, "g")
+    for p in parents["parent"].to_pylist():
+        assert f'href="../../../{parent_hook.replace("/", ".")}/truth/f/{p}.html"' in html
+        # ... and back: the parent's panel lists this concept among its children
+        back = section.feature_panel(client, settings, parent_hook, "truth", p, "../../../")
+        children = back[back.index('id="children"'):]
+        assert f'href="../../../{child_hook.replace("/", ".")}/truth/f/{concept}.html"' in children
+        assert client.children(parent_hook, p, "g").num_rows == len(re.findall("<tr>", children)) - 1
+    assert section.feature_panel(client, settings, child_hook, "other-unit", concept, "") is None
+    # the pair's page in Chromium, opened as a file: no errors, its plot decoded
+    from vsae.dashboard.site import write_assets
+
+    write_assets(Location.of(str(tmp_path / "site")))
+    visit = Visit(browser, "file://")
+    visit.open((tmp_path / "site/graph/pair-0.html").as_uri())
+    assert visit.page.locator("img").count() == 1 and visit.page.locator("#nodes tr").count() == 25
+
+
+def test_browser_loads_a_feature_page_with_panels_and_the_section_pages(browser, sections_site):  # noqa: F811
+    import subprocess
+    import sys
+
+    _, out, _ = sections_site
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                             "--directory", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        port = re.search(r"port (\d+)", proc.stdout.readline()).group(1)
+        origin = f"http://127.0.0.1:{port}"
+        visit = Visit(browser, origin)
+        visit.open(f"{origin}/mixed3b.5x5/{UNIT}/f/0.html")
+        assert visit.page.locator("#visualisation").count() == 1
+        assert visit.page.locator("h2:text('Feature visualisation') + div img").count() == 1
+        for page in ("tuning/index.html", "toy/index.html", "visualize/index.html"):
+            visit.open(f"{origin}/{page}")
+        visit.page.click("#visualisations a >> nth=0")
+        visit.check()
+        assert "/f/" in visit.page.url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
