@@ -1,6 +1,6 @@
 """Node fits of the concept graph: the batched solver against a loop of scikit-learn fits, in one run.
 
-    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5]
+    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5] [--input-rate 0.08]
 
 Same problems for every contender: ``--images`` training images with ``--inputs`` binary input
 concepts (each on with probability 0.08) and ``--targets`` target concepts, each an OR of 1-2
@@ -10,6 +10,8 @@ resamples (exploratory undersampling, as the graph job draws them). Each resampl
 
 - ``vsae``: :func:`vsae.graph.solver.fit_l1_logistic`, every fit in one batched FISTA solve
   (float32, tol 1e-4, the graph job's settings), at one torch thread and at two;
+- ``vsae_by_concept``: the same solver called once per target (its ``ensemble`` resamples), which
+  then works on the rows those resamples draw: how the graph job solves a rare concept;
 - ``sklearn_saga``: a loop of ``LogisticRegression(l1_ratio=1, C=1/mu, solver="saga")`` fits with
   the resample counts as ``sample_weight``, on the resample's rows only (the same objective;
   scikit-learn's default tol 1e-4), the baseline;
@@ -46,9 +48,9 @@ L1 = {"penalty": "l1"} if tuple(int(v) for v in __import__("sklearn").__version_
     else {"l1_ratio": 1.0}
 
 
-def make_data(images: int, inputs: int, targets: int, seed: int = 0):
+def make_data(images: int, inputs: int, targets: int, seed: int = 0, rate: float = 0.08):
     rng = np.random.default_rng(seed)
-    x = rng.random((2 * images, inputs)) < 0.08
+    x = rng.random((2 * images, inputs)) < rate
     ys = []
     for _ in range(targets):
         k = int(rng.integers(1, 5))
@@ -73,14 +75,16 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=16)
     ap.add_argument("--ensemble", type=int, default=20)
     ap.add_argument("--mu", type=float, default=5.0)
+    ap.add_argument("--input-rate", type=float, default=0.08, help="probability an input concept is on")
     args = ap.parse_args()
-    x, y, x_held, y_held = make_data(args.images, args.inputs, args.targets)
+    x, y, x_held, y_held = make_data(args.images, args.inputs, args.targets, rate=args.input_rate)
     rng = np.random.default_rng(1)
     w = np.stack([rebalanced_counts(y[:, j], rng) for j in range(args.targets) for _ in range(args.ensemble)])
     target_of = np.repeat(np.arange(args.targets), args.ensemble)
     n_fits = len(w)
     conditions = {"images": args.images, "inputs": args.inputs, "targets": args.targets, "ensemble": args.ensemble,
-                  "fits": n_fits, "mu": args.mu, "cpu": platform.processor() or platform.machine(),
+                  "fits": n_fits, "mu": args.mu, "input_rate": args.input_rate,
+                  "target_rate_median": round(float(np.median(y.mean(0))), 4), "cpu": platform.processor() or platform.machine(),
                   "torch": torch.__version__}
     results = {}
 
@@ -103,6 +107,14 @@ def main() -> None:
         t = time.perf_counter()
         fits = fit_l1_logistic(xt, yt, wt, args.mu)
         report(f"vsae/{threads}thread", time.perf_counter() - t, fits.coef.numpy(), fits.intercept.numpy(), threads)
+        # as fit_block solves a rare concept: its T resamples alone, on the rows they draw
+        coef, intercept = np.zeros((n_fits, args.inputs), np.float32), np.zeros(n_fits, np.float32)
+        t = time.perf_counter()
+        for j in range(args.targets):
+            b = np.flatnonzero(target_of == j)
+            part = fit_l1_logistic(xt, yt[:, b], wt[b], args.mu)
+            coef[b], intercept[b] = part.coef.numpy(), part.intercept.numpy()
+        report(f"vsae_by_concept/{threads}thread", time.perf_counter() - t, coef, intercept, threads)
 
     from sklearn.linear_model import LogisticRegression
 

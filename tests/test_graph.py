@@ -119,6 +119,29 @@ def test_batched_solver_agrees_with_scikit_learn_saga():
     assert same >= 0.95 * len(ys)
 
 
+def test_solver_ignores_rows_no_problem_draws():
+    """Rows of weight 0 in every problem leave every objective unchanged: the solver drops them,
+    and the fits equal those on the drawn rows alone (the rare-concept fast path of fit_block)."""
+    import torch
+
+    from vsae.graph.nodes import rebalanced_counts
+    from vsae.graph.solver import fit_l1_logistic
+
+    rng = np.random.default_rng(3)
+    n, d = 600, 12
+    x = (rng.random((n, d)) < 0.05).astype(float)
+    y = (x[:, 0] > 0) | ((x[:, 4] > 0) & (rng.random(n) < 0.3))
+    w = np.stack([rebalanced_counts(y, rng) for _ in range(5)]).astype(float)
+    rows = w.any(0)
+    assert rows.sum() < n / 2
+    y_nb = np.repeat(y[:, None], 5, 1).astype(float)
+    full = fit_l1_logistic(torch.tensor(x), torch.tensor(y_nb), torch.tensor(w), 2.0, tol=1e-9, max_iter=20000)
+    drawn = fit_l1_logistic(torch.tensor(x[rows]), torch.tensor(y_nb[rows]), torch.tensor(w[:, rows]), 2.0,
+                            tol=1e-9, max_iter=20000)
+    assert torch.allclose(full.coef, drawn.coef, atol=1e-9) and torch.allclose(full.intercept, drawn.intercept, atol=1e-9)
+    assert (full.coef[:, 0] > 0).all()
+
+
 def test_solver_refuses_bad_input():
     import torch
 

@@ -98,9 +98,15 @@ def fit_block(x_nd: np.ndarray, y_nc: np.ndarray, concepts: np.ndarray, pair: in
     # T resamples per fitted concept, as problems b = j * T + r
     w = np.stack([rebalanced_counts(y_nc[:, fit[j]], resample_rng(settings, pair, int(concepts[fit[j]]), r))
                   for j in range(len(fit)) for r in range(t)])
-    ens = fit_l1_logistic(x, y.repeat_interleave(t, dim=1), torch.as_tensor(w, dtype=torch.float32), settings.mu,
-                          max_iter=settings.max_iter, tol=settings.tol)
-    used = (ens.coef != 0).reshape(len(fit), t, d).double().mean(1).numpy()
+    ens_coef = torch.zeros(len(fit) * t, d)
+    ens_converged = torch.zeros(len(fit) * t, dtype=torch.bool)
+    for group in _row_groups(w.reshape(len(fit), t, n), n):
+        b = (group[:, None] * t + np.arange(t)).ravel()
+        part = fit_l1_logistic(x, y[:, group].repeat_interleave(t, dim=1), torch.as_tensor(w[b], dtype=torch.float32),
+                               settings.mu, max_iter=settings.max_iter, tol=settings.tol)
+        ens_coef[torch.as_tensor(b)] = part.coef.float()
+        ens_converged[torch.as_tensor(b)] = part.converged
+    used = (ens_coef != 0).reshape(len(fit), t, d).double().mean(1).numpy()
     parents = used > settings.usage_threshold
     w_final = np.stack([rebalanced_counts(y_nc[:, fit[j]], resample_rng(settings, pair, int(concepts[fit[j]]), t))
                         for j in range(len(fit))])
@@ -109,8 +115,17 @@ def fit_block(x_nd: np.ndarray, y_nc: np.ndarray, concepts: np.ndarray, pair: in
     usage[fit] = used
     coef[fit] = final.coef.numpy()
     intercept[fit] = final.intercept.numpy()
-    converged[fit] = ens.converged.reshape(len(fit), t).all(1).numpy() & final.converged.numpy()
+    converged[fit] = ens_converged.reshape(len(fit), t).all(1).numpy() & final.converged.numpy()
     return {"status": status, "usage": usage, "coef": coef, "intercept": intercept, "converged": converged}
+
+
+def _row_groups(w_ctn: np.ndarray, n: int) -> list[np.ndarray]:
+    """Concepts to solve together: one whose T resamples draw under a quarter of the images
+    (a rare concept) is solved alone on the rows it draws, the others together."""
+    drawn = (w_ctn > 0).any(1).sum(1)
+    rare = np.flatnonzero(4 * drawn < n)
+    common = np.flatnonzero(4 * drawn >= n)
+    return [rare[i:i + 1] for i in range(len(rare))] + ([common] if len(common) else [])
 
 
 def probabilities(x_nd: np.ndarray, coef_cd: np.ndarray, intercept_c: np.ndarray) -> np.ndarray:

@@ -22,7 +22,9 @@ section 4) with the gradient-based adaptive restart of O'Donoghue and Candes (20
 centred, unit-variance columns (``theta'_j = s_j theta_j`` with penalty ``mu / s_j``, the intercept
 absorbing the centring: the same problem, better conditioned) and maps the solution back. The step
 of problem ``b`` is ``1 / L_b`` with ``L_b = 1.1 * lambda_max(X~^T W_b X~) / 4`` (``X~`` the
-scaled ``[X, 1]``; the log loss's curvature is at most 1/4), ``lambda_max`` by power iteration.
+scaled ``[X, 1]``; the log loss's curvature is at most 1/4), ``lambda_max`` by 10 power iterations
+(the Rayleigh quotient is then within 1e-5 of its 100-iteration value on the benchmark's problems).
+Rows no problem draws (weight 0 everywhere) are dropped first: they change no objective.
 Problems stop one by one when no coefficient moved by more than ``tol`` (relative to the largest)
 over an iteration; coefficients the proximal step sets to zero are exactly zero, which is what
 "the input is used" means.
@@ -49,7 +51,7 @@ class LogisticFits:
     """``[B]`` bool: stopped by the tolerance rather than ``max_iter``."""
 
 
-def lipschitz(x_aug: torch.Tensor, w_bn: torch.Tensor, mask_bd: torch.Tensor | None, iters: int = 30) -> torch.Tensor:
+def lipschitz(x_aug: torch.Tensor, w_bn: torch.Tensor, mask_bd: torch.Tensor | None, iters: int = 10) -> torch.Tensor:
     """``[B]`` ``lambda_max(X~^T diag(w_b) X~) / 4`` by power iteration (the smooth part's
     Lipschitz constant, on the unmasked inputs and the intercept), times 1.1 for safety."""
     gen = torch.Generator().manual_seed(0)
@@ -98,6 +100,12 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     w_bn = w_bn.to(dtype)
     if (w_bn < 0).any() or (w_bn.sum(1) <= 0).any():
         raise ValueError("fit_l1_logistic: weights must be non-negative with a positive sum per problem")
+    # Rows no problem draws change no objective: solve on the others only (a rebalanced resample
+    # of a rare concept draws a small part of the images).
+    rows = (w_bn > 0).any(0)
+    if not bool(rows.all()):
+        x_nd, y_nb, w_bn = x_nd[rows], y_nb[rows], w_bn[:, rows]
+        n = x_nd.shape[0]
     # Centre and scale the columns: theta' = theta * s with the L1 weight mu / s per coordinate and
     # the intercept absorbing the centring is the same problem, far better conditioned for FISTA.
     mean_d = x_nd.mean(0)
@@ -108,6 +116,7 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     y_nb = y_nb.to(dtype)
     keep = None if mask_bd is None else torch.cat([mask_bd.T.to(dtype), torch.ones(1, n_problems, dtype=dtype)])
     step = 1.0 / lipschitz(x_aug, w_bn, mask_bd)
+    x_aug_t = x_aug.T.contiguous()
 
     theta = torch.zeros(d + 1, n_problems, dtype=dtype)
     iterations = torch.zeros(n_problems, dtype=torch.int64)
@@ -115,11 +124,12 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     live = torch.arange(n_problems)
     th, prev, t_k = theta.clone(), theta.clone(), torch.ones(n_problems, dtype=dtype)
     wt, yt, st, kt = w_bn.T.contiguous(), y_nb, step, keep
+    frozen = torch.zeros(n_problems, dtype=torch.bool)
     for it in range(1, max_iter + 1):
         # FISTA: gradient step at the extrapolated point, then the proximal step (soft threshold)
         t_next = (1 + torch.sqrt(1 + 4 * t_k * t_k)) / 2
         z = prev + ((t_k - 1) / t_next) * (th - prev) if it > 1 else th
-        grad = x_aug.T @ (wt * (torch.sigmoid(x_aug @ z) - yt))
+        grad = x_aug_t @ (wt * (torch.sigmoid(x_aug @ z) - yt))
         new = z - st * grad
         shrink = penalty_d1 * st
         new[:-1] = torch.sign(new[:-1]) * (new[:-1].abs() - shrink).clamp_min(0)
@@ -133,17 +143,23 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
         done = moved <= tol * new[:-1].abs().amax(0).clamp_min(1.0)
         if it == max_iter:
             done = torch.ones_like(done)
-        if done.any():
-            idx = live[done]
-            theta[:, idx] = th[:, done]
+        fresh = done & ~frozen
+        if fresh.any():
+            idx = live[fresh]
+            theta[:, idx] = th[:, fresh]
             iterations[idx] = it
-            converged[idx] = moved[done] <= tol * th[:-1, done].abs().amax(0).clamp_min(1.0)
-            stay = ~done
-            live, th, prev, t_k = live[stay], th[:, stay], prev[:, stay], t_k[stay]
-            wt, yt, st = wt[:, stay], yt[:, stay], st[stay]
-            kt = None if kt is None else kt[:, stay]
-            if not len(live):
+            converged[idx] = moved[fresh] <= tol * th[:-1, fresh].abs().amax(0).clamp_min(1.0)
+            frozen |= fresh
+            if bool(frozen.all()):
                 break
+            # drop finished problems from the batch once they are a quarter of it (a copy of the
+            # [n, B] weights and targets costs about half an iteration)
+            if 4 * int(frozen.sum()) >= len(live):
+                stay = ~frozen
+                live, th, prev, t_k = live[stay], th[:, stay], prev[:, stay], t_k[stay]
+                wt, yt, st = wt[:, stay], yt[:, stay], st[stay]
+                kt = None if kt is None else kt[:, stay]
+                frozen = frozen[stay]
     coef = theta[:-1] / scale_d.unsqueeze(1)
     intercept = theta[-1] - (mean_d.unsqueeze(1) * coef).sum(0)
     return LogisticFits(coef.T.contiguous(), intercept, iterations, converged)
