@@ -277,8 +277,15 @@ def test_client_answers_parents_children_metrics_and_exports(recovered_store):
     assert node["n_parents"] == len(parents) and node["status"] == "fitted"
     with pytest.raises(IndexError):
         client.concept("layer0", 0, run="truth")
-    with pytest.raises(UnknownRun):
+    with pytest.raises(UnknownRun, match=r"graph runs there: \['truth'\]"):
         client.parents("layer1", 0, run="nope")
+    from vsae.errors import UnknownFeature, UnknownHook
+
+    for concept in (-1, 64, 1.5):  # outside 0..63, or not an index: named, never an empty answer
+        with pytest.raises(UnknownFeature, match="outside 0..63"):
+            client.children("layer1", concept, run="truth")
+    with pytest.raises(UnknownHook):
+        client.parents("layer9", 0, run="truth")
     assert client.graph_layers(run="truth").num_rows == 2
     # GraphML and JSON carry the same graph, every concept of every layer and every edge
     as_json = json.loads(client.export_graph(run="truth", format="json"))

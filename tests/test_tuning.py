@@ -160,6 +160,10 @@ def test_bad_input_is_refused_before_work(reference):
 
     with pytest.raises(UnknownHook):
         tuning.check(tuning.TuningJob(store_uri=store, weights=weights, hooks=("conv2",)))
+    from vsae.errors import UnknownRun
+
+    with pytest.raises(UnknownRun, match="no SAEs in run 'nope'"):  # never a neurons-only run under its name
+        tuning.check(_job(store, weights, sae_run="nope"))
     job = _job(store, weights, run="tb")
     write_stimuli(StoreLayout.tuning_stimuli(StoreLayout(store).tuning("tb")), job.stimuli.resolved(MODEL_ID))
     tuning.check(job)  # the run's folder holds these stimuli: fine

@@ -432,7 +432,10 @@ class Client:
             layout = store.layout
             index = layout.graph_index(layout.graph(run)).read_json_or_none()
             if index is None:
-                raise UnknownRun(f"no complete concept graph {run!r} in {store.uri} (vsae graph --run {run})")
+                graphs = layout.graph_root
+                runs = sorted(c.name for c in graphs.children() if c.isdir()) if graphs.exists() else []
+                raise UnknownRun(f"no complete concept graph {run!r} in {store.uri} (vsae graph --run {run}); "
+                                 f"graph runs there: {runs}")
             self._tables[key] = index
         return self._tables[key]
 
@@ -446,6 +449,12 @@ class Client:
 
     def _edges(self, hook: str, concept: int, run: str, hook_col: str, concept_col: str) -> pa.Table:
         store, name = self._hook(hook)
+        index = self._graph_index(store, run)
+        if name not in index["hooks"]:
+            raise UnknownHook(f"graph {run!r} has no layer {name!r}; its layers: {index['hooks']}")
+        n = index["n_concepts"][index["hooks"].index(name)]
+        if isinstance(concept, bool) or not isinstance(concept, (int, np.integer)) or not 0 <= concept < n:
+            raise UnknownFeature(f"concept {concept!r} outside 0..{n - 1} of layer {name!r} in graph {run!r}")
         edges = self._graph_table(run, "edges", store.spec.model_id)
         found = edges.filter(pc.and_(pc.equal(edges[hook_col], name), pc.equal(edges[concept_col], concept)))
         return found.sort_by([("usage", "descending"), ("weight", "descending")])

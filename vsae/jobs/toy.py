@@ -38,23 +38,23 @@ class ToyJob:
     """The experiment's name: rerunning the same name resumes it."""
     model: ToyConfig = field(default_factory=ToyConfig)
     """The base toy model; swept fields override it per trial."""
-    lr: list[float] = field(default_factory=list)
+    lr: tuple[float, ...] = ()
     """Learning rates to sweep (empty: the model's)."""
-    init_bias: list[float] = field(default_factory=list)
+    init_bias: tuple[float, ...] = ()
     """Initial mean biases to sweep."""
-    k: list[int] = field(default_factory=list)
+    k: tuple[int, ...] = ()
     """Hidden-layer widths to sweep."""
-    eps: list[float] = field(default_factory=list)
+    eps: tuple[float, ...] = ()
     """Feature frequencies to sweep."""
-    bias_decay: list[float] = field(default_factory=list)
+    bias_decay: tuple[float, ...] = ()
     """Bias decays (first half of training) to sweep."""
-    nonlinearity: list[str] = field(default_factory=list)
+    nonlinearity: tuple[str, ...] = ()
     """Nonlinearities to sweep (relu, gelu, solu)."""
-    task: list[str] = field(default_factory=list)
+    task: tuple[str, ...] = ()
     """Tasks to sweep (decoder, reprojector, abs)."""
-    init_seed: list[int] = field(default_factory=list)
+    init_seed: tuple[int, ...] = ()
     """Model-init seeds to sweep (repeats of each setting)."""
-    data_seed: list[int] = field(default_factory=list)
+    data_seed: tuple[int, ...] = ()
     """Data seeds to sweep."""
     search: str = "grid"
     """``grid`` (every combination) or ``random`` (``num_samples`` seeded draws; lr log-uniform

@@ -35,7 +35,7 @@ import numpy as np
 from vsae.analysis.results import NEURONS
 from vsae.config import config_class, to_dict
 from vsae.data.stimuli import StimuliConfig
-from vsae.errors import ConfigError
+from vsae.errors import ConfigError, UnknownRun
 from vsae.executor import Executor
 from vsae.jobs.common import check_exists, check_writable, open_published, weights_note
 from vsae.report import Report
@@ -117,6 +117,10 @@ def check(job: TuningJob):
     sets: dict[str, list[tuple[str, str]]] = {h: ([(NEURONS, "")] if job.neurons else []) for h in job.hooks}
     if job.sae_run:
         found = find_saes(layout.saes(job.sae_run))
+        if not found:
+            runs = sorted(r.name for r in layout.saes_root.children() if r.isdir()) if layout.saes_root.exists() else []
+            raise UnknownRun(f"no SAEs in run {job.sae_run!r} under {layout.saes(job.sae_run).uri} (sae_run); "
+                             f"runs with SAEs: {runs}")
         for uri, name, info in found:
             if info.hook in sets:
                 if name == NEURONS:

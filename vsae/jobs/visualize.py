@@ -263,6 +263,11 @@ def run(job: VisualizeJob, executor: Executor) -> Report:
     out = layout.visualisations(job.run)
     model_card = card(store.spec.model_id)
     report = Report("visualize", to_dict(job), store_uri=store.uri, notes=weights_note(weights, store.spec.model_id))
+    if job.dictionaries and not any(s.kind != "neuron" for s in sets):
+        runs = sorted(r.name for r in layout.saes_root.children() if r.isdir()) if layout.saes_root.exists() else []
+        report.notes.append(f"WARNING: run {job.run!r} has no SAEs or dictionaries at {', '.join(sorted({s.hook for s in sets}))} "
+                            f"(runs with SAEs: {runs}): only the neurons are visualised; set dictionaries = false "
+                            "if that is what you want")
     _check_weights(weights, store, model_card)
     use_gpu = job.resources.num_gpus_per_task > 0
     seconds: dict[str, float] = {}

@@ -287,6 +287,11 @@ class StoreLayout:
     def dictionaries(self, run: str) -> Location:
         return self.root / f"dictionaries/{_segment(run, 'run')}"
 
+    @property
+    def graph_root(self) -> Location:
+        """The folder of every concept graph run (``graph/``)."""
+        return self.root / "graph"
+
     def graph(self, run: str) -> Location:
         """The folder of one concept graph (seed 004)."""
         return self.root / f"graph/{_segment(run, 'run')}"
