@@ -22,7 +22,20 @@ SMALL = dict(per_class=7, epochs=1.0)
 
 
 def files(root: Path) -> dict[str, Path]:
-    return {str(p.relative_to(root)): p for p in root.rglob("*") if p.is_file() and "_reports" not in p.parts}
+    """Every file a job left under ``root`` (reports aside), by its path; a TensorBoard event file
+    (named by wall time, host and process) by its folder and ``events.out.tfevents``."""
+    def name(p: Path) -> str:
+        rel = str(p.relative_to(root))
+        return rel.split(".out.tfevents.")[0] + ".out.tfevents" if ".out.tfevents." in p.name else rel
+    return {name(p): p for p in root.rglob("*") if p.is_file() and "_reports" not in p.parts}
+
+
+def scalars(event_file: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_file), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
 def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
@@ -40,10 +53,13 @@ def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
 
     local, remote = files(local_root / "inception_v1.zarr"), files(ray_root / "inception_v1.zarr")
     assert set(local) == set(remote)
-    compared = {"store": 0, "weights": 0, "tables": 0}
+    compared = {"store": 0, "weights": 0, "tables": 0, "logs": 0}
     for name, path in sorted(local.items()):
         other = remote[name]
-        if name.startswith("hooks/") or name == "zarr.json" or name.endswith("sae.safetensors"):
+        if name.endswith(".out.tfevents"):  # training logs: the same steps and values
+            assert scalars(path) == scalars(other) and scalars(path), name
+            compared["logs"] += 1
+        elif name.startswith("hooks/") or name == "zarr.json" or name.endswith("sae.safetensors"):
             assert path.read_bytes() == other.read_bytes(), name  # activations (shards), SAE weights
             compared["weights" if name.endswith("safetensors") else "store"] += 1
         elif name.startswith("_tasks/"):  # markers: the same rows and checksums; timings differ
@@ -68,6 +84,7 @@ def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
                     assert x == y, f"{name}:{column}"
             compared["tables"] += 1
     assert compared["store"] > 10 and compared["weights"] == 3 and compared["tables"] >= 12, compared
+    assert compared["logs"] == 3, compared
 
 
 def test_the_local_executor_retries_storage_errors_and_fails_a_bad_unit_alone():
