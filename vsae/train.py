@@ -29,6 +29,7 @@ from vsae.sae import checkpoint as ckpt
 from vsae.sae.base import Losses, SparseAutoencoder, make_sae
 from vsae.sae.metrics import dead_fraction, reconstruction_stats
 from vsae.sae.runs import SAERun, TrainConfig
+from vsae.redact import redact
 from vsae.sae.tracking import TrainingLog
 from vsae.store import ActivationStore, HookReader
 from vsae.store.layout import held_out_images
@@ -262,7 +263,7 @@ def open_log(m: Member, cfg: TrainConfig) -> None:
         m.log = TrainingLog(m.uri, f"{m.run.hook}/{m.run.sae_name}", m.step, tensorboard=cfg.tensorboard,
                             wandb_project=cfg.wandb_project, wandb_entity=cfg.wandb_entity,
                             config={"sae": asdict(m.run.sae), "train": asdict(cfg), "hook": m.run.hook,
-                                    "d_in": m.sae.d_in, "d_sae": m.sae.d_sae, "uri": m.uri})
+                                    "d_in": m.sae.d_in, "d_sae": m.sae.d_sae, "uri": redact(m.uri)})
 
 
 def close_logs(members: list[Member]) -> None:
