@@ -86,3 +86,30 @@ def test_info_shows_what_a_store_holds(demo_run):
     assert "run r1  (analysed)" in out and "topk-x2-k8" in out and "relu_l1-x2-l1_1" in out
     done = vsae("info", str(Path(store).parent / "nothing.zarr"))
     assert done.returncode == 2 and "no vsae store at" in done.stderr
+
+
+def test_ctrl_c_prints_one_line_and_the_rerun_finishes_the_store(tmp_path):
+    """Ctrl-C (SIGINT) mid-job: status 130, one line on stderr, no traceback; what was written is
+    kept and the same command resumes and completes the store."""
+    import signal
+
+    store = tmp_path / "s.zarr"
+    args = [VSAE, "synthetic", "--resources.executor", "local", "--store_uri", str(store),
+            "--data.n_rows", "60000", "--data.d_in", "128", "--data.n_features", "512", "--images_per_task", "1024"]
+    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not any(store.rglob("zarr.json")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert proc.poll() is None, f"the job ended before it could be interrupted: {proc.communicate()}"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert err.strip().splitlines()[-1].startswith("vsae synthetic: interrupted; what was already written is kept")
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    from vsae.store import ActivationStore
+
+    opened = ActivationStore.open(str(store))
+    assert opened.published and opened.hook("synthetic").n_rows == 60_000

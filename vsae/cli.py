@@ -11,7 +11,7 @@ file given with ``--config`` is read first, options override it. ``--resources.e
 runs a job in this process without Ray. An error a user can cause (a mistyped hook, a missing
 store, a bad value) prints one line and a hint, and exits with status 2; ``--debug`` shows the
 traceback. A job whose units failed exits with status 1; an unexpected error prints its
-traceback and exits with status 1. Nothing printed carries credentials: URIs are redacted
+traceback and exits with status 1; Ctrl-C prints one line and exits with status 130. Nothing printed carries credentials: URIs are redacted
 (:mod:`vsae.redact`), in tracebacks and in log records of any library.
 
 The command lives here and knows nothing of Ray: ``cluster.cli`` hands it the Ray executor, and
@@ -41,6 +41,8 @@ from vsae.jobs import JOBS
 from vsae.redact import install_log_redaction, redact_text
 
 USAGE_ERROR = 2
+INTERRUPTED = 130
+"""The shell's status for a command ended by Ctrl-C (128 + SIGINT)."""
 
 _HINTS: tuple[tuple[type[BaseException], str], ...] = (
     (UnknownHook, "`vsae hooks MODEL` lists a model's hooks; `vsae info STORE` a store's"),
@@ -121,6 +123,12 @@ def main(argv: list[str] | None = None, *, ray_executor: Callable | None = None)
         if hint:
             print(f"  hint: {hint}", file=sys.stderr)
         return USAGE_ERROR
+    except KeyboardInterrupt:
+        if debug:
+            print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        print(f"vsae {command}: interrupted; what was already written is kept (the same command "
+              "resumes the jobs that resume, see README)", file=sys.stderr)
+        return INTERRUPTED
     except Exception:  # not vsae's: the traceback, with any URI in it redacted
         print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
         return 1
