@@ -211,6 +211,8 @@ def test_bad_requests_fail_before_work(planted_store, tmp_path):
         visualize.check(visualize.VisualizeJob(store_uri=store, hooks=("planted",)))
     with pytest.raises(ConfigError, match="position"):
         VisConfig(position="corner")
+    with pytest.raises(ConfigError, match="steps >= 1"):
+        VisConfig(steps=0)
     other = tmp_path / "other.pt"
     state = planted_state()
     state["conv.bias"] += 1

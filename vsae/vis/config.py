@@ -22,7 +22,7 @@ class VisConfig:
     """How an image is optimised for one unit (Olah et al. 2017; Lucid's ``render_vis``)."""
 
     steps: int = 256
-    """Adam steps per image."""
+    """Adam steps per image (at least 1: step 0 is the random initial image)."""
     lr: float = 0.05
     """Adam learning rate on the Fourier coefficients (Lucid's default)."""
     size: int = 128
@@ -54,8 +54,8 @@ class VisConfig:
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
             raise ConfigError(f"position must be one of {', '.join(POSITIONS)}, got {self.position!r}")
-        if self.steps < 0 or self.lr <= 0 or self.size < 0 or self.init_sd <= 0:
-            raise ConfigError(f"invalid visualisation settings: need steps >= 0, lr > 0, size >= 0, init_sd > 0 "
+        if self.steps < 1 or self.lr <= 0 or self.size < 0 or self.init_sd <= 0:
+            raise ConfigError(f"invalid visualisation settings: need steps >= 1, lr > 0, size >= 0, init_sd > 0 "
                               f"(got steps={self.steps}, lr={self.lr}, size={self.size}, init_sd={self.init_sd})")
         if self.pad < 0 or self.jitter < 0 or not 0 <= self.scale < 1 or not 0 <= self.rotate <= 180:
             raise ConfigError(f"invalid transforms: need pad >= 0, jitter >= 0, 0 <= scale < 1, 0 <= rotate <= 180 "
