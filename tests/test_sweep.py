@@ -79,6 +79,17 @@ def test_a_neuron_decomposition_is_followed_across_the_sweep(swept):
         np.testing.assert_allclose(row["max_activation"], _store_max(store, dirs, [row["feature"]])[0], rtol=1e-5)
     files = {p.split("/")[-1] for p in map(str, __import__("pathlib").Path(StoreLayout(store).sweeps("n3").path).iterdir())}
     assert {"analogous.parquet", "max_activation.png", "max_activation.svg", "sweep.json"} <= files
+    # A rerun with the same inputs does nothing; force recomputes; another setting is another result.
+    table_file = __import__("pathlib").Path(StoreLayout(store).sweeps("n3").path) / "analogous.parquet"
+    written = table_file.stat().st_mtime_ns
+    job = sweep.SweepJob(store_uri=store, run="sw", hook=HOOK, target="neuron:3", n_features=3, name="n3")
+    again = sweep.run(job, LocalExecutor(Resources(), progress=False))
+    assert again.status == "skipped" and again.data["rows"] == rep.data["rows"]
+    assert "already swept" in again.summary() and table_file.stat().st_mtime_ns == written
+    forced = sweep.run(sweep.SweepJob(**{**job.__dict__, "force": True}), LocalExecutor(Resources(), progress=False))
+    assert forced.status == "ok" and forced.data["rows"] == rep.data["rows"]
+    other = sweep.run(sweep.SweepJob(**{**job.__dict__, "n_features": 2}), LocalExecutor(Resources(), progress=False))
+    assert other.status == "ok" and len(other.data["rows"]) == 6
 
 
 def test_a_single_feature_and_bad_input(swept):

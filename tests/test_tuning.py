@@ -145,6 +145,8 @@ def test_the_same_config_gives_the_same_bytes(reference):
         return {str(p.relative_to(out.path)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
     a, b = digests("d1"), digests("d2")
+    again = tuning.run(_job(store, weights, run="d2"), LocalExecutor(Resources(), progress=False))
+    assert again.status == "skipped" and "already tuned" in again.summary() and digests("d2") == b
     assert a == b and any(k.endswith(".png") for k in a) and any(k.endswith(".svg") for k in a)
 
 

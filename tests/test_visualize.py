@@ -91,6 +91,10 @@ def test_planted_units_are_visualised_and_beat_the_dataset(planted_store):
     for r in table:
         assert Location.of(f"{out.uri}/{r['png']}").read_bytes() == Location.of(f"{out2.uri}/{r['png']}").read_bytes()
     assert pq.read_table(StoreLayout.visualisation_table(out2).uri).to_pylist() == table
+    # ... and a rerun with the same inputs does nothing.
+    skipped = visualize.run(visualize.VisualizeJob(**{**job.__dict__, "run": "p2"}), LocalExecutor(RES, progress=False))
+    assert skipped.status == "skipped" and "already visualised" in skipped.summary()
+    assert skipped.data["units"] == again.data["units"]
 
 
 def test_dictionary_features_on_ray_read_maxima_from_the_store(planted_store, ray_executor):

@@ -112,3 +112,34 @@ def finish_store(store: ActivationStore, tally: TaskTally, report: Report, *, ve
     report.data["published"] = {"n_tasks": manifest["n_tasks"], "n_images": manifest["n_images"],
                                 "spec_digest": store.spec.digest}
     return store
+
+
+def inputs_digest(store_digest: str, settings: dict, files: Iterable[str] = ()) -> str:
+    """sha256 of what a result depends on: the store (its spec digest), the job's ``settings``
+    (a JSON-able dict; leave out ``resources`` and ``force``, which change no result) and each
+    input file in ``files`` (URIs, e.g. SAE weights or model weights) by its fingerprint: its
+    content digest for SAE checkpoints' weights files under 64 MiB, else the filesystem's
+    ``ukey`` (size and modification time locally, the ETag on object stores; fsspec's
+    convention). ``random:SEED`` weights are digested as the string."""
+    import hashlib
+    import json
+
+    parts = []
+    for uri in files:
+        if not uri or str(uri).startswith("random:"):
+            parts.append(str(uri))
+            continue
+        where = Location.of(uri)
+        size = where.fs.size(where.path)
+        parts.append(hashlib.sha256(where.read_bytes()).hexdigest() if size < 64 << 20 else where.fs.ukey(where.path))
+    blob = json.dumps({"store": store_digest, "settings": settings, "files": parts}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def finished_before(index: Location, digest: str, force: bool) -> dict | None:
+    """The index ``index`` of a complete earlier run with the same inputs (``inputs_digest``
+    equal to ``digest``), or None if there is none, it differs, or ``force`` is set."""
+    previous = index.read_json_or_none()
+    if isinstance(previous, dict) and previous.get("inputs_digest") == digest and not force:
+        return previous
+    return None

@@ -8,7 +8,8 @@ base SAE (the smallest λ unless named), matches each to its analogous feature i
 decoder cosine (:mod:`vsae.analysis.sweep`), and measures each analogous feature's maximum
 activation over the store's valid rows (one unit of work per SAE). Results under
 ``{store}/sweeps/{name}/``: ``analogous.parquet`` (:data:`vsae.analysis.sweep.SCHEMA`),
-``max_activation.png``/``.svg`` and ``sweep.json`` last.
+``max_activation.png``/``.svg`` and ``sweep.json`` last. A rerun with the same store, SAEs and
+settings does nothing (``force = true`` recomputes).
 
 Report data: ``out_uri``, ``base``, ``reference_features``, ``rows`` (the table as records).
 """
@@ -25,7 +26,7 @@ import numpy as np
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
-from vsae.jobs.common import check_writable, open_published
+from vsae.jobs.common import check_writable, finished_before, inputs_digest, open_published
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store.names import validate_location, validate_name
@@ -55,6 +56,8 @@ class SweepJob:
     """Names the results folder ``{store}/sweeps/{name}/``."""
     block_rows: int = 65536
     """Store rows read and encoded at once."""
+    force: bool = False
+    """Recompute even if the results' index shows the same inputs were already done."""
     resources: Resources = field(default_factory=Resources)
     """``num_cpus_per_task`` per SAE, ``max_in_flight``."""
 
@@ -145,6 +148,21 @@ def run(job: SweepJob, executor: Executor) -> Report:
     layout = StoreLayout(store.uri)
     out = layout.sweeps(job.name)
     report = Report("sweep", to_dict(job), store_uri=store.uri)
+    from vsae.sae.checkpoint import WEIGHTS
+    from vsae.store.paths import Location
+
+    settings = {k: v for k, v in to_dict(job).items() if k not in ("resources", "force", "block_rows")}
+    settings["saes"], settings["base"] = sorted(name for _, name, _ in found), base
+    digest = inputs_digest(store.spec.digest, settings, sorted(str(Location.of(uri) / WEIGHTS) for _, _, uri in found))
+    previous = finished_before(layout.sweep_index(out), digest, job.force)
+    if previous is not None:
+        report.status = "skipped"
+        report.data = previous
+        report.lines = [f"already swept  {out.uri} (same store, SAEs and settings; force = true recomputes)",
+                        *summary_lines(previous)]
+        report.save(layout)
+        return report
+    layout.sweep_index(out).remove()  # the index goes first and comes back last
     saes = {name: load_sae(uri)[0] for _, name, uri in found}
     kind, index = S.parse_target(job.target)
     refs = S.reference_features(saes[base].W_dec.detach().double().numpy(), kind, index, job.n_features)
@@ -172,7 +190,8 @@ def run(job: SweepJob, executor: Executor) -> Report:
     for fmt, blob in figure_bytes(S.sweep_figure(table, f"{job.hook} {job.target} (base {base})")).items():
         (out / f"max_activation.{fmt}").write_bytes(blob)
     report.data = {"store_uri": store.uri, "hook": job.hook, "run": job.run, "base": base, "target": job.target,
-                   "reference_features": [int(r) for r in refs], "out_uri": out.uri, "rows": rows}
+                   "reference_features": [int(r) for r in refs], "out_uri": out.uri, "rows": rows,
+                   "inputs_digest": digest}
     report.lines += summary_lines(report.data)
     if report.ok:
         layout.sweep_index(out).write_json(report.data)

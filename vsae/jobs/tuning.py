@@ -16,7 +16,8 @@ response_sd), ``units.parquet`` (preferred orientation and radius, peak, von Mis
 selectivity, curve-like) and heat maps; per hook ``family.parquet`` (curve-like units, neurons
 and features side by side), ``coverage.parquet`` (per orientation: neurons and features
 covering it) and radial plots. ``tuning.json`` is written last. Units that never vary over the
-reference rows have no SD: they are left out and counted (``skipped.no_variance``).
+reference rows have no SD: they are left out and counted (``skipped.no_variance``). A rerun with
+the same store, stimuli, dictionaries and settings does nothing (``force = true`` recomputes).
 
 Report data: ``out_uri``, ``hooks`` (per hook and unit set: units, skipped, curve-like count,
 orientations covered by features only), ``n_stimuli``, ``seconds``.
@@ -37,7 +38,7 @@ from vsae.config import config_class, to_dict
 from vsae.data.stimuli import StimuliConfig
 from vsae.errors import ConfigError, UnknownRun
 from vsae.executor import Executor
-from vsae.jobs.common import check_exists, check_writable, open_published, weights_note
+from vsae.jobs.common import check_exists, check_writable, finished_before, inputs_digest, open_published, weights_note
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store.names import validate_location, validate_name
@@ -74,6 +75,8 @@ class TuningJob:
     """Heat maps per unit set: the curve-like units with the largest peaks, at most this many."""
     reference_block_rows: int = 65536
     """Reference rows read and encoded at once."""
+    force: bool = False
+    """Recompute even if the results' index shows the same inputs were already done."""
     resources: Resources = field(default_factory=Resources)
     """``num_cpus_per_task`` per hook, ``batch_size`` for extracting the stimuli."""
 
@@ -297,6 +300,21 @@ def run(job: TuningJob, executor: Executor) -> Report:
     out = layout.tuning(job.run)
     report = Report("tuning", to_dict(job), store_uri=store.uri, notes=weights_note(store.spec.weights,
                                                                                    store.spec.model_id))
+    from vsae.sae.checkpoint import WEIGHTS
+
+    settings = {k: v for k, v in to_dict(job).items() if k not in ("resources", "force", "reference_block_rows")}
+    settings["sets"] = {h: sorted(name for name, _ in units) for h, units in sets.items()}
+    digest = inputs_digest(store.spec.digest, settings,
+                           sorted(str(Location.of(uri) / WEIGHTS) for units in sets.values() for _, uri in units if uri))
+    previous = finished_before(layout.tuning_index(out), digest, job.force)
+    if previous is not None:
+        report.status = "skipped"
+        report.data = previous
+        report.lines = [f"already tuned  {out.uri} (same store, stimuli, dictionaries and settings; "
+                        "force = true recomputes)", *summary_lines(previous)]
+        report.save(layout)
+        return report
+    layout.tuning_index(out).remove()  # the index goes first and comes back last
     stim_uri, stimuli = extract_stimuli(job, store, out, executor)
     seconds = {"stimuli": time.perf_counter() - started}
     t0 = time.perf_counter()
@@ -311,7 +329,7 @@ def run(job: TuningJob, executor: Executor) -> Report:
     seconds["tuning"] = time.perf_counter() - t0
     report.data = {"store_uri": store.uri, "model_id": store.spec.model_id, "weights": store.spec.weights,
                    "out_uri": out.uri, "stimuli_store_uri": stim_uri, "n_stimuli": int(stimuli[0].num_rows),
-                   "hooks": hooks, "seconds": seconds}
+                   "hooks": hooks, "seconds": seconds, "inputs_digest": digest}
     report.lines += summary_lines(report.data)
     if report.ok:
         layout.tuning_index(out).write_json(report.data)

@@ -8,7 +8,8 @@ per unit in a single batch (:func:`vsae.vis.render`) and writes the PNGs. The dr
 one table of every unit's final activation beside its maximum over the dataset (the analysis
 results' ``max`` where the run was analysed, else computed from the store's rows) and the index
 ``visualize.json`` last. Images depend only on the config (each unit has its own random
-stream), so a rerun writes the same bytes.
+stream), so a rerun writes the same bytes. A rerun with the same store, weights, dictionaries
+and settings does nothing (``force = true`` recomputes).
 
 Report data: ``out_uri``, ``units`` (per hook and unit set: count, median activation, median
 ratio to the dataset maximum, how many exceed it), ``dataset_max_source`` per unit set,
@@ -29,7 +30,7 @@ from vsae.analysis import results
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
-from vsae.jobs.common import check_exists, check_writable, open_published, weights_note
+from vsae.jobs.common import check_exists, check_writable, finished_before, inputs_digest, open_published, weights_note
 from vsae.models import card, factory
 from vsae.models.card import HookInfo, ModelCard
 from vsae.models.weights import random_seed
@@ -69,6 +70,8 @@ class VisualizeJob:
     """Units optimised together in one batch, one unit of work each block (throughput only)."""
     vis: VisConfig = field(default_factory=VisConfig)
     """How each image is optimised: steps, learning rate, size, parameterisation, transforms."""
+    force: bool = False
+    """Recompute even if the results' index shows the same inputs were already done."""
     resources: Resources = field(default_factory=Resources)
     """``num_cpus_per_task``/``num_gpus_per_task`` per block, ``max_in_flight``, ``max_retries``."""
 
@@ -255,6 +258,14 @@ def dataset_max(units: UnitSet, *, store_uri: str, analysis_uri: str, use_gpu: b
     return best, "store"
 
 
+def _settings(job: VisualizeJob, sets: list[UnitSet]) -> dict[str, Any]:
+    """The settings the images depend on: every field but resources and force, and the unit
+    sets the defaults resolved to."""
+    settings = {k: v for k, v in to_dict(job).items() if k not in ("resources", "force", "weights", "saes_uri", "units_per_block")}
+    settings["sets"] = sorted((s.hook, s.name, s.kind, s.size) for s in sets)
+    return settings
+
+
 def run(job: VisualizeJob, executor: Executor) -> Report:
     """Visualise the units; returns the report (``visualize.json`` is the report of a complete run)."""
     store, weights, sets = check(job)
@@ -269,6 +280,21 @@ def run(job: VisualizeJob, executor: Executor) -> Report:
                             f"(runs with SAEs: {runs}): only the neurons are visualised; set dictionaries = false "
                             "if that is what you want")
     _check_weights(weights, store, model_card)
+    from vsae.sae.checkpoint import WEIGHTS
+
+    maxima_index = StoreLayout.analysis_index(layout.analysis(job.run))
+    inputs = [weights, *sorted(str(Location.of(s.sae_uri) / WEIGHTS) for s in sets if s.sae_uri),
+              *([maxima_index.uri] if maxima_index.exists() else [])]
+    digest = inputs_digest(store.spec.digest, _settings(job, sets), inputs)
+    previous = finished_before(StoreLayout.visualisation_index(out), digest, job.force)
+    if previous is not None:
+        report.status = "skipped"
+        report.data = previous
+        report.lines = [f"already visualised {out.uri} (same store, weights, dictionaries and settings; "
+                        "force = true recomputes)", *summary_lines(previous)]
+        report.save(layout)
+        return report
+    StoreLayout.visualisation_index(out).remove()  # the index goes first and comes back last
     use_gpu = job.resources.num_gpus_per_task > 0
     seconds: dict[str, float] = {}
 
@@ -317,7 +343,7 @@ def run(job: VisualizeJob, executor: Executor) -> Report:
         "units": _summaries(rows),
         "dataset_max_source": {f"{h} {n}": src for (h, n), (_, src) in maxima.items()},
         "steps_per_second": unit_steps / block_seconds if block_seconds > 0 else None,
-        "seconds": seconds, "finished": now_utc().isoformat(timespec="seconds"),
+        "seconds": seconds, "finished": now_utc().isoformat(timespec="seconds"), "inputs_digest": digest,
     }
     report.lines += summary_lines(report.data)
     if report.ok:  # visualize.json last: its presence means every image and the table are there
