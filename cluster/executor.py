@@ -16,6 +16,8 @@ other units go on. Ray starts on the first unit, after the job's checks.
 
 from __future__ import annotations
 
+import hashlib
+
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from typing import Any, TypeVar
@@ -138,24 +140,19 @@ class RayExecutor:
         trials vsae planned (grid or seeded random search), each a function trainable reporting
         one result per metric row, at most ``max_in_flight`` at once with ``num_cpus_per_task``
         CPUs each. An experiment that exists is restored (``Tuner.restore``): its finished trials
-        are kept, unfinished and errored ones resumed."""
+        are kept, unfinished and errored ones resumed; trials planned since it began (a value
+        added to a sweep) run as a second experiment ``{name}-added-{digest of their ids}``."""
         from ray import tune
 
         init_ray(self.resources)
         fn = tune.with_resources(partial(_tune_trial, trainable), {"cpu": self.resources.num_cpus_per_task})
+        results, finished = self._tune(tune, fn, trials, experiment_uri, name)
+        missing = [t for t in trials if t.trial_id not in results]
+        if missing:  # trials added since the experiment began: one more experiment, named by them
+            digest = hashlib.sha256("\n".join(sorted(t.trial_id for t in missing)).encode()).hexdigest()[:10]
+            more, more_finished = self._tune(tune, fn, missing, experiment_uri, f"{name}-added-{digest}")
+            results, finished = {**results, **more}, finished | more_finished
         path = f"{experiment_uri.rstrip('/')}/{name}"
-        if tune.Tuner.can_restore(path):
-            tuner = tune.Tuner.restore(path, fn, resume_errored=True)
-            finished = {r.config["trial"]["trial_id"] for r in tuner.get_results()
-                        if r.error is None and r.metrics and r.metrics.get("done")}
-        else:
-            space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "params": t.params} for t in trials])}
-            tuner = tune.Tuner(fn, param_space=space,
-                               tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_in_flight,
-                                                               reuse_actors=True),
-                               run_config=tune.RunConfig(name=name, storage_path=experiment_uri, verbose=0))
-            finished = set()
-        results = {r.config["trial"]["trial_id"]: r for r in tuner.fit()}
         for trial in trials:
             r = results.get(trial.trial_id)
             if r is None:
@@ -166,6 +163,23 @@ class RayExecutor:
                 df = r.metrics_dataframe
                 keep = [c for c in df.columns if c not in _TUNE_KEYS and not c.startswith("config/")]
                 yield Outcome(trial, TrialResult(df[keep].to_dict("records"), resumed=trial.trial_id in finished))
+
+    def _tune(self, tune, fn, trials: Sequence[Trial], experiment_uri: str, name: str) -> tuple[dict, set[str]]:
+        """Run (or restore and finish) the Tune experiment ``{experiment_uri}/{name}`` of
+        ``trials``; returns its results by trial id and the ids that had finished before."""
+        path = f"{experiment_uri.rstrip('/')}/{name}"
+        if tune.Tuner.can_restore(path):
+            tuner = tune.Tuner.restore(path, fn, resume_errored=True)
+            finished = {r.config["trial"]["trial_id"] for r in tuner.get_results()
+                        if r.error is None and r.metrics and r.metrics.get("done")}
+        else:
+            space = {"trial": tune.grid_search([{"trial_id": t.trial_id, "params": t.params} for t in trials])}
+            tuner = tune.Tuner(fn, param_space=space,
+                               tune_config=tune.TuneConfig(max_concurrent_trials=self.resources.max_in_flight,
+                                                           reuse_actors=True),
+                               run_config=tune.RunConfig(name=name, storage_path=experiment_uri, verbose=0))
+            finished = set()
+        return {r.config["trial"]["trial_id"]: r for r in tuner.fit()}, finished
 
 
 def _tune_trial(trainable: Callable[[dict], Iterable[dict]], config: dict) -> None:

@@ -228,6 +228,10 @@ def test_the_ray_tune_sweep_runs_trials_and_restores_without_rerunning(tmp_path,
     arrays.fs.invalidate_cache()
     assert {a.uri: a.fs.info(a.path)["LastModified"] for a in arrays.children()} == written
     assert (Location.of(uri) / "s" / "trials").children(), "Tune's experiment state is on S3 too"
+    # A value added to the sweep: the finished trials are kept, only the new one runs.
+    wider = run(sweep_job(uri, k=[], init_bias=[0.0, -0.2, 0.2]), ray_executor)
+    assert wider.ok and wider.data["trials_resumed"] == 2 and wider.data["trials_run"] == 1, wider.summary()
+    assert len(wider.data["final"]) == 3
 
 
 def test_the_executor_sweep_reads_back_finished_trials(tmp_path):
