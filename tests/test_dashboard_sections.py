@@ -123,13 +123,16 @@ def test_concept_graph_pages_and_panels_link_parents_and_children_both_ways(tmp_
     assert values(page, "layer") == [row[k] for k in ("n_concepts", "n_fitted", "auc_mean", "auc_std", "auc_median",
                                                       "f1_mean", "f1_std", "f1_median", "parents_mean",
                                                       "parents_max")]
-    assert "per-node AUCs instead of ROC curves" in page
+    assert "held-out ROC curves of the" in page and "without ROC curves" not in page
     assert (tmp_path / "site/graph/pair-0.png").read_bytes()[:4] == b"\x89PNG"
     child_hook, parent_hook = hooks[1], hooks[0]
     concept = next(c for c in range(24) if client.parents(child_hook, c, "g").num_rows)
     html = section.feature_panel(client, settings, child_hook, "truth", concept, "../../../")
     node = client.concept(child_hook, concept, "g")
     assert values(html, "concept") == [node["auc"], node["f1"], node["n_parents"]]
+    svg = html[html.index('<svg id="roc"'):]
+    curve = client.concept_roc(child_hook, concept, "g")
+    assert [float(v) for v in re.search(r'data-tpr="([^"]*)"', svg).group(1).split()] == curve["tpr"].to_pylist()
     parents = client.parents(child_hook, concept, "g")
     for p in parents["parent"].to_pylist():
         assert f'href="../../../{parent_hook.replace("/", ".")}/truth/f/{p}.html"' in html
