@@ -272,3 +272,45 @@ def test_graph_pages_from_the_cli_load_in_chromium_and_show_the_clients_numbers(
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_s3_stores_give_the_same_sections(sections_site, graph_site, s3_endpoint, ray_executor, tmp_path):
+    """Both stores with section results (visualisations, tuning curves and a toy sweep; a concept
+    graph with its ROC curves) and the toy sweep copied to the loopback S3 endpoint: their sites,
+    written into the stores' own dashboards folders (by Ray tasks for the first), are byte for byte
+    the sites of the same stores on local disk (the first without its neurons' pages, whose crops
+    would make thousands of S3 writes)."""
+    import uuid
+
+    from tests.conftest import BUCKET
+    from vsae.store import io
+
+    fs, _ = io.filesystem(f"s3://{BUCKET}/x")
+    prefix = f"{BUCKET}/{uuid.uuid4().hex[:8]}"
+
+    def same(local_site, remote_site: str) -> list[str]:
+        local = {str(p.relative_to(local_site)): p.read_bytes() for p in local_site.rglob("*") if p.is_file()}
+        remote = {k[len(remote_site) + 1:]: fs.cat_file(k) for k in fs.find(remote_site)}
+        assert sorted(remote) == sorted(local)
+        assert [k for k in local if local[k] != remote[k]] == []
+        return sorted(local)
+
+    store, site, _ = sections_site
+    out = tmp_path / "site"
+    assert dashboard.run(make_job(store, out_uri=str(out), neurons=False, toy_uri=str(site.parent / "toy/s")), LOCAL).ok
+    fs.put(store, f"{prefix}/store.zarr", recursive=True)
+    fs.put(str(site.parent / "toy/s"), f"{prefix}/toy/s", recursive=True)
+    report = dashboard.run(make_job(f"s3://{prefix}/store.zarr", neurons=False, toy_uri=f"s3://{prefix}/toy/s"),
+                           ray_executor)
+    assert report.ok, report.summary()
+    assert report.data["sections"] == ["Feature visualisations", "Tuning curves", "Toy-model sweeps"]
+    files = same(out, f"{prefix}/store.zarr/dashboards/{RUN}")
+    assert {"visualize/index.html", "tuning/index.html", "toy/index.html"} <= set(files)
+
+    store, out = graph_site
+    fs.put(store, f"{prefix}/layered.zarr", recursive=True)
+    report = dashboard.run(dashboard.DashboardJob(store_uri=f"s3://{prefix}/layered.zarr", run=GRAPH_RUN, crop_px=32,
+                                                  features_per_block=32), LOCAL)
+    assert report.ok and report.data["sections"] == ["Concept graph"], report.summary()
+    files = same(out, f"{prefix}/layered.zarr/dashboards/{GRAPH_RUN}")
+    assert {"graph/index.html", "graph/pair-0.html", "graph/pair-0.png"} <= set(files)

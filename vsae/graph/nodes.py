@@ -172,8 +172,9 @@ def node_roc(y_n: np.ndarray, p_n: np.ndarray, fpr_g: np.ndarray = ROC_FPR) -> n
     fpr, tpr, _ = roc_curve(y_n, p_n, drop_intermediate=False)
     # a rate within rounding of a grid point is that point (k / n_negatives against linspace), so
     # the top of a vertical step is not missed by one ulp
-    fpr = np.where(np.abs(fpr[:, None] - fpr_g[None, :]).min(1) <= 1e-9,
-                   fpr_g[np.abs(fpr[:, None] - fpr_g[None, :]).argmin(1)], fpr)
+    near = np.clip(np.searchsorted(fpr_g, fpr), 1, len(fpr_g) - 1)
+    near = np.where(np.abs(fpr_g[near - 1] - fpr) < np.abs(fpr_g[near] - fpr), near - 1, near)
+    fpr = np.where(np.abs(fpr_g[near] - fpr) <= 1e-9, fpr_g[near], fpr)
     last = np.searchsorted(fpr, fpr_g, side="right") - 1  # the last point at or left of each rate
     nxt = np.minimum(last + 1, len(fpr) - 1)
     span = fpr[nxt] - fpr[last]
