@@ -11,11 +11,13 @@ run, or, for ground-truth tests, a synthetic store's true directions), the job
 3. fits every concept of every layer l+1 from the concepts of layer l: T rebalanced L1 logistic
    fits, the inputs used in more than ``usage_threshold`` of them as parents, a final fit
    (:mod:`vsae.graph.nodes`; one unit of work per layer pair and block of concepts);
-4. scores each node on the held-out images (AUC, F1 at tau = 0.5) and summarises each layer pair;
+4. scores each node on the held-out images (AUC, F1 at tau = 0.5, the ROC curve at fixed
+   false-positive rates) and summarises each layer pair;
 5. with binary inputs, runs the graph from the first layer's true concepts to the last
    (:mod:`vsae.graph.infer`) and scores each layer against the true concepts;
 6. writes the tables under ``{store}/graph/{run}/`` and ``graph.json`` last (its presence means
-   complete; a rerun with the same inputs does nothing unless ``force``).
+   complete; a rerun with the same inputs does nothing unless ``force``, or unless the graph was
+   written before ROC curves were stored).
 
 Report data: ``out_uri``, ``inputs_digest``, ``n_train``, ``n_held``, ``layers`` (per pair: the
 summary row), ``skipped`` (concepts by reason), ``inference`` (per layer), ``seconds``.
