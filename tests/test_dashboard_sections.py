@@ -239,6 +239,10 @@ def test_graph_pages_from_the_cli_load_in_chromium_and_show_the_clients_numbers(
         assert tpr == client.concept_roc(hook, concept, GRAPH_RUN)["tpr"].to_pylist()
     pair = (out / "graph/pair-0.html").read_text()
     assert values(pair, "layer")[:3] == [layer["n_concepts"], layer["n_fitted"], layer["auc_mean"]]
+    rows = np.asarray(values(pair, "nodes")).reshape(-1, 3)  # parents, AUC, F1 of every node, by concept
+    for concept in with_parents[:3]:
+        node = client.concept(hook, concept, GRAPH_RUN)
+        assert rows[concept].tolist() == [node["n_parents"], node["auc"], node["f1"]]
     proc = subprocess.Popen([sys.executable, "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
                              "--directory", str(out)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
