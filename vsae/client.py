@@ -407,6 +407,50 @@ class Client:
                              f"concepts {index['n_concepts']}; the first layer's concepts are inputs only)")
         return rows[0]
 
+    def concept_roc(self, hook: str, concept: int, run: str = "default") -> pa.Table:
+        """One concept's held-out ROC curve in graph ``run``: columns ``fpr`` (the fixed false-positive
+        rates :data:`vsae.graph.nodes.ROC_FPR`, 0 to 1) and ``tpr`` (the true-positive rate there,
+        scikit-learn's ``roc_curve`` read by vertical averaging, Fawcett 2006 section 8), float64.
+        No rows where the node has no AUC (not fitted, or one class among the held-out images).
+
+        Raises:
+            UnknownRun: no complete graph ``run``, or one written without ROC curves;
+            IndexError: no such concept at that layer (the first layer's concepts have no node).
+        """
+        store, name = self._hook(hook)
+        self.concept(hook, concept, run)  # names an unknown concept
+        roc = self._graph_roc(store, run)
+        rows = roc.filter(pc.and_(pc.equal(roc["hook"], name), pc.equal(roc["concept"], concept))).to_pylist()
+        fpr, tpr = (rows[0]["fpr"], rows[0]["tpr"]) if rows else ([], [])
+        return pa.table({"fpr": pa.array(fpr, pa.float64()), "tpr": pa.array(tpr, pa.float64())})
+
+    def roc_curves(self, hook: str, run: str = "default") -> pa.Table:
+        """The held-out ROC curves of every node of the layer pair ending at ``hook`` in graph
+        ``run``: one row per node with an AUC (``concept``, ``auc``, ``fpr`` and ``tpr`` lists as in
+        :meth:`concept_roc`), by concept. :func:`vsae.graph.results.roc_band` summarises them.
+
+        Raises:
+            UnknownRun: no complete graph ``run``, or one written without ROC curves;
+            UnknownHook: ``hook`` is not a layer of the graph, or its first (no pair ends there).
+        """
+        store, name = self._hook(hook)
+        index = self._graph_index(store, run)
+        if name not in index["hooks"][1:]:
+            raise UnknownHook(f"no layer pair of graph {run!r} ends at {name!r}; they end at {index['hooks'][1:]}")
+        roc = self._graph_roc(store, run)
+        return roc.filter(pc.equal(roc["hook"], name)).select(["concept", "auc", "fpr", "tpr"]).sort_by("concept")
+
+    def _graph_roc(self, store: ActivationStore, run: str) -> pa.Table:
+        self._graph_index(store, run)
+        key = f"{store.uri}#graph#{run}#roc"
+        if key not in self._tables:
+            try:
+                self._tables[key] = results.read_table(store.layout.graph_roc(store.layout.graph(run)))
+            except FileNotFoundError:
+                raise UnknownRun(f"concept graph {run!r} in {store.uri} was written without ROC curves; "
+                                 f"vsae graph --run {run} --force true writes them") from None
+        return self._tables[key]
+
     def export_graph(self, run: str = "default", *, format: str = "graphml", model: str | None = None) -> bytes:
         """Graph ``run`` as GraphML bytes (for Gephi, Cytoscape, ``networkx.read_graphml``) or
         node-link JSON (``format="json"``): every concept of every layer, id ``"{hook}:{concept}"``,

@@ -7,8 +7,8 @@ absent. Images are copied once into the section's folder by the driver; feature 
 them. The feature panels read their job's tables once per process (cached per store and run).
 
 Sources: feature visualisation (Olah et al. 2017) and curve tuning (Cammarata et al. 2020) as
-read by seed 001; the concept graph of seed 004 (held-out AUC and F1 per node, parents per
-node); toy models of superposition (Elhage et al. 2022) for the sweeps.
+read by seed 001; the concept graph of seed 004 (held-out AUC, ROC curve and F1 per node,
+parents per node; ROC curves averaged vertically as in Fawcett 2006, section 8); toy models of superposition (Elhage et al. 2022) for the sweeps.
 """
 
 from __future__ import annotations
@@ -182,7 +182,8 @@ def graph_unit(dictionary: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _graph(store_uri: str, run: str):
-    """``(graph.json, nodes, edges, layers)`` of a complete graph, or None."""
+    """``(graph.json, nodes, edges by (role, hook, concept), layers, ROC curves by (hook, concept)
+    or None)`` of a complete graph, or None."""
     from vsae.analysis import results
 
     where = StoreLayout(store_uri).graph(run)
@@ -190,11 +191,14 @@ def _graph(store_uri: str, run: str):
     if index is None:
         return None
     nodes, edges, layers = (results.read_table(StoreLayout.graph_table(where, t)) for t in ("nodes", "edges", "layers"))
+    roc = None  # a graph written before the ROC curves were stored shows its AUCs only
+    if StoreLayout.graph_roc(where).exists():
+        roc = {(r["hook"], r["concept"]): r for r in results.read_table(StoreLayout.graph_roc(where)).to_pylist()}
     by: dict[tuple[str, str, int], list[dict[str, Any]]] = {}  # (role, hook, concept) -> edges, read once
     for e in edges.to_pylist():
         by.setdefault(("parents", e["hook"], e["concept"]), []).append(e)
         by.setdefault(("children", e["parent_hook"], e["parent"]), []).append(e)
-    return index, nodes, by, layers
+    return index, nodes, by, layers, roc
 
 
 def _graph_present(layout: StoreLayout, run: str) -> bool:
@@ -207,9 +211,10 @@ def _concept_link(settings, root: str, units: dict[str, str], hook: str, concept
 
 
 def _graph_write(client, settings, folder: Location) -> str:
-    """Per layer pair a page: the summary (AUC, F1 mean/std/median), the per-node held-out AUC
-    distribution, the parents histogram, every node linked to its feature page."""
-    index, nodes, _, layers = _graph(settings.store_uri, settings.graph_run or settings.run)
+    """Per layer pair a page: the summary (AUC, F1 mean/std/median), the held-out ROC curves
+    (mean and median over nodes, 10-90% band, chance), the per-node AUC distribution, the parents
+    histogram, every node linked to its feature page."""
+    index, nodes, _, layers, roc = _graph(settings.store_uri, settings.graph_run or settings.run)
     units = {h: graph_unit(d) for h, d in index["dictionaries"].items()}
     summary_cols = [("layer pair", "name"), ("concepts", "n_concepts"), ("fitted", "n_fitted"),
                     ("AUC mean", "auc_mean"), ("AUC std", "auc_std"), ("AUC median", "auc_median"),
@@ -223,23 +228,33 @@ def _graph_write(client, settings, folder: Location) -> str:
         rows.append({**layer, "name": name, "href": f"pair-{pair}.html"})
         sel = nodes.filter(pa.array(pair_col == pair)).to_pylist()
         auc = np.asarray([n["auc"] for n in sel if n["auc"] is not None], np.float64)
-        fig = pages_figure()
-        ax = fig.add_subplot(1, 2, 1)
+        curves = [r["tpr"] for r in (roc or {}).values() if r["pair"] == pair]
+        fig = pages_figure(3 if roc is not None else 2)
+        panel = 1
+        if roc is not None:
+            _roc_axes(fig.add_subplot(1, 3, 1), curves, len(auc))
+            panel = 2
+        ax = fig.add_subplot(1, 2 + (roc is not None), panel)
         ax.hist(auc, bins=20, range=(0.0, 1.0), color="#1f77b4")
         ax.set(xlabel="held-out AUC", ylabel="concepts", title="AUC per node")
-        ax = fig.add_subplot(1, 2, 2)
+        ax = fig.add_subplot(1, 2 + (roc is not None), panel + 1)
         hist = layer["parents_hist"] or []
         ax.bar(range(len(hist)), hist, color="#ff7f0e")
         ax.set(xlabel="parents", ylabel="concepts", title="parents per node")
         (folder / f"pair-{pair}.png").write_bytes(_png(fig))
+        width = 1200 if roc is not None else 800
         node_rows = [{"concept": n["concept"], "status": n["status"], "parents": n["n_parents"], "auc": n["auc"],
                       "f1": n["f1"], "href": _concept_link(settings, "../", units, n["hook"], n["concept"])}
                      for n in sel]
         body = (f"<h1>Concept graph: {escape(name)}</h1>"
                 + pages.link_table([rows[-1]], summary_cols, "layer")
-                + '<p class="note">The graph stores each node\'s held-out AUC, not its held-out predictions, so '
-                  "this page shows the distribution of per-node AUCs instead of ROC curves.</p>"
-                + f'<img src="pair-{pair}.png" alt="AUC and parents histograms" width="800" height="300">'
+                + (f'<p class="note">held-out ROC curves of the {len(curves)} nodes with an AUC: mean and median '
+                   "true-positive rate at each false-positive rate, the 10-90% band over nodes (vertical averaging, "
+                   "Fawcett 2006), the chance diagonal; then the per-node AUCs and parents</p>" if roc is not None
+                   else '<p class="note">This graph was written without ROC curves (vsae graph --force true stores '
+                        "them): the distribution of per-node AUCs is shown instead.</p>")
+                + f'<img src="pair-{pair}.png" alt="ROC curves, AUC and parents histograms" width="{width}" '
+                  'height="300">'
                 + "<h2>Nodes</h2>" + pages.link_table(node_rows, [("concept", "concept"), ("status", "status"),
                                                                  ("parents", "parents"), ("AUC", "auc"), ("F1", "f1")],
                                                       "nodes"))
@@ -250,17 +265,50 @@ def _graph_write(client, settings, folder: Location) -> str:
     return "index.html"
 
 
-def pages_figure():
+def pages_figure(panels: int = 2):
     from vsae import plots
 
-    return plots.new_figure(8.0, 3.0)
+    return plots.new_figure(4.0 * panels, 3.0)
+
+
+def _roc_axes(ax, curves: list[list[float]], n_auc: int) -> None:
+    """A layer pair's ROC curves on ``ax``: mean and median TPR, the 10-90% band, chance."""
+    from vsae.graph.nodes import ROC_FPR
+    from vsae.graph.results import roc_band
+
+    ax.plot([0, 1], [0, 1], color="#999999", linestyle="--", linewidth=1, label="chance")
+    if curves:
+        band = roc_band(np.asarray(curves))
+        ax.fill_between(ROC_FPR, band["p10"], band["p90"], color="#1f77b4", alpha=0.25, label="10-90% of nodes")
+        ax.plot(ROC_FPR, band["mean"], color="#1f77b4", label="mean")
+        ax.plot(ROC_FPR, band["median"], color="#d62728", linestyle=":", label="median")
+    ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false-positive rate", ylabel="true-positive rate",
+           title=f"held-out ROC ({len(curves)} nodes)")
+    ax.legend(loc="lower right", fontsize=7)
+
+
+def _roc_svg(fpr: list[float], tpr: list[float], size: int = 200) -> str:
+    """A concept's ROC curve as an inline SVG (no image to fetch): the curve, the chance diagonal,
+    axes from 0 to 1; the points are ``data-fpr``/``data-tpr`` as written."""
+    pad = 24
+    x = [pad + size * f for f in fpr]
+    y = [pad + size * (1 - t) for t in tpr]
+    pts = " ".join(f"{a:.2f},{b:.2f}" for a, b in zip(x, y))
+    end = pad + size
+    return (f'<svg id="roc" width="{end + 8}" height="{end + 20}" role="img" aria-label="held-out ROC curve" '
+            f'data-fpr="{" ".join(repr(float(f)) for f in fpr)}" data-tpr="{" ".join(repr(float(t)) for t in tpr)}">'
+            f'<rect x="{pad}" y="{pad}" width="{size}" height="{size}" fill="none" stroke="#999"/>'
+            f'<line x1="{pad}" y1="{end}" x2="{end}" y2="{pad}" stroke="#bbb" stroke-dasharray="4 3"/>'
+            f'<polyline points="{pts}" fill="none" stroke="#1f77b4" stroke-width="2"/>'
+            f'<text x="{pad}" y="{end + 16}" font-size="11">false-positive rate 0 to 1</text>'
+            f'<text x="2" y="{pad - 8}" font-size="11">true-positive rate</text></svg>')
 
 
 def _graph_panel(client, settings, hook: str, unit: str, f: int, root: str) -> str | None:
     found = _graph(settings.store_uri, settings.graph_run or settings.run)
     if found is None:
         return None
-    index, nodes, edges, _ = found
+    index, nodes, edges, _, roc = found
     units = {h: graph_unit(d) for h, d in index["dictionaries"].items()}
     if units.get(hook) != unit:
         return None
@@ -274,6 +322,10 @@ def _graph_panel(client, settings, hook: str, unit: str, f: int, root: str) -> s
                      + "".join(f"<tr><th>{k}</th>{pages.cell(n[v])}</tr>"
                                for k, v in (("held-out AUC", "auc"), ("F1", "f1"), ("parents", "n_parents")))
                      + "</table>")
+        curve = (roc or {}).get((hook, f))
+        if curve is not None:
+            parts.append('<h3>Held-out ROC</h3>' + _roc_svg(curve["fpr"], curve["tpr"])
+                         + f'<p class="note">AUC {curve["auc"]:.4f}; chance dashed</p>')
     for title, other_hook, other, table_id in (("Parents", "parent_hook", "parent", "parents"),
                                                ("Children", "hook", "concept", "children")):
         mine = sorted(edges.get((table_id, hook, f), []), key=lambda r: (-r["usage"], -r["weight"]))

@@ -78,11 +78,11 @@ def class_bars(rows: list[dict[str, Any]]) -> str:
 
 def example_figures(items: list[dict[str, Any]], size: int) -> str:
     """Crops with their values: ``items`` of ``src`` (or None: image unreadable), ``activation``,
-    ``image_id``, ``label``."""
+    ``image_id``, ``label`` and optionally ``why`` (the placeholder's title; default ``unreadable``)."""
     figs = []
     for it in items:
         img = (f'<img src="{escape(it["src"])}" width="{size}" height="{size}" alt="image {it["image_id"]}">'
-               if it["src"] else f'<div style="width:{size}px;height:{size}px;background:#ddd" title="unreadable"></div>')
+               if it["src"] else f'<div style="width:{size}px;height:{size}px;background:#ddd" title="{escape(it.get("why", "unreadable"))}"></div>')
         figs.append(f'<figure data-image="{it["image_id"]}">{img}<figcaption data-value="{it["activation"]!r}">'
                     f'{num(it["activation"])} {escape(it["label"] or "")}</figcaption></figure>')
     return f'<div class="examples">{"".join(figs)}</div>' if figs else '<p class="note">none</p>'

@@ -233,10 +233,12 @@ def write_block(block: Block, settings: Settings) -> dict[str, int]:
     examples = {f: (client.top_examples(f, hook, sae), client.interval_examples(f, hook, sae))
                 for f in range(block.start, block.stop)}
     ids = sorted({int(i) for top, iv in examples.values() for t in (top, iv) for i in t["image_id"].to_numpy()})
-    model_id = client._hook(hook)[0].spec.model_id
+    store = client._hook(hook)[0]
+    model_id = store.spec.model_id
+    listed = store.layout.listing.exists()  # a synthetic store has activations but no images to crop
     images: dict[int, np.ndarray | None] = {}
     rows = None
-    if ids:
+    if ids and listed:
         pixels, valid = client.images(ids, model_id, settings.source_uri)
         images = {i: (p if ok else None) for i, p, ok in zip(ids, pixels, valid)}
         rows = plots.unit_rows(client, ids, hook, sae)
@@ -253,7 +255,7 @@ def write_block(block: Block, settings: Settings) -> dict[str, int]:
         both = both.take(pa.array(np.sort(first)))
         written: dict[int, str | None] = {}
         crops = plots.example_crops(client, both, hook, sae, f, settings.crop_px, settings.source_uri,
-                                    images=images, rows=rows, vmax=row["max"])
+                                    images=images, rows=rows, vmax=row["max"]) if listed else []
         for image_id, crop in zip(both["image_id"].to_pylist(), crops):
             if crop is None:
                 written[image_id] = None
@@ -263,20 +265,28 @@ def write_block(block: Block, settings: Settings) -> dict[str, int]:
             (folder / name).write_bytes(plots.image_jpeg(crop))
             written[image_id] = name
             tally["images"] += 1
-        html = feature_page(client, settings, hook, unit, row, top, interval, written, names, n_images)
+        html = feature_page(client, settings, hook, unit, row, top, interval, written, names, n_images,
+                            "unreadable" if listed else NO_LISTING)
         (folder / f"{f}.html").write_bytes(html.encode())
         tally["pages"] += 1
     return tally
 
 
-def _examples(table, written: dict[int, str | None], names: dict[str, str]) -> list[dict[str, Any]]:
+NO_LISTING = "no image: the store has no dataset listing"
+"""Why an example has no crop on a store of activations only (a synthetic or toy store)."""
+
+
+def _examples(table, written: dict[int, str | None], names: dict[str, str],
+              why: str = "unreadable") -> list[dict[str, Any]]:
     return [{"src": written.get(r["image_id"]), "activation": r["activation"], "image_id": r["image_id"],
-             "label": names.get(r["wnid"], r["wnid"]) if r["wnid"] else r["caption"]} for r in table.to_pylist()]
+             "label": names.get(r["wnid"], r["wnid"]) if r["wnid"] else r["caption"], "why": why}
+            for r in table.to_pylist()]
 
 
 def feature_page(client, settings: Settings, hook: str, unit: str, row: dict[str, Any], top, interval,
-                 written: dict[int, str | None], names: dict[str, str], n_images: int) -> str:
-    """One feature's (or neuron's) page."""
+                 written: dict[int, str | None], names: dict[str, str], n_images: int,
+                 why: str = "unreadable") -> str:
+    """One feature's (or neuron's) page; ``why`` an example has no crop (:data:`NO_LISTING`)."""
     f, sae, root = row["feature"], settings.sae(unit), "../../../"
     is_neuron = unit == results.NEURONS
     kind = "neuron" if is_neuron else "feature"
@@ -295,14 +305,16 @@ def feature_page(client, settings: Settings, hook: str, unit: str, row: dict[str
             pages.class_bars(client.class_means(f, hook, sae).slice(0, settings.n_classes).to_pylist()),
             "</div></div>",
             f'<h2>Top examples</h2><p class="note">crops of the receptive field ({_field_note(client, hook)}) '
-            "around the position where the unit is largest; heat map: its value at the stored positions</p>",
-            pages.example_figures(_examples(top, written, names), settings.crop_px),
+            "around the position where the unit is largest; heat map: its value at the stored positions</p>"
+            if why != NO_LISTING else '<h2>Top examples</h2><p class="note">activations only: the store has no '
+            "dataset listing, so there are no images to crop</p>",
+            pages.example_figures(_examples(top, written, names, why), settings.crop_px),
             "<h2>Examples across activation intervals</h2>"]
     intervals = interval["interval"].to_numpy()
     for i in range(len(counts) - 1, -1, -1):
         part = interval.filter(pa.array(intervals == i))
         body.append(f'<h3>interval {i + 1} of {len(counts)}: {counts[i]} images</h3>')
-        body.append(pages.example_figures(_examples(part, written, names), settings.crop_px))
+        body.append(pages.example_figures(_examples(part, written, names, why), settings.crop_px))
     body.append(_decoder(client, settings, hook, unit, f, is_neuron))
     for section in load_sections().values():
         if section.feature_panel is not None:

@@ -14,7 +14,10 @@ A concept that is never on, or always on, among the training images has nothing 
 is skipped with that reason (no fit, no NaN). Held-out metrics use scikit-learn:
 ``roc_auc_score`` of the final fit's probability, and ``f1_score`` at ``tau = 0.5``
 (``p > 0.5``, scikit-learn's ``predict``); a concept with one class among held-out images has no
-AUC (null in the tables, counted in the report).
+AUC (null in the tables, counted in the report). Its held-out ROC curve is kept in a compact form:
+the true-positive rate at the fixed false-positive rates :data:`ROC_FPR` (Fawcett 2006, "An
+introduction to ROC analysis", section 8, vertical averaging), read off scikit-learn's
+``roc_curve``; a concept with no AUC has no curve.
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ import numpy as np
 
 FITTED, NEVER_ON, ALWAYS_ON = "fitted", "never on in train", "always on in train"
 TAU = 0.5
+ROC_FPR = np.linspace(0.0, 1.0, 51)
+"""The false-positive rates at which every node's ROC curve is stored (51 points, step 0.02):
+the trapezoid area over this grid is within ``0.02 / 2`` of the node's AUC (the curve is
+monotone)."""
 
 
 @dataclass(frozen=True)
@@ -147,5 +154,33 @@ def node_metrics(y_n: np.ndarray, p_n: np.ndarray) -> tuple[float | None, float 
     return auc, f1
 
 
-__all__ = ["ALWAYS_ON", "FITTED", "NEVER_ON", "TAU", "EnsembleSettings", "fit_block", "node_metrics",
+def node_roc(y_n: np.ndarray, p_n: np.ndarray, fpr_g: np.ndarray = ROC_FPR) -> np.ndarray | None:
+    """The held-out ROC curve of predictions ``p_n`` for targets ``y_n``, as ``[g]`` float64
+    true-positive rates at the false-positive rates ``fpr_g`` (ascending, in [0, 1]).
+
+    The ROC points are scikit-learn's ``roc_curve`` (every threshold kept); between two of them
+    the curve is the straight segment (the one ``roc_auc_score`` integrates), and where several
+    points share a false-positive rate the highest true-positive rate counts (Fawcett 2006,
+    section 8, ``TPR_FOR_FPR`` of vertical averaging). None where ``y_n`` holds one class (no
+    curve, as no AUC), never NaN.
+    """
+    from sklearn.metrics import roc_curve
+
+    y_n = np.asarray(y_n, bool)
+    if not 0 < y_n.sum() < len(y_n):
+        return None
+    fpr, tpr, _ = roc_curve(y_n, p_n, drop_intermediate=False)
+    # a rate within rounding of a grid point is that point (k / n_negatives against linspace), so
+    # the top of a vertical step is not missed by one ulp
+    near = np.clip(np.searchsorted(fpr_g, fpr), 1, len(fpr_g) - 1)
+    near = np.where(np.abs(fpr_g[near - 1] - fpr) < np.abs(fpr_g[near] - fpr), near - 1, near)
+    fpr = np.where(np.abs(fpr_g[near] - fpr) <= 1e-9, fpr_g[near], fpr)
+    last = np.searchsorted(fpr, fpr_g, side="right") - 1  # the last point at or left of each rate
+    nxt = np.minimum(last + 1, len(fpr) - 1)
+    span = fpr[nxt] - fpr[last]
+    t = np.where(span > 0, (fpr_g - fpr[last]) / np.where(span > 0, span, 1.0), 0.0)
+    return np.where(fpr[last] == fpr_g, tpr[last], tpr[last] + t * (tpr[nxt] - tpr[last]))
+
+
+__all__ = ["ALWAYS_ON", "FITTED", "NEVER_ON", "ROC_FPR", "TAU", "EnsembleSettings", "fit_block", "node_metrics", "node_roc",
            "probabilities", "rebalanced_counts", "resample_rng", "status_of"]

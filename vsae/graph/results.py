@@ -12,6 +12,8 @@ they are complete)::
                        AUC and F1, parents mean/median/max and histogram (counts of 0, 1, 2, ...)
     inference.parquet  per layer from the second: binarised inference scored against the true concepts
     split.parquet      image_id, held_out: the images the fits and the metrics used
+    roc.parquet        per node with a held-out AUC: its ROC curve, true-positive rates ``tpr`` at
+                       the fixed false-positive rates ``fpr`` (vsae.graph.nodes.ROC_FPR)
     codes/<hook>.parquet   the on codes of every image (vsae.graph.codes)
 
 No table holds NaN: an undefined figure is null, and the concepts behind it are counted by reason.
@@ -38,6 +40,8 @@ class Graph:
     layers: pa.Table
     skipped: dict[str, int]
     """Concepts not fitted, by reason; and ``no held-out AUC`` for fitted ones with one held-out class."""
+    roc: pa.Table | None = None
+    """Per node with a held-out AUC: its ROC curve (:func:`roc_table`)."""
 
 
 def _stats(values: list[float]) -> tuple[float | None, float | None, float | None]:
@@ -89,7 +93,36 @@ def assemble(blocks: list[dict[str, Any]], hooks: list[str], n_concepts: list[in
         "usage": pa.array(edge_cols["usage"], pa.float64()),
     })
     layers, skipped = summarise(nodes, hooks, n_concepts)
-    return Graph(nodes, edges, layers, skipped)
+    return Graph(nodes, edges, layers, skipped, roc_table(blocks, hooks))
+
+
+ROC_SCHEMA = pa.schema([("pair", pa.int32()), ("parent_hook", pa.string()), ("hook", pa.string()),
+                        ("concept", pa.int32()), ("auc", pa.float64()), ("fpr", pa.list_(pa.float64())),
+                        ("tpr", pa.list_(pa.float64()))])
+
+
+def roc_table(blocks: list[dict[str, Any]], hooks: list[str]) -> pa.Table:
+    """One row per node with a held-out ROC curve (blocks' ``roc``: ``[g]`` TPRs or None), in the
+    order of ``blocks`` (sorted by pair and concept); ``fpr`` is :data:`vsae.graph.nodes.ROC_FPR`."""
+    from vsae.graph.nodes import ROC_FPR
+
+    rows = [{"pair": b["pair"], "parent_hook": hooks[b["pair"]], "hook": hooks[b["pair"] + 1], "concept": int(c),
+             "auc": b["auc"][j], "fpr": ROC_FPR.tolist(), "tpr": np.asarray(tpr, np.float64).tolist()}
+            for b in blocks for j, (c, tpr) in enumerate(zip(b["concepts"], b.get("roc") or [None] * len(b["concepts"])))
+            if tpr is not None]
+    return pa.Table.from_pylist(rows, schema=ROC_SCHEMA)
+
+
+def roc_band(tpr_ng: np.ndarray) -> dict[str, np.ndarray]:
+    """The layer pair's curve from its nodes' curves ``[n, g]`` (vertical averaging, Fawcett 2006,
+    section 8): per false-positive rate the ``mean`` and ``median`` TPR and the 10th and 90th
+    percentiles (``p10``, ``p90``; numpy's linear percentiles), each ``[g]`` float64. Raises
+    ValueError for no curves."""
+    if not len(tpr_ng):
+        raise ValueError("no ROC curves to summarise (no node with a held-out AUC)")
+    tpr_ng = np.asarray(tpr_ng, np.float64)
+    return {"mean": tpr_ng.mean(0), "median": np.median(tpr_ng, 0), "p10": np.percentile(tpr_ng, 10, axis=0),
+            "p90": np.percentile(tpr_ng, 90, axis=0)}
 
 
 def summarise(nodes: pa.Table, hooks: list[str], n_concepts: list[int]) -> tuple[pa.Table, dict[str, int]]:
@@ -164,4 +197,4 @@ def summary_lines(job, data: dict[str, Any]) -> list[str]:
     return lines
 
 
-__all__ = ["Graph", "assemble", "split_table", "summarise", "summary_lines"]
+__all__ = ["ROC_SCHEMA", "Graph", "assemble", "roc_band", "roc_table", "split_table", "summarise", "summary_lines"]

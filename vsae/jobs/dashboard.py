@@ -178,6 +178,8 @@ def run(job: DashboardJob, executor: Executor) -> Report:
                      + (f", {tally['unreadable']} images unreadable" if tally["unreadable"] else ""),
                      *(f"{h:<14} {u:<26} {c['features']:>6} units, {c['dead']} dead, {c['dense']} dense"
                        for (h, u), c in counts.items()),
+                     *([] if layout.listing.exists() else
+                       [f"examples       values only, no crops: {store.uri} has no dataset listing (no images)"]),
                      f"sections       {', '.join(report.data['sections']) or 'none present'}",
                      "view           python -m http.server --directory <site folder>, or open index.html",
                      "took           " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items())]

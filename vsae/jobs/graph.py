@@ -11,11 +11,13 @@ run, or, for ground-truth tests, a synthetic store's true directions), the job
 3. fits every concept of every layer l+1 from the concepts of layer l: T rebalanced L1 logistic
    fits, the inputs used in more than ``usage_threshold`` of them as parents, a final fit
    (:mod:`vsae.graph.nodes`; one unit of work per layer pair and block of concepts);
-4. scores each node on the held-out images (AUC, F1 at tau = 0.5) and summarises each layer pair;
+4. scores each node on the held-out images (AUC, F1 at tau = 0.5, the ROC curve at fixed
+   false-positive rates) and summarises each layer pair;
 5. with binary inputs, runs the graph from the first layer's true concepts to the last
    (:mod:`vsae.graph.infer`) and scores each layer against the true concepts;
 6. writes the tables under ``{store}/graph/{run}/`` and ``graph.json`` last (its presence means
-   complete; a rerun with the same inputs does nothing unless ``force``).
+   complete; a rerun with the same inputs does nothing unless ``force``, or unless the graph was
+   written before ROC curves were stored).
 
 Report data: ``out_uri``, ``inputs_digest``, ``n_train``, ``n_held``, ``layers`` (per pair: the
 summary row), ``skipped`` (concepts by reason), ``inference`` (per layer), ``seconds``.
@@ -224,7 +226,7 @@ def fit_unit(item: tuple[int, int], *, out_uri: str, hooks: list[str], n_concept
     ``pair``; score them on the held-out images."""
     from vsae.analysis.results import read_table
     from vsae.graph.codes import dense_codes
-    from vsae.graph.nodes import EnsembleSettings, fit_block, node_metrics, probabilities
+    from vsae.graph.nodes import EnsembleSettings, fit_block, node_metrics, node_roc, probabilities
 
     pair, start = item
     out = Location.of(out_uri)
@@ -241,7 +243,9 @@ def fit_unit(item: tuple[int, int], *, out_uri: str, hooks: list[str], n_concept
     p_held = probabilities(x_held, fits["coef"], fits["intercept"])
     metrics = [node_metrics(y_held[:, j], p_held[:, j]) if fits["status"][j] == "fitted" else (None, None)
                for j in range(len(concepts))]
+    roc = [node_roc(y_held[:, j], p_held[:, j]) if metrics[j][0] is not None else None for j in range(len(concepts))]
     return {"pair": pair, "concepts": concepts, **fits, "auc": [m[0] for m in metrics], "f1": [m[1] for m in metrics],
+            "roc": roc,
             "train_on": y_train.sum(0), "n_train": len(train), "held_on": y_held.sum(0), "n_held": len(held)}
 
 
@@ -258,7 +262,7 @@ def run(job: GraphJob, executor: Executor) -> Report:
     digest = inputs_digest(job, store, dicts)
     report = Report("graph", to_dict(job), store_uri=store.uri)
     previous = layout.graph_index(out).read_json_or_none()
-    if previous and previous.get("inputs_digest") == digest and not job.force:
+    if previous and previous.get("inputs_digest") == digest and "roc" in previous.get("tables", ()) and not job.force:
         report.status = "skipped"
         report.lines = [f"already fitted {out.uri} (same store, dictionaries and settings; force = true recomputes)"]
         report.data = previous
@@ -311,13 +315,14 @@ def run(job: GraphJob, executor: Executor) -> Report:
     for name, table in (("nodes", graph.nodes), ("edges", graph.edges), ("layers", graph.layers), ("split", split),
                         *((("inference", inference),) if inference is not None else ())):
         tables.write_table(layout.graph_table(out, name), table)
+    tables.write_table(layout.graph_roc(out), graph.roc)
     report.data |= {
         "out_uri": out.uri, "inputs_digest": digest, "hooks": hooks, "dictionaries": dicts,
         "n_concepts": n_concepts, "n_train": len(train), "n_held": len(held), "n_invalid": len(invalid),
         "on_per_image": {h: coded[h]["on_per_image"] for h in hooks},
         "layers": graph.layers.to_pylist(), "skipped": graph.skipped,
         "inference": inference.to_pylist() if inference is not None else None,
-        "tables": ["nodes", "edges", "layers", "split"] + (["inference"] if inference is not None else []),
+        "tables": ["nodes", "edges", "layers", "split", "roc"] + (["inference"] if inference is not None else []),
         "seconds": time.perf_counter() - started,
     }
     report.lines += results.summary_lines(job, report.data)

@@ -174,6 +174,8 @@ LAYOUT_TABLE: tuple[tuple[str, str, str], ...] = (
     ("graph/{run}/codes/{hook}.parquet", "each image's non-zero dictionary codes at a hook (image_id, feature, value)",
      "graph"),
     ("graph/{run}/{table}.parquet", "the graph's tables: nodes, edges, layers (per layer pair), inference", "graph"),
+    ("graph/{run}/roc.parquet", "each node's held-out ROC curve: true-positive rates at fixed false-positive rates",
+     "graph"),
 )
 """(path under the store root, what it holds, which job writes it): ``{hook}`` is the hook name
 with ``/`` as ``.`` (:func:`hook_folder`); the activation arrays keep the hook's own ``/``."""
@@ -307,6 +309,11 @@ class StoreLayout:
     @staticmethod
     def graph_table(graph: Location, table: str) -> Location:
         return graph / f"{_segment(table, 'table')}.parquet"
+
+    @staticmethod
+    def graph_roc(graph: Location) -> Location:
+        """Every node's held-out ROC curve (:func:`vsae.graph.results.roc_table`)."""
+        return graph / "roc.parquet"
 
     def tuning(self, run: str) -> Location:
         return self.root / f"tuning/{_segment(run, 'run')}"
