@@ -20,19 +20,60 @@ def vsae(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([VSAE, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.parametrize("args", [["--help"], *[[name, "--help"] for name in JOBS], ["info", "--help"],
-                                  ["hooks", "--help"]], ids=lambda a: " ".join(a))
-def test_every_subcommand_has_help(args):
-    done = vsae(*args)
-    assert done.returncode == 0, done.stderr
-    assert "usage: vsae" in done.stdout
+SUBCOMMANDS = [["--help"], *[[name, "--help"] for name in JOBS], ["info", "--help"], ["hooks", "--help"]]
+
+# Asks every subcommand and pipeline script for its help in one Python process (each start costs
+# seconds of imports): ``vsae ARGS`` as ``cluster.cli.main(ARGS)``, a script as ``python SCRIPT``
+# runs it (``runpy`` as ``__main__``, its folder first on ``sys.path``).
+HELP_RUNNER = """
+import contextlib, io, json, runpy, sys
+from cluster.cli import main
+answers = {}
+for kind, args in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            if kind == "script":
+                sys.argv, sys.path[0] = [args, "--help"], args.rsplit("/", 1)[0]
+                runpy.run_path(args, run_name="__main__")
+                rc = 0
+            else:
+                rc = main(args)
+        except SystemExit as stop:
+            rc = stop.code or 0
+    answers[args if kind == "script" else " ".join(args)] = [rc, out.getvalue(), err.getvalue()]
+print(json.dumps(answers))
+"""
+
+
+@pytest.fixture(scope="module")
+def helps() -> dict[str, list]:
+    """``[exit code, stdout, stderr]`` of every help, by script path or ``vsae`` arguments."""
+    import json
+
+    asks = [["vsae", args] for args in SUBCOMMANDS] + [["script", str(p)] for p in PIPELINES]
+    done = subprocess.run([sys.executable, "-c", HELP_RUNNER, json.dumps(asks)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", SUBCOMMANDS, ids=lambda a: " ".join(a))
+def test_every_subcommand_has_help(args, helps):
+    rc, out, err = helps[" ".join(args)]
+    assert rc == 0, err
+    assert "usage: vsae" in out
+    if args == ["--help"]:  # and the installed command itself
+        done = vsae(*args)
+        assert done.returncode == 0, done.stderr
+        assert "usage: vsae" in done.stdout
 
 
 @pytest.mark.parametrize("script", PIPELINES, ids=lambda p: p.name)
-def test_every_pipeline_script_has_help(script):
-    done = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "--resources.executor" in done.stdout and "--config" in done.stdout
+def test_every_pipeline_script_has_help(script, helps):
+    rc, out, err = helps[str(script)]
+    assert rc == 0, err
+    assert "--resources.executor" in out and "--config" in out
 
 
 def test_a_mistyped_hook_fails_at_once_with_a_suggestion_and_no_traceback(tmp_path):

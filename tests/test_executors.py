@@ -1,5 +1,5 @@
-"""One job, two executors: the demo (extract -> train -> analyze) in this process without Ray
-gives the same store bytes, SAE weights and analysis tables as on a local Ray."""
+"""One job, two executors: the demo (extract -> train -> analyze) without Ray gives the same store
+bytes, SAE weights and analysis tables as the README's ``vsae demo`` on its embedded local Ray."""
 
 from __future__ import annotations
 
@@ -13,12 +13,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from vsae.executor import LocalExecutor, Outcome, Stage
-from vsae.jobs.demo import DemoJob
-from vsae.jobs.demo import run as run_demo
 from vsae.resources import Resources
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(per_class=7, epochs=1.0)
+
+
+def without_ray_address() -> dict[str, str]:
+    """This environment without ``RAY_*`` settings: a command starts its own embedded Ray."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 
 
 def files(root: Path) -> dict[str, Path]:
@@ -38,8 +43,13 @@ def scalars(event_file: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
-    local_root, ray_root = tmp_path / "local", tmp_path / "ray"
+def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path):
+    """Also the README's main command at a small size (``vsae demo --per_class 7 --epochs 1`` on
+    its embedded local Ray, in a fresh directory): what it prints and saves, as
+    ``test_readme_main_command_runs_extract_train_and_analyze`` checks at full size."""
+    from tests.test_job_submit import check_readme_demo_output, readme_main_command
+
+    local_root, ray_root = tmp_path / "local", tmp_path / "ray/runs/demo"
     # In its own process, so that Ray is provably never imported there.
     code = ("import sys; from cluster.cli import main; "
             f"rc = main(['demo', '--root', {str(local_root)!r}, '--per_class', '{SMALL['per_class']}', "
@@ -48,8 +58,13 @@ def test_the_demo_without_ray_equals_the_demo_on_ray(tmp_path, ray_executor):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "== analyze: OK ==" in done.stdout and "RANDOM weights" in done.stdout
-    on_ray = run_demo(DemoJob(root=str(ray_root), resources=Resources(max_in_flight=2), **SMALL), ray_executor)
-    assert on_ray.ok, on_ray.summary()
+    (step,) = readme_main_command()
+    size = [arg for key, value in SMALL.items() for arg in (f"--{key}", str(value))]
+    ray_root.mkdir(parents=True)
+    on_ray = subprocess.run([*step, *size], cwd=tmp_path / "ray", env=without_ray_address(), capture_output=True,
+                            text=True, timeout=900)
+    assert on_ray.returncode == 0, on_ray.stdout[-3000:] + on_ray.stderr[-3000:]
+    check_readme_demo_output(on_ray.stdout, tmp_path / "ray")
 
     local, remote = files(local_root / "inception_v1.zarr"), files(ray_root / "inception_v1.zarr")
     assert set(local) == set(remote)

@@ -131,22 +131,29 @@ def readme_main_command() -> list[list[str]]:
             for step in steps if "setup.sh" not in " ".join(step)]
 
 
+@pytest.mark.slow
 def test_readme_main_command_runs_extract_train_and_analyze(tmp_path):
-    """The main job as the README gives it, in a fresh directory (its ``runs/`` land there)."""
+    """The main job as the README gives it, in a fresh directory (its ``runs/`` land there), at
+    its full size. The default run covers the same command, output and files at a small size
+    (``--per_class 7 --epochs 1``) in ``tests/test_executors.py::test_the_demo_without_ray_equals_the_demo_on_ray``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     (step,) = readme_main_command()
     done = subprocess.run(step, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = done.stdout
+    check_readme_demo_output(done.stdout, tmp_path)
+
+
+def check_readme_demo_output(out: str, cwd: Path) -> None:
+    """What ``vsae demo`` run in ``cwd`` printed (``out``) and left under ``cwd/runs/demo``."""
     extract, rest = out.split("== train:", 1)
     train, analyze = rest.split("== analyze:", 1)
     assert "all checksums match" in extract and "RANDOM weights" in out.splitlines()[1]
     assert "FVU" in train and "mixed3b/5x5" in train and "dead%" in train
-    saes = sorted(p.parent.name for p in (tmp_path / "runs/demo").rglob("sae.safetensors"))
+    saes = sorted(p.parent.name for p in (cwd / "runs/demo").rglob("sae.safetensors"))
     assert len(saes) == 3, saes
     # the analysis: mono of features against neurons, then a client query
     assert "most monosemantic" in analyze and "neurons" in analyze
     assert "client.top_examples(" in analyze and "example query" in analyze
-    assert (tmp_path / "runs/demo/inception_v1.zarr/analysis/demo/analysis.json").exists()
-    reports = sorted(p.name.split("-")[0] for p in (tmp_path / "runs/demo/inception_v1.zarr/_reports").glob("*.json"))
+    assert (cwd / "runs/demo/inception_v1.zarr/analysis/demo/analysis.json").exists()
+    reports = sorted(p.name.split("-")[0] for p in (cwd / "runs/demo/inception_v1.zarr/_reports").glob("*.json"))
     assert reports == ["analyze", "demo", "extract", "train"]
