@@ -1,6 +1,6 @@
 """Node fits of the concept graph: the batched solver against a loop of scikit-learn fits, in one run.
 
-    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5] [--input-rate 0.08]
+    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5] [--input-rate 0.08] [--threads 1]
 
 Same problems for every contender: ``--images`` training images with ``--inputs`` binary input
 concepts (each on with probability 0.08) and ``--targets`` target concepts, each an OR of 1-2
@@ -8,8 +8,9 @@ inputs or an "at least m of 3-4" rule, with 2% of labels flipped; for every targ
 resamples (exploratory undersampling, as the graph job draws them). Each resample is one fit
 (``targets x ensemble`` fits). Contenders:
 
-- ``vsae``: :func:`vsae.graph.solver.fit_l1_logistic`, every fit in one batched FISTA solve
-  (float32, tol 1e-4, the graph job's settings), at one torch thread and at two;
+- ``vsae``: :func:`vsae.graph.solver.fit_l1_logistic`, every fit in one batched working-set
+  proximal Newton solve (float32, tol 1e-4, the graph job's settings), at one torch thread
+  (``--threads 1,2`` adds two);
 - ``vsae_by_concept``: the same solver called once per target (its ``ensemble`` resamples), which
   then works on the rows those resamples draw: how the graph job solves a rare concept;
 - ``sklearn_saga``: a loop of ``LogisticRegression(l1_ratio=1, C=1/mu, solver="saga")`` fits with
@@ -76,6 +77,8 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=20)
     ap.add_argument("--mu", type=float, default=5.0)
     ap.add_argument("--input-rate", type=float, default=0.08, help="probability an input concept is on")
+    ap.add_argument("--threads", default="1", help="torch thread counts to run the vsae contenders at, e.g. 1,2 "
+                    "(the graph job runs one per task)")
     args = ap.parse_args()
     x, y, x_held, y_held = make_data(args.images, args.inputs, args.targets, rate=args.input_rate)
     rng = np.random.default_rng(1)
@@ -98,7 +101,7 @@ def main() -> None:
             line["torch_threads"] = threads
         print(json.dumps(line), flush=True)
 
-    for threads in (1, 2):
+    for threads in (int(v) for v in args.threads.split(",")):
         torch.set_num_threads(threads)
         xt = torch.as_tensor(x)
         yt = torch.as_tensor(y[:, target_of].astype(np.float32))
