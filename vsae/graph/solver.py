@@ -123,10 +123,10 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     drawn = w_bn > 0
     row_order = torch.argsort((~drawn).to(torch.int8), dim=1, stable=True)[:, :int(drawn.sum(1).max())]
     live = torch.arange(n_problems)
+    grad, grad_c = _full_gradient(x_nd, y_bn, w_bn, coef, intercept)
     while len(live):
-        grad, grad_c = _full_gradient(x_nd, y_bn[live], w_bn[live], coef[live], intercept[live])
-        excess = _excess(grad, coef[live], mu) * allowed[live]
-        worst = torch.maximum(excess.amax(1), grad_c.abs())
+        excess = _excess(grad[live], coef[live], mu) * allowed[live]
+        worst = torch.maximum(excess.amax(1), grad_c[live].abs())
         ok = worst <= eps_b[live]
         converged[live[ok]] = True
         stuck = ~ok & (iterations[live] >= max_iter)
@@ -145,9 +145,9 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
         in_ws[rows_b, top_idx[take]] = True
         for part in _chunks(w_bn[live], in_ws[live].sum(1)):
             idx = live[part]
-            c, b0, it = _inner(x_dn, y_bn[idx], w_bn[idx], row_order[idx], coef[idx], intercept[idx], in_ws[idx],
-                               mu, eps_b[idx], max_iter - iterations[idx])
-            coef[idx], intercept[idx] = c, b0
+            c, b0, it, g, g0 = _inner(x_nd, x_dn, y_bn[idx], w_bn[idx], row_order[idx], coef[idx], intercept[idx],
+                                      in_ws[idx], mu, eps_b[idx], max_iter - iterations[idx])
+            coef[idx], intercept[idx], grad[idx], grad_c[idx] = c, b0, g, g0
             iterations[idx] += it.clamp_min(1)  # a round counts, so that max_iter ends every problem
     return LogisticFits(coef, intercept, iterations, converged)
 
@@ -181,9 +181,10 @@ def _chunks(w_bn, ws_b):
     return out
 
 
-def _inner(x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
+def _inner(x_nd, x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
     """Proximal Newton on the working sets and drawn rows of a chunk of problems; returns the new
-    coefficients ``[b, d]``, intercepts ``[b]`` and the Newton steps taken ``[b]``."""
+    coefficients ``[b, d]``, intercepts ``[b]``, the Newton steps taken ``[b]``, and the smooth
+    part's gradient at the new point over every input ``[b, d]`` and the intercept ``[b]``."""
     dtype = x_dn.dtype
     b = w_bn.shape[0]
     # the rows each problem draws (padded with weight 0) and its working set (padded, masked out)
@@ -195,7 +196,8 @@ def _inner(x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, eps_b, 
     col_idx = torch.argsort((~ws_bd).to(torch.int8), dim=1, stable=True)[:, :k]
     valid = torch.gather(ws_bd, 1, col_idx)
     # [b, k+1, r]: the working set's columns on the drawn rows, then the intercept's ones
-    xg = torch.gather(x_dn[col_idx], 2, row_idx.unsqueeze(1).expand(b, k, r)) * valid.unsqueeze(2).to(dtype)
+    flat = col_idx.unsqueeze(2) * x_dn.shape[1] + row_idx.unsqueeze(1)
+    xg = torch.take(x_dn, flat) * valid.unsqueeze(2).to(dtype)
     xa = torch.cat([xg, torch.ones(b, 1, r, dtype=dtype)], dim=1)
     xa_t = xa.transpose(1, 2)
     beta = torch.cat([torch.gather(coef_bd, 1, col_idx) * valid, intercept_b.unsqueeze(1)], dim=1)
@@ -220,7 +222,13 @@ def _inner(x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, eps_b, 
         steps += active.to(torch.int64)
     coef = coef_bd.clone()
     coef.scatter_(1, col_idx, torch.where(valid, beta[:, :-1], torch.gather(coef_bd, 1, col_idx)))
-    return coef, beta[:, -1].clone(), steps
+    # the full gradient from the residuals of the drawn rows (inputs outside the working set are 0)
+    res = wg * (torch.sigmoid(z) - yg)
+    if b * r * x_nd.shape[1] <= 4 * CHUNK_ELEMENTS:
+        grad = torch.bmm(res.unsqueeze(1), x_nd[row_idx]).squeeze(1)
+    else:
+        grad = torch.zeros(b, x_nd.shape[0], dtype=dtype).scatter_(1, row_idx, res) @ x_nd
+    return coef, beta[:, -1].clone(), steps, grad, res.sum(1)
 
 
 def _objective(z, wg, yg, beta, lam):
