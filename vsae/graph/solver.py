@@ -119,9 +119,10 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     iterations = torch.zeros(n_problems, dtype=torch.int64)
     converged = torch.zeros(n_problems, dtype=torch.bool)
     in_ws = torch.zeros(n_problems, d, dtype=torch.bool)
-    # each problem's drawn rows first (the inner solves work on those only)
-    drawn = w_bn > 0
-    row_order = torch.argsort((~drawn).to(torch.int8), dim=1, stable=True)[:, :int(drawn.sum(1).max())]
+    # each problem's drawn rows, their weights and targets (the inner solves work on those only)
+    row_idx, real = _packed(w_bn > 0)
+    wg_all, yg_all = torch.gather(w_bn, 1, row_idx) * real, torch.gather(y_bn, 1, row_idx)  # padding: weight 0
+    drawn_b = (w_bn > 0).sum(1)
     live = torch.arange(n_problems)
     grad, grad_c = _full_gradient(x_nd, y_bn, w_bn, coef, intercept)
     while len(live):
@@ -143,10 +144,11 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
         take = (top_val > 0) & (torch.arange(k).unsqueeze(0) < add.unsqueeze(1))
         rows_b = live.unsqueeze(1).expand(-1, k)[take]
         in_ws[rows_b, top_idx[take]] = True
-        for part in _chunks(w_bn[live], in_ws[live].sum(1)):
+        for part in _chunks(drawn_b[live], in_ws[live].sum(1)):
             idx = live[part]
-            c, b0, it, g, g0 = _inner(x_nd, x_dn, y_bn[idx], w_bn[idx], row_order[idx], coef[idx], intercept[idx],
-                                      in_ws[idx], mu, eps_b[idx], max_iter - iterations[idx])
+            r = int(drawn_b[idx].max())
+            c, b0, it, g, g0 = _inner(x_nd, x_dn, yg_all[idx, :r], wg_all[idx, :r], row_idx[idx, :r], coef[idx],
+                                      intercept[idx], in_ws[idx], mu, eps_b[idx], max_iter - iterations[idx])
             coef[idx], intercept[idx], grad[idx], grad_c[idx] = c, b0, g, g0
             iterations[idx] += it.clamp_min(1)  # a round counts, so that max_iter ends every problem
     return LogisticFits(coef, intercept, iterations, converged)
@@ -164,10 +166,21 @@ def _excess(grad_bd, coef_bd, mu):
     return torch.where(coef_bd != 0, (grad_bd + mu * torch.sign(coef_bd)).abs(), (grad_bd.abs() - mu).clamp_min(0))
 
 
-def _chunks(w_bn, ws_b):
-    """Index sets of problems solved together: sorted by drawn rows, so that the padded gathered
-    design of a chunk stays under :data:`CHUNK_ELEMENTS`."""
-    drawn = (w_bn > 0).sum(1)
+def _packed(mask_bm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The true positions of each row of ``mask_bm`` ``[B, m]``, packed to the left: indices
+    ``[B, K]`` (K the most in a row; padding points at 0) and which are real ``[B, K]``."""
+    counts = mask_bm.sum(1)
+    b_idx, m_idx = mask_bm.nonzero(as_tuple=True)
+    pos = torch.arange(len(b_idx)) - (torch.cumsum(counts, 0) - counts)[b_idx]
+    width = int(counts.max()) if len(counts) else 0
+    idx = torch.zeros(mask_bm.shape[0], width, dtype=torch.int64)
+    idx[b_idx, pos] = m_idx
+    return idx, torch.arange(width).unsqueeze(0) < counts.unsqueeze(1)
+
+
+def _chunks(drawn, ws_b):
+    """Index sets of problems solved together: sorted by drawn rows ``drawn`` ``[b]``, so that the
+    padded gathered design of a chunk stays under :data:`CHUNK_ELEMENTS`."""
     order = torch.argsort(drawn)
     width = int(ws_b.max()) + 1
     out, start = [], 0
@@ -181,20 +194,15 @@ def _chunks(w_bn, ws_b):
     return out
 
 
-def _inner(x_nd, x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
-    """Proximal Newton on the working sets and drawn rows of a chunk of problems; returns the new
-    coefficients ``[b, d]``, intercepts ``[b]``, the Newton steps taken ``[b]``, and the smooth
-    part's gradient at the new point over every input ``[b, d]`` and the intercept ``[b]``."""
+def _inner(x_nd, x_dn, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
+    """Proximal Newton on the working sets and drawn rows of a chunk of problems (``yg``, ``wg``,
+    ``row_idx``: ``[b, r]`` targets, weights and indices of the drawn rows, weight 0 for padding);
+    returns the new coefficients ``[b, d]``, intercepts ``[b]``, the Newton steps taken ``[b]``,
+    and the smooth part's gradient at the new point over every input ``[b, d]`` and the intercept ``[b]``."""
     dtype = x_dn.dtype
-    b = w_bn.shape[0]
-    # the rows each problem draws (padded with weight 0) and its working set (padded, masked out)
-    r = int((w_bn > 0).sum(1).max())
-    row_idx = row_order[:, :r]
-    wg = torch.gather(w_bn, 1, row_idx)
-    yg = torch.gather(y_bn, 1, row_idx)
-    k = int(ws_bd.sum(1).max())
-    col_idx = torch.argsort((~ws_bd).to(torch.int8), dim=1, stable=True)[:, :k]
-    valid = torch.gather(ws_bd, 1, col_idx)
+    b, r = wg.shape
+    # the working set of each problem, packed (padding masked out)
+    col_idx, valid = _packed(ws_bd)
     # [b, k+1, r]: the working set's columns on the drawn rows, then the intercept's ones
     flat = col_idx.unsqueeze(2) * x_dn.shape[1] + row_idx.unsqueeze(1)
     xg = torch.take(x_dn, flat) * valid.unsqueeze(2).to(dtype)
@@ -202,6 +210,7 @@ def _inner(x_nd, x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, e
     xa_t = xa.transpose(1, 2)
     beta = torch.cat([torch.gather(coef_bd, 1, col_idx) * valid, intercept_b.unsqueeze(1)], dim=1)
     lam = torch.cat([valid.to(dtype) * mu, torch.zeros(b, 1, dtype=dtype)], dim=1)
+    beta0 = beta
     steps = torch.zeros(b, dtype=torch.int64)
     z = torch.bmm(beta.unsqueeze(1), xa).squeeze(1)
     loss = _objective(z, wg, yg, beta, lam)
@@ -220,14 +229,11 @@ def _inner(x_nd, x_dn, y_bn, w_bn, row_order, coef_bd, intercept_b, ws_bd, mu, e
         beta, z, loss, failed = _line_search(z, dz, wg, yg, beta, delta, g, lam, loss, active)
         stalled |= failed
         steps += active.to(torch.int64)
-    coef = coef_bd.clone()
-    coef.scatter_(1, col_idx, torch.where(valid, beta[:, :-1], torch.gather(coef_bd, 1, col_idx)))
+    # padding points at input 0 too: add the changes (zero there) rather than overwrite
+    coef = coef_bd.clone().scatter_add_(1, col_idx, (beta[:, :-1] - beta0[:, :-1]) * valid)
     # the full gradient from the residuals of the drawn rows (inputs outside the working set are 0)
     res = wg * (torch.sigmoid(z) - yg)
-    if b * r * x_nd.shape[1] <= 4 * CHUNK_ELEMENTS:
-        grad = torch.bmm(res.unsqueeze(1), x_nd[row_idx]).squeeze(1)
-    else:
-        grad = torch.zeros(b, x_nd.shape[0], dtype=dtype).scatter_(1, row_idx, res) @ x_nd
+    grad = torch.zeros(b, x_nd.shape[0], dtype=dtype).scatter_add_(1, row_idx, res) @ x_nd
     return coef, beta[:, -1].clone(), steps, grad, res.sum(1)
 
 
