@@ -207,25 +207,25 @@ def _inner(x_nd, x_dn, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, 
     flat = col_idx.unsqueeze(2) * x_dn.shape[1] + row_idx.unsqueeze(1)
     xg = torch.take(x_dn, flat) * valid.unsqueeze(2).to(dtype)
     xa = torch.cat([xg, torch.ones(b, 1, r, dtype=dtype)], dim=1)
-    xa_t = xa.transpose(1, 2)
     beta = torch.cat([torch.gather(coef_bd, 1, col_idx) * valid, intercept_b.unsqueeze(1)], dim=1)
     lam = torch.cat([valid.to(dtype) * mu, torch.zeros(b, 1, dtype=dtype)], dim=1)
     beta0 = beta
     steps = torch.zeros(b, dtype=torch.int64)
-    z = torch.bmm(beta.unsqueeze(1), xa).squeeze(1)
+    z = torch.einsum("bk,bkr->br", beta, xa)
     loss = _objective(z, wg, yg, beta, lam)
     stalled = torch.zeros(b, dtype=torch.bool)
     for _ in range(int(budget_b.max())):
         p = torch.sigmoid(z)
-        g = torch.bmm(xa, (wg * (p - yg)).unsqueeze(2)).squeeze(2)
+        g = (xa * (wg * (p - yg)).unsqueeze(1)).sum(2)  # (a batched gemv is slower in torch on CPU)
         excess = torch.where(beta != 0, (g + lam * torch.sign(beta)).abs(), (g.abs() - lam).clamp_min(0)).amax(1)
         active = (excess > eps_b) & (steps < budget_b) & ~stalled
         if not bool(active.any()):
             break
-        h = torch.bmm(xa * (wg * p * (1 - p)).unsqueeze(1), xa_t)
+        xs = xa * (wg * p * (1 - p)).sqrt().unsqueeze(1)
+        h = torch.bmm(xs, xs.transpose(1, 2))
         # inexact Newton: the quadratic model is solved to a tenth of the current violation
         delta = _coordinate_descent(h, g, beta, lam, 0.1 * excess)
-        dz = torch.bmm(delta.unsqueeze(1), xa).squeeze(1)
+        dz = torch.einsum("bk,bkr->br", delta, xa)
         beta, z, loss, failed = _line_search(z, dz, wg, yg, beta, delta, g, lam, loss, active)
         stalled |= failed
         steps += active.to(torch.int64)
