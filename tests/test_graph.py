@@ -363,7 +363,7 @@ def test_configs_parse():
 
     root = Path(__file__).resolve().parents[1] / "pipelines/configs"
     demo = load(graph.GraphJob, str(root / "demo_graph.toml"))
-    assert (demo.ensemble, demo.mu, demo.usage_threshold) == (20, 5.0, 0.8)
+    assert (demo.ensemble, demo.mu, demo.usage_threshold) == (20, 10.0, 0.8)  # mu for its 2,400 images
     vit = load(graph.GraphJob, str(root / "clip_vit_graph.toml"))
     assert len(vit.hooks) == 12 and vit.inputs == "codes"
     layered = load(synthetic.SyntheticJob, str(root / "synthetic_layered.toml"))
