@@ -11,8 +11,8 @@ resamples (exploratory undersampling, as the graph job draws them). Each resampl
 - ``vsae``: :func:`vsae.graph.solver.fit_l1_logistic`, every fit in one batched working-set
   proximal Newton solve (float32, tol 1e-4, the graph job's settings), at one torch thread
   (``--threads 1,2`` adds two);
-- ``vsae_by_concept``: the same solver called once per target (its ``ensemble`` resamples), which
-  then works on the rows those resamples draw: how the graph job solves a rare concept;
+- ``vsae_by_concept``: the same solver called once per target (its ``ensemble`` resamples): what
+  batching across targets gains;
 - ``sklearn_saga``: a loop of ``LogisticRegression(l1_ratio=1, C=1/mu, solver="saga")`` fits with
   the resample counts as ``sample_weight``, on the resample's rows only (the same objective;
   scikit-learn's default tol 1e-4), the baseline;
@@ -118,7 +118,7 @@ def main() -> None:
         t = start()
         fits = fit_l1_logistic(xt, yt, wt, args.mu)
         report(f"vsae/{threads}thread", time.perf_counter() - t, fits.coef.numpy(), fits.intercept.numpy(), threads)
-        # as fit_block solves a rare concept: its T resamples alone, on the rows they draw
+        # one call per target: its T resamples alone
         coef, intercept = np.zeros((n_fits, args.inputs), np.float32), np.zeros(n_fits, np.float32)
         t = start()
         for j in range(args.targets):
