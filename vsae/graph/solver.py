@@ -28,12 +28,20 @@ section 3), celer (Massias, Gramfort and Salmon 2018) and skglm (Bertrand et al.
    resample draws at most ``2 min(#on, #off)`` distinct rows): proximal Newton steps (Lee, Sun
    and Saunders 2014), each a quadratic model with the tiny Hessian ``X_ws^T diag(w p (1 - p))
    X_ws`` (``[B, ws+1, ws+1]``, intercept included) minimised by cyclic coordinate descent with
-   soft-thresholding (all problems of the batch move together, coordinate by coordinate), then a
-   backtracking line search on ``F_b`` (Armijo, sigma = 0.01, halving).
-3. One full gradient per outer round, two GEMMs ``[n, d] x [d, B]`` over the rows any problem
-   draws, for the optimality check on every input; inputs that violate it join the working set
-   (at most ``max(working_set, |ws|)`` of them, the largest ``|g_j| - mu`` first), and the next
-   round starts from the current solution. Working sets only grow.
+   soft-thresholding (all problems of the batch move together, coordinate by coordinate; a
+   pass that moves no partial derivative of the model by more than a tenth of the current
+   violation ends it: an inexact Newton step), then a backtracking line search on ``F_b``
+   (Armijo, sigma = 0.01, halving). Steps end when the working set's conditions hold.
+3. One full gradient per outer round for the optimality check on every input: the residuals of
+   the drawn rows (inputs outside the working set are zero, so the inner solve has them)
+   scattered into ``[B, n]`` and one GEMM with ``X`` (at ``theta = 0`` the residuals are
+   ``w (ybar - y)``). Inputs that violate the check join the working set (at most
+   ``max(working_set, |ws|)`` of them, the largest violation first), and the next round starts
+   from the current solution. Working sets only grow.
+
+Problems are solved in chunks of similar drawn-row counts (at most :data:`CHUNK_PROBLEMS`
+problems and :data:`CHUNK_ELEMENTS` gathered values), so padding is small; everything is batched
+torch, in the design matrix's dtype (float32 in the graph job).
 
 Stopping rule: problem ``b`` has converged when the largest violation of its optimality
 (KKT) conditions, ``|g_j + mu sign(theta_j)|`` for a used input, ``max(|g_j| - mu, 0)`` for an
@@ -108,7 +116,6 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
     if not bool(rows.all()):
         x_nd, y_nb, w_bn = x_nd[rows], y_nb[rows], w_bn[:, rows]
     x_nd = x_nd.contiguous()
-    x_dn = x_nd.T.contiguous()  # the inner solves gather whole columns
     y_bn = y_nb.to(dtype).T.contiguous()
     allowed = torch.ones(n_problems, d, dtype=torch.bool) if mask_bd is None else mask_bd.to(torch.bool)
     eps_b = tol * w_bn.sum(1)
@@ -149,7 +156,7 @@ def fit_l1_logistic(x_nd: torch.Tensor, y_nb: torch.Tensor, w_bn: torch.Tensor, 
         for part in _chunks(drawn_b[live], in_ws[live].sum(1)):
             idx = live[part]
             r = int(drawn_b[idx].max())
-            c, b0, it, g, g0 = _inner(x_nd, x_dn, yg_all[idx, :r], wg_all[idx, :r], row_idx[idx, :r], coef[idx],
+            c, b0, it, g, g0 = _inner(x_nd, yg_all[idx, :r], wg_all[idx, :r], row_idx[idx, :r], coef[idx],
                                       intercept[idx], in_ws[idx], mu, eps_b[idx], max_iter - iterations[idx])
             coef[idx], intercept[idx], grad[idx], grad_c[idx] = c, b0, g, g0
             iterations[idx] += it.clamp_min(1)  # a round counts, so that max_iter ends every problem
@@ -189,18 +196,18 @@ def _chunks(drawn, ws_b):
     return out
 
 
-def _inner(x_nd, x_dn, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
+def _inner(x_nd, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, budget_b):
     """Proximal Newton on the working sets and drawn rows of a chunk of problems (``yg``, ``wg``,
     ``row_idx``: ``[b, r]`` targets, weights and indices of the drawn rows, weight 0 for padding);
     returns the new coefficients ``[b, d]``, intercepts ``[b]``, the Newton steps taken ``[b]``,
     and the smooth part's gradient at the new point over every input ``[b, d]`` and the intercept ``[b]``."""
-    dtype = x_dn.dtype
+    dtype = x_nd.dtype
     b, r = wg.shape
     # the working set of each problem, packed (padding masked out)
     col_idx, valid = _packed(ws_bd)
     # [b, k+1, r]: the working set's columns on the drawn rows, then the intercept's ones
-    flat = col_idx.unsqueeze(2) * x_dn.shape[1] + row_idx.unsqueeze(1)
-    xg = torch.take(x_dn, flat) * valid.unsqueeze(2).to(dtype)
+    flat = row_idx.unsqueeze(1) * x_nd.shape[1] + col_idx.unsqueeze(2)
+    xg = torch.take(x_nd, flat) * valid.unsqueeze(2).to(dtype)
     xa = torch.cat([xg, torch.ones(b, 1, r, dtype=dtype)], dim=1)
     beta = torch.cat([torch.gather(coef_bd, 1, col_idx) * valid, intercept_b.unsqueeze(1)], dim=1)
     lam = torch.cat([valid.to(dtype) * mu, torch.zeros(b, 1, dtype=dtype)], dim=1)
