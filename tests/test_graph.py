@@ -121,7 +121,7 @@ def test_batched_solver_agrees_with_scikit_learn_saga():
 
 def test_solver_ignores_rows_no_problem_draws():
     """Rows of weight 0 in every problem leave every objective unchanged: the solver drops them,
-    and the fits equal those on the drawn rows alone (the rare-concept fast path of fit_block)."""
+    and the fits equal those on the drawn rows alone."""
     import torch
 
     from vsae.graph.nodes import rebalanced_counts
@@ -140,6 +140,41 @@ def test_solver_ignores_rows_no_problem_draws():
                             tol=1e-9, max_iter=20000)
     assert torch.allclose(full.coef, drawn.coef, atol=1e-9) and torch.allclose(full.intercept, drawn.intercept, atol=1e-9)
     assert (full.coef[:, 0] > 0).all()
+
+
+def test_solver_mu_is_the_summed_loss_weight_and_its_solutions_meet_the_kkt_conditions():
+    """mu weighs the *summed* (weighted) log loss: every coefficient is zero exactly when mu is at
+    least mu_max = max_j |sum_i w_i x_ij (y_i - ybar)| (ybar the weighted mean of y, the intercept's
+    optimum then), so doubling the resample's counts doubles mu_max; and the returned solutions
+    meet the optimality conditions within tol x sum_i w_i, in float32 as the graph job runs."""
+    import torch
+
+    from vsae.graph.nodes import rebalanced_counts
+    from vsae.graph.solver import fit_l1_logistic
+
+    rng = np.random.default_rng(5)
+    n, d = 500, 20
+    x = (rng.random((n, d)) < 0.15).astype(np.float32)
+    y = (x[:, 0] > 0) | (x[:, 7] > 0) | (rng.random(n) < 0.05)
+    w = np.stack([rebalanced_counts(y, rng) for _ in range(4)]).astype(np.float32)
+    for scale in (1.0, 2.0):
+        ws = w * scale
+        ybar = (ws * y).sum(1) / ws.sum(1)
+        mu_max = np.abs(((y[None, :] - ybar[:, None]) * ws) @ x).max(1)  # [4]
+        y_nb = torch.tensor(np.repeat(y[:, None], 4, 1).astype(np.float32))
+        for b in range(4):
+            one = lambda mu: fit_l1_logistic(torch.tensor(x), y_nb[:, b:b + 1], torch.tensor(ws[b:b + 1]), mu)  # noqa: E731
+            assert (one(mu_max[b] * 1.01).coef == 0).all() and (one(mu_max[b] * 0.95).coef != 0).any()
+    mu, tol = 3.0, 1e-4
+    fits = fit_l1_logistic(torch.tensor(x), torch.tensor(np.repeat(y[:, None], 4, 1).astype(np.float32)),
+                           torch.tensor(w), mu, tol=tol)
+    assert fits.converged.all() and (fits.iterations < 30).all()
+    z = x.astype(np.float64) @ fits.coef.numpy().T.astype(np.float64) + fits.intercept.numpy().astype(np.float64)
+    r = w.T * (1 / (1 + np.exp(-z)) - y[:, None])  # [n, B]
+    g, coef = (x.T @ r).T, fits.coef.numpy()
+    excess = np.where(coef != 0, np.abs(g + mu * np.sign(coef)), np.maximum(np.abs(g) - mu, 0))
+    slack = tol * w.sum(1) + 1e-3  # float32 round-off of the solver's own gradient
+    assert (excess.max(1) <= slack).all() and (np.abs(r.sum(0)) <= slack).all(), (excess.max(1), r.sum(0))
 
 
 def test_solver_refuses_bad_input():
@@ -328,7 +363,7 @@ def test_configs_parse():
 
     root = Path(__file__).resolve().parents[1] / "pipelines/configs"
     demo = load(graph.GraphJob, str(root / "demo_graph.toml"))
-    assert (demo.ensemble, demo.mu, demo.usage_threshold) == (20, 5.0, 0.8)
+    assert (demo.ensemble, demo.mu, demo.usage_threshold) == (20, 10.0, 0.8)  # mu for its 2,400 images
     vit = load(graph.GraphJob, str(root / "clip_vit_graph.toml"))
     assert len(vit.hooks) == 12 and vit.inputs == "codes"
     layered = load(synthetic.SyntheticJob, str(root / "synthetic_layered.toml"))

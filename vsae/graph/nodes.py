@@ -8,7 +8,7 @@ both classes weigh the same), counts how often each input is used (non-zero coef
 the inputs used in more than ``usage_threshold`` of the fits (the concept's *parents*), and fits
 once more, on a fresh rebalanced resample, with only those inputs. Every fit of a block of
 concepts runs in one batched solve (:mod:`vsae.graph.solver`): resamples are multinomial counts
-over one shared design matrix.
+over one shared design matrix, and each fit works on the rows its resample draws.
 
 A concept that is never on, or always on, among the training images has nothing to predict: it
 is skipped with that reason (no fit, no NaN). Held-out metrics use scikit-learn:
@@ -47,7 +47,9 @@ class EnsembleSettings:
     seed: int = 0
     """Seeds every resample (with the layer pair, the concept and the fit's index)."""
     max_iter: int = 2000
+    """Most proximal Newton steps per fit (:func:`vsae.graph.solver.fit_l1_logistic`)."""
     tol: float = 1e-4
+    """The solver's stopping tolerance (KKT violation over the resample's size)."""
 
 
 def rebalanced_counts(y_n: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -105,14 +107,9 @@ def fit_block(x_nd: np.ndarray, y_nc: np.ndarray, concepts: np.ndarray, pair: in
     # T resamples per fitted concept, as problems b = j * T + r
     w = np.stack([rebalanced_counts(y_nc[:, fit[j]], resample_rng(settings, pair, int(concepts[fit[j]]), r))
                   for j in range(len(fit)) for r in range(t)])
-    ens_coef = torch.zeros(len(fit) * t, d)
-    ens_converged = torch.zeros(len(fit) * t, dtype=torch.bool)
-    for group in _row_groups(w.reshape(len(fit), t, n), n):
-        b = (group[:, None] * t + np.arange(t)).ravel()
-        part = fit_l1_logistic(x, y[:, group].repeat_interleave(t, dim=1), torch.as_tensor(w[b], dtype=torch.float32),
-                               settings.mu, max_iter=settings.max_iter, tol=settings.tol)
-        ens_coef[torch.as_tensor(b)] = part.coef.float()
-        ens_converged[torch.as_tensor(b)] = part.converged
+    ens = fit_l1_logistic(x, y.repeat_interleave(t, dim=1), torch.as_tensor(w, dtype=torch.float32), settings.mu,
+                          max_iter=settings.max_iter, tol=settings.tol)
+    ens_coef, ens_converged = ens.coef.float(), ens.converged
     used = (ens_coef != 0).reshape(len(fit), t, d).double().mean(1).numpy()
     parents = used > settings.usage_threshold
     w_final = np.stack([rebalanced_counts(y_nc[:, fit[j]], resample_rng(settings, pair, int(concepts[fit[j]]), t))
@@ -124,15 +121,6 @@ def fit_block(x_nd: np.ndarray, y_nc: np.ndarray, concepts: np.ndarray, pair: in
     intercept[fit] = final.intercept.numpy()
     converged[fit] = ens_converged.reshape(len(fit), t).all(1).numpy() & final.converged.numpy()
     return {"status": status, "usage": usage, "coef": coef, "intercept": intercept, "converged": converged}
-
-
-def _row_groups(w_ctn: np.ndarray, n: int) -> list[np.ndarray]:
-    """Concepts to solve together: one whose T resamples draw under a quarter of the images
-    (a rare concept) is solved alone on the rows it draws, the others together."""
-    drawn = (w_ctn > 0).any(1).sum(1)
-    rare = np.flatnonzero(4 * drawn < n)
-    common = np.flatnonzero(4 * drawn >= n)
-    return [rare[i:i + 1] for i in range(len(rare))] + ([common] if len(common) else [])
 
 
 def probabilities(x_nd: np.ndarray, coef_cd: np.ndarray, intercept_c: np.ndarray) -> np.ndarray:

@@ -95,9 +95,10 @@ class GraphJob:
     seed: int = 0
     """Seeds the split, every resample and the sampled inference."""
     max_iter: int = 2000
-    """Most solver (FISTA) iterations per fit."""
+    """Most solver (proximal Newton) steps per fit (a cap; fits take about 5)."""
     tol: float = 1e-4
-    """A fit stops when no coefficient moves by more than tol x max(1, max |coef|)."""
+    """A fit stops when no optimality (KKT) condition is violated by more than tol x the resample's
+    size, i.e. the mean log loss's gradient is within tol of optimal (:mod:`vsae.graph.solver`)."""
     force: bool = False
     """Recompute even if ``graph.json`` shows the same inputs were already fitted."""
     resources: Resources = field(default_factory=Resources)
