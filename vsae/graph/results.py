@@ -7,7 +7,9 @@ they are complete)::
                        (fitted / never on in train / always on in train), n_parents, train and
                        held-out on counts, auc and f1 (null where undefined), intercept, converged
     edges.parquet      per parent of a fitted concept: parent_hook, parent, hook, concept,
-                       weight (the final fit's coefficient) and usage (fraction of the T fits)
+                       weight (the final fit's coefficient; 0.0 where the final fit, on its own
+                       resample, dropped a parent the ensemble chose) and usage (fraction of
+                       the T fits)
     layers.parquet     per layer pair: concepts, fitted and skipped counts, mean/std/median of
                        AUC and F1, parents mean/median/max and histogram (counts of 0, 1, 2, ...)
     inference.parquet  per layer from the second: binarised inference scored against the true concepts
@@ -74,7 +76,7 @@ def assemble(blocks: list[dict[str, Any]], hooks: list[str], n_concepts: list[in
             for p in parents:
                 for k, v in (("pair", pair), ("parent_hook", hooks[pair]), ("parent", int(p)),
                              ("hook", hooks[pair + 1]), ("concept", int(concept)),
-                             ("weight", float(b["coef"][j, p])), ("usage", float(b["usage"][j, p]))):
+                             ("weight", float(b["coef"][j, p]) + 0.0), ("usage", float(b["usage"][j, p]))):
                     edge_cols[k].append(v)
     nodes = pa.table({
         "pair": pa.array(node_cols["pair"], pa.int32()), "parent_hook": pa.array(node_cols["parent_hook"], pa.string()),
