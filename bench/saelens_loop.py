@@ -4,7 +4,8 @@
 
 Reads float16 rows (already scaled like vsae's inputs), trains SAELens's ``StandardTrainingSAE``
 (decoder-norm-weighted L1, like vsae's relu_l1_scaled) or ``TopKTrainingSAE`` with a plain Adam
-loop of the same batches, and saves W_enc, b_enc, W_dec, b_dec for the benchmark to score.
+loop of the same batches, and saves W_enc, b_enc, W_dec, b_dec (initial and final) for the benchmark to score. The
+initialisation draws from torch's generator seeded ``--seed``.
 Prints one JSON line with the steps per second.
 """
 
@@ -31,7 +32,9 @@ p.add_argument("--expansion", type=int, default=8)
 p.add_argument("--k", type=int, default=32)
 p.add_argument("--l1", type=float, default=1.0)
 p.add_argument("--lr", type=float, default=4e-4)
+p.add_argument("--seed", type=int, default=1234, help="torch seed of the initialisation")
 a = p.parse_args()
+torch.manual_seed(a.seed)
 
 rows = torch.from_numpy(np.load(a.rows).astype(np.float32))
 order = torch.from_numpy(np.load(a.order))
@@ -44,6 +47,7 @@ else:
     sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=a.expansion * d_in, l1_coefficient=a.l1,
                                                         dtype="float32", device="cpu"))
     coeffs = {"l1": a.l1}
+save_file({k: v.detach().contiguous().clone() for k, v in sae.state_dict().items()}, f"{a.out}/saelens-init.safetensors")
 opt = torch.optim.Adam(sae.parameters(), lr=a.lr, betas=(0.9, 0.999))
 dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool)
 

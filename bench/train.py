@@ -15,13 +15,27 @@ gradient clipping, b_dec starting at zero, inputs scaled so that E||x||² = d_in
   relu_l1_scaled) in SAELens's own environment (``--saelens-python``; skipped if not given).
 
 Per implementation and variant: steps/s, and on held-out rows FVU, L0 and MMCS against the true
-features. One JSON line each, then the ratios to SAELens and to the reference.
+features (and ``mmcs0``, the MMCS of the initialisation). One JSON line each, then the ratios to
+SAELens and to the reference.
+
+Every implementation initialises from ``--init-seed`` (torch's generator), a seed unrelated to
+the data's (NumPy's generator, seed 0): a ground truth drawn by the same generator and seed as
+the initialisation would hand the SAE the true features before training (MMCS 1 at step 0).
+
+``--load quiet,loaded`` runs everything once per condition; ``loaded`` first starts one process
+per core that burns it (``while True: pass``) and stops them afterwards. Each condition also
+times the dense phase of a ReLU SAE (``--dense-steps`` steps from initialisation, where about
+half the latents fire: vsae's step against the plain loop's, interleaved, median), and prints
+the load average. The last lines compare the ratios between conditions (``lead_kept``: the loaded
+ratio over the quiet one; the goal is >= 0.7).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,10 +49,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from vsae.runner import run_local  # noqa: E402
-from vsae.sae import SAEConfig, load_sae, mmcs  # noqa: E402
+from vsae.sae import SAEConfig, load_sae, make_sae, mmcs  # noqa: E402
 from vsae.store import ActivationStore  # noqa: E402
 from vsae.synthetic import SyntheticConfig, SyntheticTasks, make_features  # noqa: E402
-from vsae.train import SAERun, TrainConfig, train_hook  # noqa: E402
+from vsae.train import SAERun, TrainConfig, compute_dtype, make_optimizer, train_hook  # noqa: E402
 
 EVAL_ROWS = 8192
 
@@ -63,67 +77,118 @@ def scores(latents: torch.Tensor, recon: torch.Tensor, held: torch.Tensor, direc
             "l0": float((latents > 0).sum(1).float().mean()), "mmcs": mmcs(truth, directions)}
 
 
-def reference(variant: str, rows: torch.Tensor, order: np.ndarray, a, held: torch.Tensor, truth) -> dict:
+class Reference:
     """A plain dense SAE loop, as one would write it without a library."""
-    torch.manual_seed(0)
-    d, s = rows.shape[1], a.expansion * rows.shape[1]
-    w_dec = torch.randn(s, d)
-    w_dec = (w_dec / w_dec.norm(dim=1, keepdim=True) * (0.1 if variant == "relu_l1_scaled" else 1.0))
-    w_dec.requires_grad_(True)
-    w_enc = w_dec.detach().T.clone().requires_grad_(True)
-    b_enc = torch.zeros(s, requires_grad=True)
-    b_dec = torch.zeros(d, requires_grad=True)
-    params = [w_enc, b_enc, w_dec, b_dec]
-    opt = torch.optim.Adam(params, lr=a.lr)
 
-    def encode(x):
-        pre = (x - b_dec) @ w_enc + b_enc
-        if variant == "topk":
-            top = pre.topk(a.k, dim=1)
+    def __init__(self, variant: str, d: int, a):
+        torch.manual_seed(a.init_seed)
+        self.variant, self.a, s = variant, a, a.expansion * d
+        w_dec = torch.randn(s, d)
+        w_dec = (w_dec / w_dec.norm(dim=1, keepdim=True) * (0.1 if variant == "relu_l1_scaled" else 1.0))
+        self.w_dec = w_dec.requires_grad_(True)
+        self.w_enc = w_dec.detach().T.clone().requires_grad_(True)
+        self.b_enc = torch.zeros(s, requires_grad=True)
+        self.b_dec = torch.zeros(d, requires_grad=True)
+        self.opt = torch.optim.Adam([self.w_enc, self.b_enc, self.w_dec, self.b_dec], lr=a.lr)
+
+    def encode(self, x):
+        pre = (x - self.b_dec) @ self.w_enc + self.b_enc
+        if self.variant == "topk":
+            top = pre.topk(self.a.k, dim=1)
             return torch.zeros_like(pre).scatter(1, top.indices, torch.relu(top.values))
         return torch.relu(pre)
 
-    def loss(x):
-        f = encode(x)
-        recon = f @ w_dec + b_dec
+    def loss(self, x):
+        f = self.encode(x)
+        recon = f @ self.w_dec + self.b_dec
         mse = (recon - x).pow(2).sum(1).mean()
-        if variant == "topk":
+        if self.variant == "topk":
             return mse
-        return mse + a.l1 * (f * w_dec.norm(dim=1)).sum(1).mean()
+        return mse + self.a.l1 * (f * self.w_dec.norm(dim=1)).sum(1).mean()
 
-    loss(rows[order[: a.batch]])
+    def step(self, x):
+        self.opt.zero_grad()
+        self.loss(x).backward()
+        self.opt.step()
+        if self.variant == "topk":
+            with torch.no_grad():
+                self.w_dec /= self.w_dec.norm(dim=1, keepdim=True)
+
+
+def reference(variant: str, rows: torch.Tensor, order: np.ndarray, a, held: torch.Tensor, truth, load: str) -> dict:
+    ref = Reference(variant, rows.shape[1], a)
+    mmcs0 = mmcs(truth, ref.w_dec.detach())
+    ref.loss(rows[order[: a.batch]])
     t0 = time.perf_counter()
     for i in range(a.steps):
         lo = (i * a.batch) % len(order)
-        opt.zero_grad()
-        loss(rows[order[lo: lo + a.batch]]).backward()
-        opt.step()
-        if variant == "topk":
-            with torch.no_grad():
-                w_dec /= w_dec.norm(dim=1, keepdim=True)
+        ref.step(rows[order[lo: lo + a.batch]])
     seconds = time.perf_counter() - t0
     with torch.no_grad():
-        f = encode(held)
-        return emit(impl="reference", variant=variant, steps_per_s=a.steps / seconds,
-                    **scores(f, f @ w_dec + b_dec, held, w_dec, truth))
+        f = ref.encode(held)
+        return emit(impl="reference", variant=variant, load=load, steps_per_s=a.steps / seconds, mmcs0=mmcs0,
+                    **scores(f, f @ ref.w_dec + ref.b_dec, held, ref.w_dec.detach(), truth))
 
 
-def vsae_run(variant: str, uri: str, out: Path, a, dtype: str, held_raw: torch.Tensor, truth) -> dict:
-    sae_cfg = SAEConfig(variant=variant, expansion=a.expansion, k=a.k, l1_coefficient=a.l1, lr=a.lr)
+def dense_phase(rows: torch.Tensor, order: np.ndarray, a, load: str) -> list[dict]:
+    """Seconds per ReLU (relu_l1_scaled) step from initialisation, where the step is dense:
+    vsae's ``SparseAutoencoder.loss`` + fused Adam against the plain loop, interleaved."""
+    out = []
+    dtypes = [torch.float32] + ([torch.bfloat16] if compute_dtype(TrainConfig(), torch.device("cpu")) != torch.float32
+                                else [])
+    for dtype in dtypes:
+        a.lr = a.lr_l1
+        sae = make_sae(SAEConfig(variant="relu_l1_scaled", expansion=a.expansion, l1_coefficient=a.l1, lr=a.lr,
+                                 seed=a.init_seed), rows.shape[1])
+        opt = make_optimizer(sae, a.lr)
+        ref = Reference("relu_l1_scaled", rows.shape[1], a)
+        l0 = []
+
+        def vsae_step(x):
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                losses = sae.loss(x, l1_coefficient=a.l1)
+            opt.zero_grad(set_to_none=True)
+            losses.total.backward()
+            sae.before_step()
+            opt.step()
+            sae.after_step()
+            l0.append(losses.l0)
+
+        times = {"vsae": [], "reference": []}
+        for i in range(a.dense_steps + 1):
+            x = rows[order[i * a.batch: (i + 1) * a.batch]]
+            for name, fn in (("vsae", vsae_step), ("reference", ref.step))[:: 1 if i % 2 else -1]:
+                t0 = time.perf_counter()
+                fn(x)
+                if i:  # the first step warms up
+                    times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        dt = str(dtype).removeprefix("torch.")
+        out.append(emit(bench="dense_phase", load=load, dtype=dt, steps=a.dense_steps, l0=(round(min(l0), 1),
+                        round(max(l0), 1)), vsae_s=round(med["vsae"], 4), reference_fp32_s=round(med["reference"], 4),
+                        ratio=round(med["reference"] / med["vsae"], 2)))
+    return out
+
+
+def vsae_run(variant: str, uri: str, out: Path, a, dtype: str, held_raw: torch.Tensor, truth, load: str) -> dict:
+    sae_cfg = SAEConfig(variant=variant, expansion=a.expansion, k=a.k, l1_coefficient=a.l1, lr=a.lr,
+                        seed=a.init_seed)
+    mmcs0 = mmcs(truth, make_sae(sae_cfg, held_raw.shape[1]).directions())
     cfg = TrainConfig(batch_rows=a.batch, steps=a.steps, eval_rows=EVAL_ROWS, checkpoint_every=a.steps,
                       log_every=a.steps, lr_warmup_steps=0, lr_decay_frac=0.0, l1_warmup_frac=0.0,
                       grad_clip=0.0, compute_dtype=dtype, normaliser_rows=65536)
-    (res,) = train_hook(uri, [SAERun("synthetic", sae_cfg)], str(out / f"{variant}-{dtype}"), cfg,
+    (res,) = train_hook(uri, [SAERun("synthetic", sae_cfg)], str(out / f"{variant}-{dtype}-{load}"), cfg,
                         progress=False)
     sae, _ = load_sae(res["uri"])
     with torch.no_grad():
         latents = sae.latents(held_raw)
         recon = sae.decode(latents)
     got = scores(latents, recon * sae.scale, held_raw * sae.scale, sae.directions(), truth)
-    return emit(impl=f"vsae-{res['compute_dtype']}", variant=variant, steps_per_s=res["steps_per_s"], **got)
+    return emit(impl=f"vsae-{res['compute_dtype']}", variant=variant, load=load, steps_per_s=res["steps_per_s"],
+                mmcs0=mmcs0, **got)
 
 
-def saelens_run(variant: str, paths: dict, a, truth) -> dict | None:
+def saelens_run(variant: str, paths: dict, a, truth, load: str) -> dict | None:
     if not a.saelens_python:
         return None
     kind = "topk" if variant == "topk" else "standard"
@@ -131,13 +196,46 @@ def saelens_run(variant: str, paths: dict, a, truth) -> dict | None:
         [a.saelens_python, str(ROOT / "bench/saelens_loop.py"), "--rows", paths["rows"], "--order", paths["order"],
          "--heldout", paths["held"], "--out", paths["dir"], "--variant", kind, "--steps", str(a.steps),
          "--batch", str(a.batch), "--expansion", str(a.expansion), "--k", str(a.k), "--l1", str(a.l1),
-         "--lr", str(a.lr)], capture_output=True, text=True, check=True)
+         "--lr", str(a.lr), "--seed", str(a.init_seed)], capture_output=True, text=True, check=True)
     line = json.loads(out.stdout.strip().splitlines()[-1])
     from safetensors.torch import load_file
 
     w = load_file(f"{paths['dir']}/saelens.safetensors")
-    return emit(impl="saelens", variant=variant, steps_per_s=line["steps_per_s"], fvu=line["fvu"], l0=line["l0"],
-                mmcs=mmcs(truth, w["W_dec"]))
+    w0 = load_file(f"{paths['dir']}/saelens-init.safetensors")
+    return emit(impl="saelens", variant=variant, load=load, steps_per_s=line["steps_per_s"],
+                mmcs0=mmcs(truth, w0["W_dec"]), fvu=line["fvu"], l0=line["l0"], mmcs=mmcs(truth, w["W_dec"]))
+
+
+class Burners:
+    """One process per core spinning in ``while True: pass`` while the context is open."""
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
+        time.sleep(2)
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def run_condition(load: str, a, uri: str, root: Path, rows, order, held, held_raw, truth, paths) -> list[dict]:
+    results = [emit(condition=load, loadavg_start=[round(v, 2) for v in os.getloadavg()])]
+    results += dense_phase(rows, order, a, load)
+    for variant in a.variants.split(","):
+        a.lr = a.lr_topk if variant == "topk" else a.lr_l1
+        impls = a.impls.split(",")
+        if "vsae" in impls:
+            results.append(vsae_run(variant, uri, root, a, "auto", held_raw, truth, load))
+        if "vsae-fp32" in impls and compute_dtype(TrainConfig(), torch.device("cpu")) != torch.float32:
+            results.append(vsae_run(variant, uri, root, a, "float32", held_raw, truth, load))
+        if "reference" in impls:
+            results.append(reference(variant, rows, order, a, held, truth, load))
+        if "saelens" in impls:
+            results.append(saelens_run(variant, paths, a, truth, load))
+    results.append(emit(condition=load, loadavg_end=[round(v, 2) for v in os.getloadavg()]))
+    return results
 
 
 def main() -> None:
@@ -153,11 +251,17 @@ def main() -> None:
     p.add_argument("--variants", default="topk,relu_l1_scaled")
     p.add_argument("--saelens-python", default="", help="python of an environment with sae-lens installed")
     p.add_argument("--impls", default="vsae,vsae-fp32,reference,saelens", help="which to run")
+    p.add_argument("--init-seed", type=int, default=1234,
+                   help="initialisation seed of every implementation (the data's is 0, in NumPy's generator)")
+    p.add_argument("--load", default="quiet,loaded", help="conditions: quiet, loaded (one core burner per core)")
+    p.add_argument("--dense-steps", type=int, default=6, help="timed dense-phase ReLU steps per condition")
     a = p.parse_args()
     data = SyntheticConfig(n_rows=a.rows, d_in=512, n_features=2048, active_per_row=32.0, noise=0.01, seed=0)
     truth = torch.from_numpy(make_features(data))
     emit(setup="train", rows=a.rows, steps=a.steps, batch=a.batch, d_in=512, expansion=a.expansion, k=a.k,
-         l1=a.l1, lr_topk=a.lr_topk, lr_l1=a.lr_l1, threads=torch.get_num_threads(), torch=torch.__version__)
+         l1=a.l1, lr_topk=a.lr_topk, lr_l1=a.lr_l1, threads=torch.get_num_threads(), torch=torch.__version__,
+         init_seed=a.init_seed, data_seed=data.seed, load=a.load,
+         compute_dtype=str(compute_dtype(TrainConfig(), torch.device("cpu"))).removeprefix("torch."))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         uri = make_store(root, data)
@@ -174,28 +278,33 @@ def main() -> None:
         np.save(paths["order"], order)
         np.save(paths["held"], held.numpy().astype(np.float16))
         results = []
+        for load in a.load.split(","):
+            if load == "loaded":
+                with Burners():
+                    results += run_condition(load, a, uri, root, rows, order, held, held_raw, truth, paths)
+            else:
+                results += run_condition(load, a, uri, root, rows, order, held, held_raw, truth, paths)
+    by = {(r["impl"], r["variant"], r["load"]): r for r in results if r and "impl" in r}
+    ratios = {}
+    for load in a.load.split(","):
         for variant in a.variants.split(","):
-            a.lr = a.lr_topk if variant == "topk" else a.lr_l1
-            impls = a.impls.split(",")
-            if "vsae" in impls:
-                results.append(vsae_run(variant, uri, root, a, "auto", held_raw, truth))
-            if "vsae-fp32" in impls:
-                results.append(vsae_run(variant, uri, root, a, "float32", held_raw, truth))
-            if "reference" in impls:
-                results.append(reference(variant, rows, order, a, held, truth))
-            if "saelens" in impls:
-                results.append(saelens_run(variant, paths, a, truth))
-    by = {(r["impl"], r["variant"]): r for r in results if r}
-    for variant in a.variants.split(","):
-        base = by.get(("saelens", variant)) or by.get(("reference", variant))
-        if base is None:
-            continue
-        for (impl, v), r in by.items():
-            if v == variant and impl.startswith("vsae"):
-                emit(ratio=f"{impl}/{base['impl']}", variant=variant,
-                     steps_per_s=round(r["steps_per_s"] / base["steps_per_s"], 2),
-                     fvu=(round(r["fvu"], 4), round(base["fvu"], 4)), l0=(round(r["l0"], 1), round(base["l0"], 1)),
-                     mmcs=(round(r["mmcs"], 4), round(base["mmcs"], 4)))
+            for base_impl in ("saelens", "reference"):
+                base = by.get((base_impl, variant, load))
+                if base is None:
+                    continue
+                for (impl, v, ld), r in by.items():
+                    if v == variant and ld == load and impl.startswith("vsae"):
+                        ratio = r["steps_per_s"] / base["steps_per_s"]
+                        ratios[(impl, base_impl, variant, load)] = ratio
+                        emit(ratio=f"{impl}/{base_impl}", variant=variant, load=load, steps_per_s=round(ratio, 2),
+                             fvu=(round(r["fvu"], 4), round(base["fvu"], 4)),
+                             l0=(round(r["l0"], 1), round(base["l0"], 1)),
+                             mmcs=(round(r["mmcs"], 4), round(base["mmcs"], 4)))
+    for (impl, base_impl, variant, load), quiet in ratios.items():
+        loaded = ratios.get((impl, base_impl, variant, "loaded"))
+        if load == "quiet" and loaded is not None:
+            emit(lead_kept=f"{impl}/{base_impl}", variant=variant, quiet=round(quiet, 2), loaded=round(loaded, 2),
+                 loaded_over_quiet=round(loaded / quiet, 2), goal_met=loaded / quiet >= 0.7)
 
 
 if __name__ == "__main__":

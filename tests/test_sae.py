@@ -218,3 +218,80 @@ def test_mmcs_is_one_for_the_true_directions_and_low_for_random_ones():
     learned = torch.cat([true * 3, torch.randn(20, 16)])[torch.randperm(70)]
     assert mmcs(true, learned) == pytest.approx(1.0, abs=1e-6)
     assert mmcs(true, torch.randn(50, 16)) < 0.9
+
+
+def _matrix_products(fn) -> list[list[int]]:
+    """The shapes [m, k, n] of the matrix products (no side of length 1) that ``fn`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        fn()
+    shapes = []
+    for e in prof.events():
+        if e.name in ("aten::mm", "aten::addmm"):
+            a, b = [s for s in e.input_shapes if len(s) == 2][:2]
+            if min(a[0], a[1], b[1]) > 1:
+                shapes.append([a[0], a[1], b[1]])
+    return shapes
+
+
+@pytest.mark.parametrize("variant", ["relu_l1", "relu_l1_scaled"])
+def test_a_dense_relu_step_runs_five_matrix_products(variant):
+    # The minimum: encoder and decoder forward, and backward the latents' gradient and the two
+    # weight gradients. The path is chosen from the one encoder pass; b_dec's gradient is a
+    # reduction and a vector product, not a [batch x d_in] product.
+    sae, x = fitted(variant)
+    xn = x * sae.scale
+
+    def step():
+        losses = sae.loss(xn, l1_coefficient=0.3)
+        losses.total.backward()
+        assert losses.l0 > 0.08 * sae.d_sae  # dense phase
+
+    assert len(_matrix_products(step)) == 5
+
+
+@pytest.mark.parametrize("variant", ["topk", "batchtopk"])
+def test_auxk_gradients_equal_dense_autograd(variant):
+    # Every parameter's gradient of loss + AuxK, b_dec included (now a reduction in GatherPre),
+    # against the formula written with dense tensors.
+    sae, x = fitted(variant)
+    xn = x * sae.scale
+    dead = torch.zeros(sae.d_sae, dtype=torch.bool)
+    dead[::3] = True
+    losses = sae.loss(xn, l1_coefficient=0, dead=dead)
+    losses.total.backward()
+    got = {n: p.grad.clone() for n, p in sae.named_parameters()}
+    sae.zero_grad()
+    pre = (xn - sae.b_dec) @ sae.W_enc.T + sae.b_enc
+    with torch.no_grad():
+        support = sae.select(pre)
+        k = min(sae.cfg.resolved_aux_k(sae.d_in), int(dead.sum()))
+        aux_idx = pre.masked_fill(~dead, float("-inf")).topk(k, dim=1).indices
+    mask = support.dense(torch.ones(support.nnz))
+    recon = (F.relu(pre) * mask) @ sae.W_dec + sae.b_dec
+    residual = (xn - recon).detach()
+    aux_mask = torch.zeros_like(pre).scatter_(1, aux_idx, 1.0)
+    aux_recon = (F.relu(pre) * aux_mask) @ sae.W_dec
+    var = (residual - residual.mean(0)).pow(2).sum(1).mean()
+    aux = sae.cfg.aux_coeff * (aux_recon - residual).pow(2).sum(1).mean() / var
+    ((xn - recon).pow(2).sum(1).mean() + aux).backward()
+    assert torch.allclose(losses.aux, aux.detach(), rtol=1e-5)
+    for n, p in sae.named_parameters():
+        assert torch.allclose(got[n], p.grad, rtol=1e-4, atol=1e-5 * p.grad.abs().max()), (variant, n)
+
+
+def test_the_trainers_fused_adam_steps_like_torch_default_adam():
+    from vsae.train import make_optimizer
+
+    saes = [fitted("relu_l1")[0] for _ in range(2)]
+    x = fitted("relu_l1")[1]
+    opts = [make_optimizer(saes[0], 1e-2), torch.optim.Adam(saes[1].parameters(), lr=1e-2, foreach=False)]
+    assert opts[0].defaults["fused"]
+    for _ in range(3):
+        for sae, opt in zip(saes, opts):
+            opt.zero_grad()
+            sae.loss(x * sae.scale, l1_coefficient=0.3).total.backward()
+            opt.step()
+    for (n, a), b in zip(saes[0].named_parameters(), saes[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), n

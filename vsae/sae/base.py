@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsae.sae.config import SAEConfig
-from vsae.sae.sparse import Support, gather_pre, sparse_decode
+from vsae.sae.sparse import Support, dense_encode, gather_pre, sparse_decode
 
 # Above this fraction of active latents the dense path is faster (measured on CPU: the sparse
 # step was 2.9x faster at 1.6% active, 1.6x at 5%, 0.94x at 10%).
@@ -60,6 +60,7 @@ class SparseAutoencoder(nn.Module):
     """Weights: ``W_enc`` [d_sae, d_in], ``b_enc`` [d_sae], ``W_dec`` [d_sae, d_in], ``b_dec`` [d_in]."""
 
     variant: ClassVar[str]
+    density_from_batch: ClassVar[bool] = False  # True: density() reads the batch's pre-activations
     init_decoder_norm: ClassVar[float] = 1.0
     init_encoder_scale: ClassVar[float] = 1.0  # W_enc starts as this times W_dec
 
@@ -81,7 +82,8 @@ class SparseAutoencoder(nn.Module):
         raise NotImplementedError
 
     def density(self, pre_bs: torch.Tensor) -> float:
-        """Fraction of latents the batch will activate (decides the sparse or dense path)."""
+        """Fraction of latents the batch will activate (decides the sparse or dense path); reads
+        ``pre_bs`` only where ``density_from_batch`` is set."""
         return self.cfg.k / self.d_sae
 
     def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
@@ -159,13 +161,24 @@ class SparseAutoencoder(nn.Module):
 
         ``path`` is ``auto``, ``sparse`` or ``dense``; they differ in speed only.
         """
-        xc = xn - self.b_dec
-        with torch.no_grad():
-            pre = F.linear(xc, self.W_enc, self.b_enc)
-        if path == "sparse" or (path == "auto" and self.density(pre) < SPARSE_BELOW):
+        # xc is detached: b_dec's gradient comes as a reduction from the encoder's functions
+        # (DenseEncode, GatherPre) rather than as a [batch x d_in] product through xc.
+        xc = xn - self.b_dec.detach()
+        if path == "auto" and not self.density_from_batch:  # known before encoding (TopK: k / d_sae)
+            path = "sparse" if self.density(xn) < SPARSE_BELOW else "dense"
+        sparse = path == "sparse"
+        if sparse:  # decided before encoding: the product needs no gradient
+            with torch.no_grad():
+                pre = F.linear(xc, self.W_enc, self.b_enc)
+        else:  # one encoder pass, with gradients; the path is chosen from it
+            pre_g = dense_encode(xc, self.W_enc, self.b_enc, self.b_dec)
+            pre = pre_g.detach()
+            sparse = path == "auto" and self.density(pre) < SPARSE_BELOW
+        if sparse:
             support = self.select(pre)
             self.observe(pre, support)
-            values = gather_pre(xc, self.W_enc, self.b_enc, pre[support.row, support.col].float(), support)
+            values = gather_pre(xc, self.W_enc, self.b_enc, pre[support.row, support.col].float(), support,
+                                b_dec=self.b_dec)
             acts = F.relu(values)
             recon = sparse_decode(acts, self.W_dec, support) + self.b_dec
             latent_sums = torch.zeros(self.d_sae, device=xn.device).index_add(0, support.col, acts)
@@ -173,7 +186,7 @@ class SparseAutoencoder(nn.Module):
             fired = torch.zeros(self.d_sae, dtype=torch.bool, device=xn.device)
             fired[support.col[active]] = True
         else:
-            acts = self.dense_latents(F.linear(xc, self.W_enc, self.b_enc), pre)
+            acts = self.dense_latents(pre_g, pre)
             recon = acts @ self.W_dec + self.b_dec
             latent_sums = acts.sum(0, dtype=torch.float32)
             active = acts > 0
@@ -191,6 +204,8 @@ class SparseAutoencoder(nn.Module):
 
 class ReluSAE(SparseAutoencoder):
     """The ReLU variants: a latent is active where its pre-activation is positive."""
+
+    density_from_batch = True
 
     def select(self, pre_bs: torch.Tensor) -> Support:
         return Support.from_mask(pre_bs > 0)

@@ -86,10 +86,15 @@ def _offsets(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:
 
 
 class GatherPre(torch.autograd.Function):
-    """``pre[row, col]`` for ``pre = xc @ W_enc.T + b_enc``, given those values already computed."""
+    """``pre[row, col]`` for ``pre = xc @ W_enc.T + b_enc``, given those values already computed.
+
+    With ``b_dec`` (and ``xc = xn - b_dec`` passed detached, ``xn`` constant), the gradient of
+    ``b_dec`` is ``-(Σ_rows g) @ W_enc``: one reduction and a vector product instead of the
+    [batch x d_in] sparse product that the gradient of ``xc`` would cost.
+    """
 
     @staticmethod
-    def forward(ctx, xc, w_enc, b_enc, values, support: Support):  # noqa: D102
+    def forward(ctx, xc, w_enc, b_enc, values, support: Support, b_dec=None):  # noqa: D102
         ctx.save_for_backward(xc, w_enc)
         ctx.support = support
         return values.clone()
@@ -99,14 +104,51 @@ class GatherPre(torch.autograd.Function):
         xc, w_enc = ctx.saved_tensors
         s: Support = ctx.support
         grad = grad.float()
-        g_xc = g_w = g_b = None
+        g_xc = g_w = g_b = g_bdec = None
         if ctx.needs_input_grad[0]:
             g_xc = torch.sparse.mm(s.csr(grad), w_enc.float())
         if ctx.needs_input_grad[1]:
             g_w = torch.sparse.mm(s.csr_t(grad), xc.float())
-        if ctx.needs_input_grad[2]:
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[5]:
             g_b = torch.zeros(s.n_latents, dtype=grad.dtype, device=grad.device).index_add_(0, s.col, grad)
-        return g_xc, g_w, g_b, None, None
+        if ctx.needs_input_grad[5]:
+            g_bdec = -(g_b @ w_enc.float())
+        return g_xc, g_w, g_b if ctx.needs_input_grad[2] else None, None, None, g_bdec
+
+
+class DenseEncode(torch.autograd.Function):
+    """``pre = xc @ W_enc.T + b_enc`` for the centred input ``xc = xn - b_dec`` (passed detached,
+    ``xn`` constant), with the gradients of ``W_enc``, ``b_enc`` and ``b_dec``.
+
+    Backwards this is one GEMM (``W_enc``) and two reductions: ``b_enc`` gets ``Σ_rows g`` and
+    ``b_dec`` gets ``-(Σ_rows g) @ W_enc`` (a vector product), where autograd of
+    ``F.linear(xn - b_dec, ...)`` computes the full [batch x d_in] gradient of the input (a
+    second GEMM) only to sum it over rows. Under autocast the product runs in the autocast dtype
+    (as ``F.linear`` would), from the operands cast once and saved for the backward product.
+    """
+
+    @staticmethod
+    def forward(ctx, xc, w_enc, b_enc, b_dec):  # noqa: D102
+        dt = xc.dtype
+        if torch.is_autocast_enabled(xc.device.type):
+            dt = torch.get_autocast_dtype(xc.device.type)
+        xl, wl = xc.to(dt), w_enc.to(dt)
+        ctx.save_for_backward(xl, wl)
+        with torch.autocast(xc.device.type, enabled=False):
+            return F.linear(xl, wl, b_enc.to(dt))
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        xl, wl = ctx.saved_tensors
+        g = grad.to(xl.dtype)
+        g_w = g_b = g_bdec = None
+        if ctx.needs_input_grad[1]:
+            g_w = (g.t() @ xl).float()
+        if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
+            g_b = grad.sum(0, dtype=torch.float32)
+        if ctx.needs_input_grad[3]:
+            g_bdec = -(g_b @ wl.float())
+        return None, g_w, g_b if ctx.needs_input_grad[2] else None, g_bdec
 
 
 class SparseDecode(torch.autograd.Function):
@@ -133,8 +175,14 @@ class SparseDecode(torch.autograd.Function):
         return g_values, g_w, None
 
 
-def gather_pre(xc, w_enc, b_enc, values, support: Support) -> torch.Tensor:
-    return GatherPre.apply(xc, w_enc, b_enc, values, support)
+def gather_pre(xc, w_enc, b_enc, values, support: Support, b_dec=None) -> torch.Tensor:
+    """``pre[support]`` as :class:`GatherPre`; with ``b_dec``, ``xc`` must be ``xn - b_dec.detach()``."""
+    return GatherPre.apply(xc, w_enc, b_enc, values, support, b_dec)
+
+
+def dense_encode(xc, w_enc, b_enc, b_dec) -> torch.Tensor:
+    """``[batch, d_sae]`` pre-activations as :class:`DenseEncode`; ``xc`` is ``xn - b_dec.detach()``."""
+    return DenseEncode.apply(xc, w_enc, b_enc, b_dec)
 
 
 def sparse_decode(values, w_dec, support: Support) -> torch.Tensor:
