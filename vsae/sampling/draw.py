@@ -131,7 +131,7 @@ KIND_DRAW: dict[str, Callable[..., Drawn]] = {
 
 
 def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids: np.ndarray,
-           hook: str, seed: int, valid: np.ndarray | None = None) -> HookRows:
+           hook: str, seed: int, valid: np.ndarray | None = None, out: HookRows | None = None) -> HookRows:
     """Rows of one batch at one hook, ``rows_per_image`` per image, image-major.
 
     Args:
@@ -142,6 +142,8 @@ def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids
         hook, seed: the hook name and run seed (they seed the draws).
         valid: ``[b]`` bool; rows of invalid images are zeros with ``valid=False`` (they keep
             their place, so the row arithmetic ``image*K + j`` holds).
+        out: rows to write into (``b * rows_per_image`` of them, float32 acts), e.g. a view of
+            a task's preallocated rows; returned. Default: fresh arrays.
 
     Raises:
         ConfigError: the sampler cannot read this layout.
@@ -155,13 +157,23 @@ def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids
     with torch.no_grad():
         values, yx, prob = KIND_DRAW[sampler.kind](acts, layout, sampler, ids, hook, seed)
     k = yx.shape[1]
-    acts_np = _to_numpy(values)
+    if out is not None:
+        assert len(out) == b * k and out.acts.dtype == np.float32, (len(out), b * k, out.acts.dtype)
+        torch.from_numpy(out.acts).copy_(values.detach().reshape(b * k, -1))  # widened exactly
+        acts_np = out.acts
+    else:
+        acts_np = _to_numpy(values)
     if not valid.all():
         acts_np[np.repeat(~valid, k)] = 0
         yx[~valid] = -1
         prob[~valid] = 1.0
-    return HookRows(acts=acts_np, image_id=np.repeat(ids, k), yx=yx.reshape(b * k, 2),
+    rows = HookRows(acts=acts_np, image_id=np.repeat(ids, k), yx=yx.reshape(b * k, 2),
                     prob=prob.reshape(b * k), valid=np.repeat(valid, k))
+    if out is None:
+        return rows
+    for name in ("image_id", "yx", "prob", "valid"):
+        getattr(out, name)[...] = getattr(rows, name)
+    return out
 
 
 def _to_numpy(values: torch.Tensor) -> np.ndarray:
