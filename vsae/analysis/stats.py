@@ -49,9 +49,12 @@ def image_level(acts_bs: torch.Tensor, prob_b: np.ndarray, valid_b: np.ndarray, 
     ``acts_bs`` [n*K, S] float16 (a store's neurons, as read) or float32 (an SAE's features); the
     means and maxima come out float32 [n, S]. On a CPU, one pass over cache-sized blocks of images
     widens each block once into a reused float32 buffer and takes the weighted mean, the max and
-    the valid rows' positive counts from it while it is in cache (``ImageActs.positive_s``); five
-    passes over the whole batch in memory cost 3-4x as much (``bench/analyze.py``). Elsewhere
-    (a GPU), whole-batch operations."""
+    the valid rows' positive counts from it while it is in cache (``ImageActs.positive_s``),
+    instead of a pass over the whole batch in memory for each (``bench/RESULTS.md``, "Class
+    means: one pass over image blocks"). Elsewhere (a GPU), whole-batch operations.
+
+    Source: SPEC 8 (inverse-probability weighted mean over ``magnitude:K`` rows, plain mean
+    otherwise; the max over the rows)."""
     k = rows_per_image
     n, s = acts_bs.shape[0] // k, acts_bs.shape[1]
     valid = valid_b.reshape(n, k).all(axis=1)

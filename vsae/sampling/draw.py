@@ -62,7 +62,8 @@ def _float32(values: torch.Tensor) -> torch.Tensor:
         held = _CAST.buffers = {}
     buffer = held.get(values.device)
     if buffer is None or buffer.numel() < values.numel():
-        buffer = held[values.device] = torch.empty(values.numel(), dtype=torch.float32, device=values.device)
+        with torch.inference_mode(False):  # a normal tensor: written in and out of inference mode
+            buffer = held[values.device] = torch.empty(values.numel(), dtype=torch.float32, device=values.device)
     return buffer[:values.numel()].view(values.shape).copy_(values)
 
 
