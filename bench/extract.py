@@ -18,7 +18,7 @@ One JSON line per measurement, then the ratios. Threads: torch's default for thi
 
 times only vsae bf16 end to end (on a LocalExecutor with torch's default threads) against
 ``plain_bf16`` (the naive loop under bf16 autocast, channels_last, saving float16), each in a
-fresh process, with glibc's default malloc and with ``vsae.extract.ALLOCATOR_ENV`` in the
+fresh process, with glibc's default malloc and with ``vsae.resources.ALLOCATOR_ENV`` in the
 environment (glibc reads it at start). Each run reports images/s, user and kernel CPU time
 (``resource.getrusage``) and minor page faults; then medians, per-round ratios, and CPU time per
 image (what stays comparable on a machine shared with other work).
@@ -159,7 +159,7 @@ def allocator_runs(tmp: Path, args) -> None:
     import statistics
     import subprocess
 
-    from vsae.extract import ALLOCATOR_ENV
+    from vsae.resources import ALLOCATOR_ENV
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     envs = {"glibc_default": base, "allocator_env": base | ALLOCATOR_ENV}

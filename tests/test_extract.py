@@ -205,7 +205,7 @@ def test_ray_workers_start_with_the_allocator_settings(ray_executor):
     ALLOCATOR_ENV in their environment (values the driver set itself win)."""
     import os
 
-    from vsae.extract import ALLOCATOR_ENV
+    from vsae.resources import ALLOCATOR_ENV
 
     (outcome,) = ray_executor.map(lambda _: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
                                   [0], desc="allocator")

@@ -27,16 +27,6 @@ from vsae.store.dtypes import decode_acts
 from vsae.store.layout import task_image_range
 
 
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
-"""glibc malloc settings for processes that extract (read by glibc at process start, so they
-are set where workers start: the local Ray's ``runtime_env`` in :mod:`cluster.runtime`, and the
-Docker image). A forward pass allocates and frees many tensors of a few MiB to a few tens of MiB
-per batch; with glibc's defaults the heap top is trimmed back to the kernel after a batch and
-the next one faults its pages in again. Blocks up to 32 MiB (glibc's largest mmap threshold) stay
-on the heap, and up to 1 GiB of free heap is kept instead of trimmed (``mallopt(3)``: M_MMAP_THRESHOLD,
-M_TRIM_THRESHOLD). Measured in ``bench/extract.py --allocator``."""
-
-
 @lru_cache(maxsize=2)
 def _model(factory: Callable[[], torch.nn.Module], model_id: str, weights: str, device: str) -> torch.nn.Module:
     model = factory().eval()
