@@ -13,6 +13,15 @@ and random weights (throughput does not depend on the weights' values):
 - bf16 error: relative L2 error of bf16-computed stored activations against fp32 ones.
 
 One JSON line per measurement, then the ratios. Threads: torch's default for this machine.
+
+    .venv/bin/python bench/extract.py --allocator [--images 192] [--repeats 4]
+
+times only vsae bf16 end to end (on a LocalExecutor with torch's default threads) against
+``plain_bf16`` (the naive loop under bf16 autocast, channels_last, saving float16), each in a
+fresh process, with glibc's default malloc and with ``vsae.resources.ALLOCATOR_ENV`` in the
+environment (glibc reads it at start). Each run reports images/s, user and kernel CPU time
+(``resource.getrusage``) and minor page faults; then medians, per-round ratios, and CPU time per
+image (what stays comparable on a machine shared with other work).
 """
 
 from __future__ import annotations
@@ -79,6 +88,114 @@ def naive(model, infos, files: list[str], batch: int, out_dir: Path) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
+def plain_bf16(model, infos, files: list[str], batch: int, out_dir: Path) -> float:
+    """The plain loop in bf16: PIL decode -> resize/crop -> channels_last forward under bf16
+    autocast, hooks captured -> every hook's full activations as float16 ``np.save``, per batch."""
+    t0 = time.perf_counter()
+    for a in range(0, len(files), batch):
+        imgs = []
+        for path in files[a:a + batch]:
+            img = Image.open(path).convert("RGB")
+            s = 224 / min(img.size)
+            img = img.resize((max(224, round(img.width * s)), max(224, round(img.height * s))))
+            l, t = (img.width - 224) // 2, (img.height - 224) // 2
+            imgs.append(np.asarray(img.crop((l, t, l + 224, t + 224))))
+        x = model.preprocess(np.stack(imgs)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), capture(model, infos) as got, torch.autocast("cpu", torch.bfloat16):
+            model(x)
+        for name, t in got.items():
+            np.save(out_dir / f"{name.replace('/', '_')}-{a}.npy", t.to(torch.float16).numpy())
+    return len(files) / (time.perf_counter() - t0)
+
+
+def child(args) -> None:
+    """One timed run in this process (its allocator set by the parent's environment): images/s
+    and the CPU time it took, user and kernel (``resource.getrusage``), and its page faults."""
+    import resource
+
+    from vsae.executor import LocalExecutor
+    from vsae.data import read_listing
+    from vsae.resources import Resources
+    from vsae.runner import write_tasks
+
+    tmp = Path(args.child_dir)
+    listing = read_listing(str(tmp / "dataset.parquet"))
+    data_uri = listing.source_uri
+    files = [os.path.join(data_uri, s) for s in listing.table.column("shard").to_pylist()]
+    model = build("inception_v1.lucid").eval()
+    apply_weights(model, "random:0", model.model_id)
+    model = model.to(memory_format=torch.channels_last)
+    infos = resolve_hooks(model.hooks, [h.split("=")[0] for h in HOOKS], model.model_id)
+    threads = torch.get_num_threads()
+    if args.child == "plain_bf16":
+        out = Path(tempfile.mkdtemp(dir=tmp))
+        plain_bf16(model, infos, files[:args.batch], args.batch, out)  # warm-up
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        ips = plain_bf16(model, infos, files, args.batch, out)
+    else:
+        spec = StoreSpec(model_id="inception_v1.lucid", model_code=1, weights="random:0", dataset=listing.digest,
+                         n_images=listing.n_images, hooks=hook_specs("inception_v1.lucid", HOOKS),
+                         images_per_task=64, compute_dtype="bfloat16")
+        uri = tempfile.mkdtemp(dir=tmp) + "/store.zarr"
+        ActivationStore.create(uri, spec)
+        producer = ExtractTasks(spec, "random:0", data_uri, str(tmp / "dataset.parquet"), args.batch)
+        executor = LocalExecutor(Resources(num_cpus_per_task=threads), progress=False)  # the same cores
+        with executor._threads():
+            producer(0)  # warm-up: model built, caches filled (its task is rewritten below)
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        report = write_tasks(executor, uri, producer, range(spec.n_tasks), overwrite=True)
+        ips = listing.n_images / report.seconds
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    emit(bench="extract_alloc", impl=args.child, images=listing.n_images, images_per_s=round(ips, 2), user_s=round(user, 2),
+         kernel_s=round(system, 2), kernel_share=round(system / max(user + system, 1e-9), 3),
+         minor_faults=after.ru_minflt - before.ru_minflt, threads=threads,
+         malloc={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+
+
+def allocator_runs(tmp: Path, args) -> None:
+    """vsae bf16 end to end against the plain bf16 loop, each in a fresh process, with glibc's
+    default allocator and with ``ALLOCATOR_ENV``; ``--repeats`` rounds, order alternating."""
+    import statistics
+    import subprocess
+
+    from vsae.resources import ALLOCATOR_ENV
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    envs = {"glibc_default": base, "allocator_env": base | ALLOCATOR_ENV}
+    runs = [(impl, env) for impl in ("plain_bf16", "vsae_bf16") for env in envs]
+    got: dict[tuple[str, str], list[dict]] = {r: [] for r in runs}
+    for rep in range(args.repeats):
+        for impl, env in (runs if rep % 2 == 0 else runs[::-1]):
+            out = subprocess.run([sys.executable, __file__, "--child", impl, "--child-dir", str(tmp),
+                                  "--batch", str(args.batch)], env=envs[env], check=True, capture_output=True,
+                                 text=True).stdout
+            row = json.loads(out.strip().splitlines()[-1])
+            got[(impl, env)].append(row)
+            print(json.dumps(row | {"env": env, "repeat": rep, "load_1min": round(os.getloadavg()[0], 2)}), flush=True)
+    med = {f"{impl}/{env}": statistics.median(r["images_per_s"] for r in rows) for (impl, env), rows in got.items()}
+    kernel = {f"{impl}/{env}": statistics.median(r["kernel_share"] for r in rows) for (impl, env), rows in got.items()}
+    emit(bench="extract_alloc", event="medians", images_per_s=med, kernel_share=kernel, repeats=args.repeats)
+    pairs = [[got[(i, e)][r]["images_per_s"] for r in range(args.repeats)] for i in ("plain_bf16", "vsae_bf16")
+             for e in envs]
+    emit(bench="extract_alloc", event="ratio", goal="vsae_bf16 >= 1.2x plain_bf16",
+         vsae_env_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[0])), 3),
+         vsae_env_vs_plain_env=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[1])), 3),
+         vsae_default_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[2], pairs[0])), 3),
+         vsae_env_vs_vsae_default=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[2])), 3),
+         plain_env_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[1], pairs[0])), 3),
+         note="ratios are medians of per-round ratios (runs of one round are adjacent in time)")
+    # CPU time per image (user + kernel): on a machine shared with other work, where wall time
+    # mostly measures waiting for a core, the cost that stays comparable.
+    cpu = {key: statistics.median((r["user_s"] + r["kernel_s"]) / r["images"] for r in rows)
+           for key, rows in got.items()}
+    emit(bench="extract_alloc", event="cpu_per_image", seconds={f"{i}/{e}": round(v, 4) for (i, e), v in cpu.items()},
+         plain_default_vs_vsae_env=round(cpu[("plain_bf16", "glibc_default")] / cpu[("vsae_bf16", "allocator_env")], 3),
+         plain_env_vs_vsae_env=round(cpu[("plain_bf16", "allocator_env")] / cpu[("vsae_bf16", "allocator_env")], 3),
+         vsae_default_vs_vsae_env=round(cpu[("vsae_bf16", "glibc_default")] / cpu[("vsae_bf16", "allocator_env")], 3),
+         note="ratios > 1: the second needs less CPU per image")
+
+
 def vsae_run(tmp: Path, data_uri: str, listing, compute: str, batch: int, per_task: int) -> tuple[float, str]:
     spec = StoreSpec(model_id="inception_v1.lucid", model_code=1, weights="random:0", dataset=listing.digest,
                      n_images=listing.n_images, hooks=hook_specs("inception_v1.lucid", HOOKS),
@@ -129,12 +246,25 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--ray", action="store_true", help="also time the Ray runners (pipeline vs tasks)")
+    p.add_argument("--allocator", action="store_true",
+                   help="only vsae bf16 vs the plain bf16 loop, in subprocesses with and without ALLOCATOR_ENV")
+    p.add_argument("--child", choices=("plain_bf16", "vsae_bf16"), help=argparse.SUPPRESS)
+    p.add_argument("--child-dir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.child:
+        return child(args)
     tmp = Path(tempfile.mkdtemp(prefix="vsae-bench-"))
     try:
         data = write_demo(str(tmp / "data"), per_class=max(1, args.images // 10))
         listing = list_dataset(data["imagenet_folder"], "imagenet_folder")
         write_listing(listing, str(tmp / "dataset.parquet"))
+        if args.allocator:
+            emit(bench="extract_alloc", event="conditions", images=listing.n_images, batch=args.batch,
+                 cpus=os.cpu_count(), torch=torch.__version__, compute="bfloat16, channels_last",
+                 weights="random:0 (RANDOM weights; throughput only)", hooks=list(HOOKS),
+                 vsae="write_tasks on a LocalExecutor with torch's default threads, 64 images per task",
+                 load_1min=round(os.getloadavg()[0], 2))
+            return allocator_runs(tmp, args)
         files = [os.path.join(data["imagenet_folder"], s) for s in listing.table.column("shard").to_pylist()]
         model = build("inception_v1.lucid").eval()
         apply_weights(model, "random:0", model.model_id)

@@ -11,7 +11,8 @@ from scipy import stats as sps
 
 from vsae.analysis.config import AnalysisConfig
 from vsae.analysis.examples import IntervalSample, draw_keys, interval_of
-from vsae.analysis.stats import UnitStats, image_level, mono
+from vsae.analysis import stats as stats_module
+from vsae.analysis.stats import ImageActs, UnitStats, image_level, mono
 from vsae.data import read_listing
 from vsae.errors import ConfigError
 from vsae.executor import LocalExecutor
@@ -120,6 +121,24 @@ def test_statistics_of_any_split_merge_to_the_same_result():
     assert whole.fired_images.tolist() == (maxes > 0).sum(0).tolist()
 
 
+def reference_image_level(acts_bs, prob_b, valid_b, rows_per_image, n_positions, magnitude) -> ImageActs:
+    """Image-level activations as first written (whole-batch float32 operations): the reference
+    the blocked pass over float16 rows must match."""
+    k = rows_per_image
+    n, s = acts_bs.shape[0] // k, acts_bs.shape[1]
+    acts = acts_bs.reshape(n, k, s)
+    valid = valid_b.reshape(n, k).all(axis=1)
+    if magnitude:
+        w = 1.0 / (n_positions * k * prob_b.astype(np.float64)).reshape(n, k)
+        w[~valid] = 0.0
+    else:
+        w = np.full((n, k), 1.0 / k)
+    weights = torch.as_tensor(w, dtype=torch.float32)
+    mean = torch.bmm(weights.unsqueeze(1), acts).squeeze(1) if k > 1 else acts[:, 0] * weights
+    mx = acts.amax(dim=1) if k > 1 else acts[:, 0]
+    return ImageActs(mean, mx, acts, valid)
+
+
 def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_class, yx_nk2) -> None:
     """The statistics update as first written (a float64 [C, S] array per batch, positive counts
     over the valid rows, fired images from the maxima): the reference the faster one must match."""
@@ -150,11 +169,15 @@ def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_cla
     st._merge_top(vals.float().numpy(), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
 
 
+@pytest.mark.parametrize("stored", [np.float16, np.float32])
 @pytest.mark.parametrize("k, magnitude", [(8, True), (3, False), (1, False), (300, True)])
-def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude):
+def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude, stored, monkeypatch):
     """Batches with classes (-1 among them, one batch unlabelled, one all in one class), invalid
     rows (whole images and single rows), positive and negative values: class means to 1e-6 of
-    the reference and of float64 NumPy, counts, maxima and the top-k identical."""
+    the reference and of float64 NumPy, counts, maxima and the top-k identical. The rows reach
+    the blocked pass as stored (float16 neurons) or float32 (SAE features), in blocks of 7
+    images (a batch's last block shorter); the reference gets them widened, whole."""
+    monkeypatch.setattr(stats_module, "_BLOCK_ELEMENTS", 7 * k * 37)
     rng = np.random.default_rng(5)
     n, s, c, top_k, positions = 300, 37, 6, 5, 49
     acts = rng.normal(size=(n * k, s)).astype(np.float16).astype(np.float32)  # float16-derived, as stored
@@ -169,9 +192,10 @@ def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitud
     new, ref = UnitStats.empty(s, c, top_k), UnitStats.empty(s, c, top_k)
     for a, b in ((0, 100), (100, 160), (160, 230), (230, 231), (231, n)):
         rows = torch.from_numpy(acts[a * k:b * k])
-        level = image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
-        new.update(level, rows, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
-        ref_level = image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
+        as_stored = torch.from_numpy(acts[a * k:b * k].astype(stored))
+        level = image_level(as_stored, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
+        new.update(level, as_stored, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
+        ref_level = reference_image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
         reference_update(ref, ref_level, rows, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
     np.testing.assert_allclose(new.class_means(), ref.class_means(), rtol=1e-6, atol=1e-12)
     np.testing.assert_allclose(new.total, ref.total, rtol=1e-6, atol=1e-12)

@@ -198,3 +198,16 @@ def test_bf16_compute_stays_close_to_fp32(tmp_path):
         a, b = rows["float32"][hook].acts, rows["bfloat16"][hook].acts
         assert np.linalg.norm(a - b) / np.linalg.norm(a) < 0.03
         assert not np.array_equal(a, b)  # bf16 really ran
+
+
+def test_ray_workers_start_with_the_allocator_settings(ray_executor):
+    """glibc reads its malloc settings once, at process start: the local Ray's workers must have
+    ALLOCATOR_ENV in their environment (values the driver set itself win)."""
+    import os
+
+    from vsae.resources import ALLOCATOR_ENV
+
+    (outcome,) = ray_executor.map(lambda _: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+                                  [0], desc="allocator")
+    assert outcome.ok, outcome.error
+    assert outcome.value == ALLOCATOR_ENV | {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}

@@ -8,7 +8,7 @@ import torch
 from scipy import stats
 
 from vsae.errors import ConfigError
-from vsae.sampling import Sampler, sample, weighted_mean
+from vsae.sampling import Sampler, draw, sample, weighted_mean
 from vsae.store import ActivationStore, HookSpec, StoreSpec
 
 torch.manual_seed(0)
@@ -121,3 +121,25 @@ def test_sampled_rows_round_trip_through_the_store(tmp_path):
     want = np.concatenate([written[t]["conv"].acts for t in (0, 1)])
     np.testing.assert_array_equal(got.acts, want)  # bf16 values survive exactly
     np.testing.assert_array_equal(got.yx, np.concatenate([written[t]["conv"].yx for t in (0, 1)]))
+
+
+def test_bf16_activations_sample_as_their_float32_copy_through_the_reused_buffer():
+    """Under bf16 compute the norms and means are taken on a float32 copy in a buffer reused
+    across batches and hooks (grown for a larger one, a view of it for a smaller one): rows,
+    positions and probabilities are bit for bit those of the activations widened with ``.float()``."""
+    gen = torch.Generator().manual_seed(3)
+    batches = [(torch.relu(torch.randn(5, 16, 9, 9, generator=gen)), "nchw", "magnitude:6"),
+               (torch.relu(torch.randn(5, 32, 14, 14, generator=gen)), "nchw", "magnitude:4"),  # grows it
+               (torch.randn(5, 1 + 16, 24, generator=gen), "ntd", "magnitude:3"),  # a view of it
+               (torch.relu(torch.randn(5, 64, 7, 7, generator=gen)), "nchw", "mean")]
+    ids = np.arange(10, 15)
+    draw._CAST.buffers = {}  # the buffer is made under inference mode (as extraction runs), then reused outside
+    for i, (acts, layout, spec) in enumerate(batches):
+        bf16 = acts.to(torch.bfloat16)
+        if layout == "nchw":
+            bf16 = bf16.contiguous(memory_format=torch.channels_last)  # as the model hands them over
+        with torch.inference_mode(i == 0):
+            got = sample(bf16, layout, spec, image_ids=ids, hook="h", seed=0)
+        want = sample(bf16.float(), layout, spec, image_ids=ids, hook="h", seed=0)
+        for name in ("acts", "yx", "prob", "valid", "image_id"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=f"{spec} {name}")

@@ -110,7 +110,12 @@ class ExtractTasks:
         model = _model(self.factory, self.spec.model_id, self.weights_uri, device())
         images, valid = decoded.images, decoded.valid
         infos = resolve_hooks(model.hooks, self.spec.hook_names, self.spec.model_id)
-        parts: dict[str, list[HookRows]] = {h.name: [] for h in self.spec.hooks}
+        # The task's rows, preallocated: each batch's sampled rows are written in place.
+        n = stop - start
+        fresh = {h.name: HookRows(np.empty((n * h.rows_per_image, h.d_in), np.float32),
+                                  np.empty(n * h.rows_per_image, np.int64), np.empty((n * h.rows_per_image, 2), np.int16),
+                                  np.empty(n * h.rows_per_image, np.float32), np.empty(n * h.rows_per_image, bool))
+                 for h in self.spec.hooks}
         ids = np.arange(start, stop, dtype=np.int64)
         bf16 = self.spec.compute_dtype == "bfloat16"
         with torch.inference_mode(), capture(model, infos) as got, \
@@ -121,13 +126,13 @@ class ExtractTasks:
                 model(x.contiguous(memory_format=torch.channels_last) if _is_conv(model) else x)
                 for hook in self.spec.hooks:
                     info = model.hooks[hook.name]
-                    parts[hook.name].append(sample(got[hook.name], info.layout, hook.sampler,
-                                                   image_ids=ids[a:b], hook=hook.name,
-                                                   seed=self.spec.seed, valid=valid[a:b]))
+                    k = hook.rows_per_image
+                    sample(got[hook.name], info.layout, hook.sampler, image_ids=ids[a:b], hook=hook.name,
+                           seed=self.spec.seed, valid=valid[a:b], out=fresh[hook.name].take(slice(a * k, b * k)))
+        rows = {h: r for h, r in fresh.items() if n}
         if start > first:
             kept = self._stored_rows(task, start - first)
-            parts = {h: [kept[h], *p] for h, p in parts.items()}
-        rows = {h: HookRows.concat(p) for h, p in parts.items() if p}
+            rows = {h: HookRows.concat([kept[h], *([rows[h]] if h in rows else [])]) for h in kept}
         seconds = {"decode": decoded.seconds, "forward": time.perf_counter() - started}
         return rows, {"inputs": dict(decoded.reasons), "seconds": seconds}
 

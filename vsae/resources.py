@@ -53,3 +53,14 @@ class Resources:
     @property
     def uses_pipeline(self) -> bool:
         return self.runner == "pipeline" or (self.runner == "auto" and self.num_gpus_per_task > 0)
+
+
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(1 << 30)}
+"""glibc malloc settings for worker processes, made for extraction (read by glibc at process
+start, so they are set where workers start: every worker of the local Ray through its
+``runtime_env`` in ``cluster.runtime``, and the Docker image). A forward pass allocates and frees many tensors of a few MiB to a few tens of MiB
+per batch; with glibc's defaults the heap top is trimmed back to the kernel after a batch and
+the next one faults its pages in again. Blocks up to 32 MiB (glibc's largest mmap threshold) stay
+on the heap, and up to 1 GiB of free heap is kept instead of trimmed (``mallopt(3)``: M_MMAP_THRESHOLD,
+M_TRIM_THRESHOLD). The cost: a worker's resident memory stays near its peak. Measured in
+``bench/extract.py --allocator`` (``bench/RESULTS.md``)."""

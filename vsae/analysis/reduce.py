@@ -78,7 +78,11 @@ def _batches(plan: HookPlan, tasks: Sequence[int], device: str) -> Iterator[tupl
 def _task_batches(plan: HookPlan, reader, lo: int, hi: int, rows, device: str):
     k = reader.rows_per_image
     magnitude = reader.hook.sampler.weighted
-    acts = torch.as_tensor(rows.acts, dtype=torch.float32).to(device)
+    # Neurons' rows stay as stored (float16) on a CPU: image_level widens them block by block in
+    # cache. An SAE's encoder, or another device, takes float32.
+    acts = torch.as_tensor(rows.acts).to(device)
+    if torch.device(device).type != "cpu" or any(u.sae_uri for u in plan.units):
+        acts = acts.float()
     yx = rows.yx.reshape(hi - lo, k, 2)
     dtype = compute_dtype(plan.cfg, torch.device(device))
     for unit in plan.units:

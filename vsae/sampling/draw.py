@@ -11,6 +11,7 @@ gets the same positions whatever batch it falls in and whichever worker runs it.
 
 from __future__ import annotations
 
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -46,6 +47,26 @@ def _positions(acts: torch.Tensor, layout: str) -> tuple[torch.Tensor, int]:
     return acts[:, 1:], side
 
 
+_CAST = threading.local()
+
+
+def _float32(values: torch.Tensor) -> torch.Tensor:
+    """``values`` as float32: itself when it is already, else a copy into this thread's reused
+    buffer (valid until the next call). Under bf16 compute a hook's float32 copy is the largest
+    array a batch allocates (InceptionV1's ``conv2d0`` at batch 32: 100 MiB); a fresh one per
+    batch is mapped and faulted in anew each time. Same values, bit for bit, as ``.float()``."""
+    if values.dtype == torch.float32:
+        return values
+    held = getattr(_CAST, "buffers", None)
+    if held is None:
+        held = _CAST.buffers = {}
+    buffer = held.get(values.device)
+    if buffer is None or buffer.numel() < values.numel():
+        with torch.inference_mode(False):  # a normal tensor: written in and out of inference mode
+            buffer = held[values.device] = torch.empty(values.numel(), dtype=torch.float32, device=values.device)
+    return buffer[:values.numel()].view(values.shape).copy_(values)
+
+
 def _grid_yx(n: int, width: int) -> np.ndarray:
     grid = np.arange(n)
     return np.stack([grid // width, grid % width], -1).astype(np.int16)
@@ -57,7 +78,7 @@ def _unpositioned(b: int, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _mean(acts, layout, sampler, ids, hook, seed) -> Drawn:
     vectors, _ = _positions(acts, layout)
-    return (vectors.float().mean(dim=1), *_unpositioned(acts.shape[0], 1))
+    return (_float32(vectors).mean(dim=1), *_unpositioned(acts.shape[0], 1))
 
 
 def _all(acts, layout, sampler, ids, hook, seed) -> Drawn:
@@ -71,7 +92,7 @@ def _magnitude(acts, layout, sampler, ids, hook, seed) -> Drawn:
     vectors, width = _positions(acts, layout)
     b, n = vectors.shape[:2]
     k = sampler.k
-    norms = vectors.float().norm(dim=-1).double()  # [b, n]
+    norms = _float32(vectors).norm(dim=-1).double()  # [b, n]
     totals = norms.sum(dim=1, keepdim=True)
     # An all-zero image has no magnitudes to follow: draw its positions uniformly.
     p = torch.where(totals > 0, norms / totals.clamp_min(1e-300), torch.full_like(norms, 1.0 / n))
@@ -111,7 +132,7 @@ KIND_DRAW: dict[str, Callable[..., Drawn]] = {
 
 
 def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids: np.ndarray,
-           hook: str, seed: int, valid: np.ndarray | None = None) -> HookRows:
+           hook: str, seed: int, valid: np.ndarray | None = None, out: HookRows | None = None) -> HookRows:
     """Rows of one batch at one hook, ``rows_per_image`` per image, image-major.
 
     Args:
@@ -122,6 +143,8 @@ def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids
         hook, seed: the hook name and run seed (they seed the draws).
         valid: ``[b]`` bool; rows of invalid images are zeros with ``valid=False`` (they keep
             their place, so the row arithmetic ``image*K + j`` holds).
+        out: rows to write into (``b * rows_per_image`` of them, float32 acts), e.g. a view of
+            a task's preallocated rows; returned. Default: fresh arrays.
 
     Raises:
         ConfigError: the sampler cannot read this layout.
@@ -135,13 +158,23 @@ def sample(acts: torch.Tensor, layout: str, sampler: Sampler | str, *, image_ids
     with torch.no_grad():
         values, yx, prob = KIND_DRAW[sampler.kind](acts, layout, sampler, ids, hook, seed)
     k = yx.shape[1]
-    acts_np = _to_numpy(values)
+    if out is not None:
+        assert len(out) == b * k and out.acts.dtype == np.float32, (len(out), b * k, out.acts.dtype)
+        torch.from_numpy(out.acts).copy_(values.detach().reshape(b * k, -1))  # widened exactly
+        acts_np = out.acts
+    else:
+        acts_np = _to_numpy(values)
     if not valid.all():
         acts_np[np.repeat(~valid, k)] = 0
         yx[~valid] = -1
         prob[~valid] = 1.0
-    return HookRows(acts=acts_np, image_id=np.repeat(ids, k), yx=yx.reshape(b * k, 2),
+    rows = HookRows(acts=acts_np, image_id=np.repeat(ids, k), yx=yx.reshape(b * k, 2),
                     prob=prob.reshape(b * k), valid=np.repeat(valid, k))
+    if out is None:
+        return rows
+    for name in ("image_id", "yx", "prob", "valid"):
+        getattr(out, name)[...] = getattr(rows, name)
+    return out
 
 
 def _to_numpy(values: torch.Tensor) -> np.ndarray:
