@@ -222,7 +222,8 @@ class Burners:
 
 def run_condition(load: str, a, uri: str, root: Path, rows, order, held, held_raw, truth, paths) -> list[dict]:
     results = [emit(condition=load, loadavg_start=[round(v, 2) for v in os.getloadavg()])]
-    results += dense_phase(rows, order, a, load)
+    if a.dense_steps > 0:  # 0: no dense-phase timing
+        results += dense_phase(rows, order, a, load)
     for variant in a.variants.split(","):
         a.lr = a.lr_topk if variant == "topk" else a.lr_l1
         impls = a.impls.split(",")
