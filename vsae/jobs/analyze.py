@@ -34,7 +34,7 @@ from vsae.config import config_class, to_dict
 from vsae.data import read_listing
 from vsae.errors import ConfigError, NoClassLabels
 from vsae.executor import Executor
-from vsae.jobs.common import check_writable, open_published, weights_note
+from vsae.jobs.common import check_writable, open_published, skipped, weights_note
 from vsae.models import card
 from vsae.report import Report, now_utc
 from vsae.resources import Resources
@@ -272,12 +272,8 @@ def run(job: AnalyzeJob, executor: Executor) -> Report:
     digest = inputs_digest(job, store, plans)
     previous = layout.analysis_index(out).read_json_or_none()
     if previous and previous.get("inputs_digest") == digest and not job.force:
-        report.status = "skipped"
-        report.data = previous
-        report.lines = [f"already analysed  {out.uri} (same store, SAEs and settings; force = true recomputes)",
-                        *summary_lines(previous)]
-        report.save(layout)
-        return report
+        return skipped(report, previous, [f"already analysed  {out.uri} (same store, SAEs and settings; force = true "
+                                          "recomputes)", *summary_lines(previous)], layout)
     from vsae.analysis.reduce import finish_unit
 
     use_gpu = job.resources.num_gpus_per_task > 0

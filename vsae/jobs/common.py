@@ -136,6 +136,16 @@ def inputs_digest(store_digest: str, settings: dict, files: Iterable[str] = ()) 
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def skipped(report: Report, previous: dict, lines: list[str], layout) -> Report:
+    """``report`` as the answer to a rerun with the same inputs: status ``skipped``, the earlier
+    run's data, ``lines``; saved under ``layout`` (a :class:`~vsae.store.paths.StoreLayout`)."""
+    report.status = "skipped"
+    report.data = previous
+    report.lines = lines
+    report.save(layout)
+    return report
+
+
 def finished_before(index: Location, digest: str, force: bool) -> dict | None:
     """The index ``index`` of a complete earlier run with the same inputs (``inputs_digest``
     equal to ``digest``), or None if there is none, it differs, or ``force`` is set."""

@@ -37,7 +37,7 @@ import numpy as np
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
-from vsae.jobs.common import check_writable, open_published
+from vsae.jobs.common import check_writable, open_published, skipped
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store import ActivationStore
@@ -264,11 +264,8 @@ def run(job: GraphJob, executor: Executor) -> Report:
     report = Report("graph", to_dict(job), store_uri=store.uri)
     previous = layout.graph_index(out).read_json_or_none()
     if previous and previous.get("inputs_digest") == digest and "roc" in previous.get("tables", ()) and not job.force:
-        report.status = "skipped"
-        report.lines = [f"already fitted {out.uri} (same store, dictionaries and settings; force = true recomputes)"]
-        report.data = previous
-        report.save(layout)
-        return report
+        return skipped(report, previous, [f"already fitted {out.uri} (same store, dictionaries and settings; "
+                                          "force = true recomputes)"], layout)
     layout.graph_index(out).remove()  # the index goes first and comes back last
 
     coded: dict[str, dict[str, Any]] = {}

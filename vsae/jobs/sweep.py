@@ -26,7 +26,7 @@ import numpy as np
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
-from vsae.jobs.common import check_writable, finished_before, inputs_digest, open_published
+from vsae.jobs.common import check_writable, finished_before, inputs_digest, open_published, skipped
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store.names import validate_location, validate_name
@@ -156,12 +156,8 @@ def run(job: SweepJob, executor: Executor) -> Report:
     digest = inputs_digest(store.spec.digest, settings, sorted(str(Location.of(uri) / WEIGHTS) for _, _, uri in found))
     previous = finished_before(layout.sweep_index(out), digest, job.force)
     if previous is not None:
-        report.status = "skipped"
-        report.data = previous
-        report.lines = [f"already swept  {out.uri} (same store, SAEs and settings; force = true recomputes)",
-                        *summary_lines(previous)]
-        report.save(layout)
-        return report
+        return skipped(report, previous, [f"already swept  {out.uri} (same store, SAEs and settings; force = true "
+                                          "recomputes)", *summary_lines(previous)], layout)
     layout.sweep_index(out).remove()  # the index goes first and comes back last
     saes = {name: load_sae(uri)[0] for _, name, uri in found}
     kind, index = S.parse_target(job.target)

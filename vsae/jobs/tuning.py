@@ -38,7 +38,8 @@ from vsae.config import config_class, to_dict
 from vsae.data.stimuli import StimuliConfig
 from vsae.errors import ConfigError, UnknownRun
 from vsae.executor import Executor
-from vsae.jobs.common import check_exists, check_writable, finished_before, inputs_digest, open_published, weights_note
+from vsae.jobs.common import (check_exists, check_writable, finished_before, inputs_digest, open_published, skipped,
+                              weights_note)
 from vsae.report import Report
 from vsae.resources import Resources
 from vsae.store.names import validate_location, validate_name
@@ -308,12 +309,8 @@ def run(job: TuningJob, executor: Executor) -> Report:
                            sorted(str(Location.of(uri) / WEIGHTS) for units in sets.values() for _, uri in units if uri))
     previous = finished_before(layout.tuning_index(out), digest, job.force)
     if previous is not None:
-        report.status = "skipped"
-        report.data = previous
-        report.lines = [f"already tuned  {out.uri} (same store, stimuli, dictionaries and settings; "
-                        "force = true recomputes)", *summary_lines(previous)]
-        report.save(layout)
-        return report
+        return skipped(report, previous, [f"already tuned  {out.uri} (same store, stimuli, dictionaries and settings; "
+                                          "force = true recomputes)", *summary_lines(previous)], layout)
     layout.tuning_index(out).remove()  # the index goes first and comes back last
     stim_uri, stimuli = extract_stimuli(job, store, out, executor)
     seconds = {"stimuli": time.perf_counter() - started}

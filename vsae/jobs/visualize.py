@@ -30,7 +30,8 @@ from vsae.analysis import results
 from vsae.config import config_class, to_dict
 from vsae.errors import ConfigError
 from vsae.executor import Executor
-from vsae.jobs.common import check_exists, check_writable, finished_before, inputs_digest, open_published, weights_note
+from vsae.jobs.common import (check_exists, check_writable, finished_before, inputs_digest, open_published, skipped,
+                              weights_note)
 from vsae.models import card, factory
 from vsae.models.card import HookInfo, ModelCard
 from vsae.models.weights import random_seed
@@ -288,12 +289,8 @@ def run(job: VisualizeJob, executor: Executor) -> Report:
     digest = inputs_digest(store.spec.digest, _settings(job, sets), inputs)
     previous = finished_before(StoreLayout.visualisation_index(out), digest, job.force)
     if previous is not None:
-        report.status = "skipped"
-        report.data = previous
-        report.lines = [f"already visualised {out.uri} (same store, weights, dictionaries and settings; "
-                        "force = true recomputes)", *summary_lines(previous)]
-        report.save(layout)
-        return report
+        return skipped(report, previous, [f"already visualised {out.uri} (same store, weights, dictionaries and "
+                                          "settings; force = true recomputes)", *summary_lines(previous)], layout)
     StoreLayout.visualisation_index(out).remove()  # the index goes first and comes back last
     use_gpu = job.resources.num_gpus_per_task > 0
     seconds: dict[str, float] = {}
