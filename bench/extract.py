@@ -70,17 +70,23 @@ def forward_only(model, infos, batch: int, repeats: int, bf16: bool) -> float:
     return batch * repeats / (time.perf_counter() - t0)
 
 
+def _plain_batch(model, paths: list[str]) -> torch.Tensor:
+    """The plain loops' input: PIL decode, shorter side to 224, centre crop, the model's own
+    preprocessing, channels_last."""
+    imgs = []
+    for path in paths:
+        img = Image.open(path).convert("RGB")
+        s = 224 / min(img.size)
+        img = img.resize((max(224, round(img.width * s)), max(224, round(img.height * s))))
+        l, t = (img.width - 224) // 2, (img.height - 224) // 2
+        imgs.append(np.asarray(img.crop((l, t, l + 224, t + 224))))
+    return model.preprocess(np.stack(imgs)).contiguous(memory_format=torch.channels_last)
+
+
 def naive(model, infos, files: list[str], batch: int, out_dir: Path) -> float:
     t0 = time.perf_counter()
     for a in range(0, len(files), batch):
-        imgs = []
-        for path in files[a:a + batch]:
-            img = Image.open(path).convert("RGB")
-            s = 224 / min(img.size)
-            img = img.resize((max(224, round(img.width * s)), max(224, round(img.height * s))))
-            l, t = (img.width - 224) // 2, (img.height - 224) // 2
-            imgs.append(np.asarray(img.crop((l, t, l + 224, t + 224))))
-        x = model.preprocess(np.stack(imgs)).contiguous(memory_format=torch.channels_last)
+        x = _plain_batch(model, files[a:a + batch])
         with torch.inference_mode(), capture(model, infos) as got:
             model(x)
         for name, t in got.items():
@@ -93,14 +99,7 @@ def plain_bf16(model, infos, files: list[str], batch: int, out_dir: Path) -> flo
     autocast, hooks captured -> every hook's full activations as float16 ``np.save``, per batch."""
     t0 = time.perf_counter()
     for a in range(0, len(files), batch):
-        imgs = []
-        for path in files[a:a + batch]:
-            img = Image.open(path).convert("RGB")
-            s = 224 / min(img.size)
-            img = img.resize((max(224, round(img.width * s)), max(224, round(img.height * s))))
-            l, t = (img.width - 224) // 2, (img.height - 224) // 2
-            imgs.append(np.asarray(img.crop((l, t, l + 224, t + 224))))
-        x = model.preprocess(np.stack(imgs)).contiguous(memory_format=torch.channels_last)
+        x = _plain_batch(model, files[a:a + batch])
         with torch.inference_mode(), capture(model, infos) as got, torch.autocast("cpu", torch.bfloat16):
             model(x)
         for name, t in got.items():
