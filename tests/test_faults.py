@@ -19,8 +19,9 @@ from vsae.store import ActivationStore, io
 
 
 class FlakyProxy:
-    """A TCP proxy to the S3 endpoint. While down it accepts each connection and resets it at
-    once, as an overloaded or restarting endpoint does."""
+    """A TCP proxy to the S3 endpoint. An outage resets the connections open when it starts (so a
+    client's kept-alive pool cannot ride through it), and while down the proxy accepts each new
+    connection and resets it at once, as a restarting endpoint does."""
 
     def __init__(self, endpoint_url: str):
         host, port = endpoint_url.split("//")[1].split(":")
@@ -29,6 +30,8 @@ class FlakyProxy:
         self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.down = threading.Event()
         self.refused = 0
+        self._live: set[socket.socket] = set()
+        self._lock = threading.Lock()
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -43,6 +46,8 @@ class FlakyProxy:
                 client.close()  # linger 0: a reset, not a clean close
                 continue
             upstream = socket.create_connection(self.target)
+            with self._lock:
+                self._live.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
 
@@ -60,10 +65,25 @@ class FlakyProxy:
                 except OSError:
                     pass
 
+    def _go_down(self) -> None:
+        self.down.set()
+        with self._lock:
+            live, self._live = self._live, set()
+        for s in live:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def outage(self, start_after: float, seconds: float) -> threading.Thread:
+        """Go down after `start_after` s (at once, before returning, when it is 0) for `seconds`."""
+        if start_after <= 0:
+            self._go_down()
+
         def run():
-            time.sleep(start_after)
-            self.down.set()
+            if start_after > 0:
+                time.sleep(start_after)
+                self._go_down()
             time.sleep(seconds)
             self.down.clear()
         thread = threading.Thread(target=run, daemon=True)
@@ -107,7 +127,6 @@ def test_writes_and_reads_ride_out_an_s3_outage(proxy, monkeypatch, drill_report
     reader = ActivationStore.open(uri, storage_options=opts).hook("conv")
     refused = proxy.refused
     proxy.outage(start_after=0.0, seconds=1.5)
-    time.sleep(0.05)
     rows = reader.read_rows(0, reader.n_rows)
     assert proxy.refused > refused
     want = np.concatenate([task_data(spec, t)["conv"].acts for t in range(spec.n_tasks)])
