@@ -1,6 +1,6 @@
 """Node fits of the concept graph: the batched solver against a loop of scikit-learn fits, in one run.
 
-    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5] [--input-rate 0.08] [--threads 1]
+    .venv/bin/python bench/graph.py [--images 2000] [--inputs 64] [--targets 16] [--ensemble 20] [--mu 5] [--input-rate 0.08] [--threads 1] [--repeats 5]
 
 Same problems for every contender: ``--images`` training images with ``--inputs`` binary input
 concepts (each on with probability 0.08) and ``--targets`` target concepts, each an OR of 1-2
@@ -10,7 +10,9 @@ resamples (exploratory undersampling, as the graph job draws them). Each resampl
 
 - ``vsae``: :func:`vsae.graph.solver.fit_l1_logistic`, every fit in one batched working-set
   proximal Newton solve (float32, tol 1e-4, the graph job's settings), at one torch thread
-  (``--threads 1,2`` adds two);
+  (``--threads 1,2`` adds two); the median of ``--repeats`` runs (a run takes under a second, so
+  a single one moves with whatever else the machine does in that second; the baseline's loop
+  runs for many seconds and averages that out by itself);
 - ``vsae_by_concept``: the same solver called once per target (its ``ensemble`` resamples): what
   batching across targets gains;
 - ``sklearn_saga``: a loop of ``LogisticRegression(l1_ratio=1, C=1/mu, solver="saga")`` fits with
@@ -78,6 +80,7 @@ def main() -> None:
     ap.add_argument("--ensemble", type=int, default=20)
     ap.add_argument("--mu", type=float, default=5.0)
     ap.add_argument("--input-rate", type=float, default=0.08, help="probability an input concept is on")
+    ap.add_argument("--repeats", type=int, default=5, help="runs of each vsae contender; the median is reported")
     ap.add_argument("--threads", default="1", help="torch thread counts to run the vsae contenders at, e.g. 1,2 "
                     "(the graph job runs one per task)")
     args = ap.parse_args()
@@ -87,6 +90,7 @@ def main() -> None:
     target_of = np.repeat(np.arange(args.targets), args.ensemble)
     n_fits = len(w)
     conditions = {"images": args.images, "inputs": args.inputs, "targets": args.targets, "ensemble": args.ensemble,
+                  "vsae_repeats": args.repeats,
                   "fits": n_fits, "mu": args.mu, "input_rate": args.input_rate,
                   "target_rate_median": round(float(np.median(y.mean(0))), 4), "cpu": platform.processor() or platform.machine(),
                   "torch": torch.__version__}
@@ -97,8 +101,20 @@ def main() -> None:
         cpu_start[0] = time.process_time()
         return time.perf_counter()
 
-    def report(name: str, seconds: float, coef: np.ndarray, intercept: np.ndarray, threads: int | None = None):
-        cpu_seconds = time.process_time() - cpu_start[0]
+    def timed(run):
+        """The result of ``run()`` and its median wall and CPU seconds over ``--repeats`` runs."""
+        walls, cpus = [], []
+        for _ in range(max(1, args.repeats)):
+            t = start()
+            out = run()
+            walls.append(time.perf_counter() - t)
+            cpus.append(time.process_time() - cpu_start[0])
+        return out, float(np.median(walls)), float(np.median(cpus))
+
+    def report(name: str, seconds: float, coef: np.ndarray, intercept: np.ndarray, threads: int | None = None,
+               cpu_seconds: float | None = None):
+        if cpu_seconds is None:
+            cpu_seconds = time.process_time() - cpu_start[0]
         aucs = np.array([auc(y_held[:, target_of[b]], x_held @ coef[b] + intercept[b]) for b in range(n_fits)])
         results[name] = {"seconds": seconds, "fits_per_s": n_fits / seconds, "cpu_fits_per_s": n_fits / cpu_seconds, "auc": aucs,
                          "nnz_mean": float((coef != 0).sum(1).mean())}
@@ -115,17 +131,18 @@ def main() -> None:
         yt = torch.as_tensor(y[:, target_of].astype(np.float32))
         wt = torch.as_tensor(w, dtype=torch.float32)
         fit_l1_logistic(xt[:64], yt[:64, :4], torch.ones(4, 64), args.mu, max_iter=5)  # warm up
-        t = start()
-        fits = fit_l1_logistic(xt, yt, wt, args.mu)
-        report(f"vsae/{threads}thread", time.perf_counter() - t, fits.coef.numpy(), fits.intercept.numpy(), threads)
-        # one call per target: its T resamples alone
-        coef, intercept = np.zeros((n_fits, args.inputs), np.float32), np.zeros(n_fits, np.float32)
-        t = start()
-        for j in range(args.targets):
-            b = np.flatnonzero(target_of == j)
-            part = fit_l1_logistic(xt, yt[:, b], wt[b], args.mu)
-            coef[b], intercept[b] = part.coef.numpy(), part.intercept.numpy()
-        report(f"vsae_by_concept/{threads}thread", time.perf_counter() - t, coef, intercept, threads)
+        fits, wall, cpu = timed(lambda: fit_l1_logistic(xt, yt, wt, args.mu))
+        report(f"vsae/{threads}thread", wall, fits.coef.numpy(), fits.intercept.numpy(), threads, cpu)
+
+        def by_concept():  # one call per target: its T resamples alone
+            coef, intercept = np.zeros((n_fits, args.inputs), np.float32), np.zeros(n_fits, np.float32)
+            for j in range(args.targets):
+                b = np.flatnonzero(target_of == j)
+                part = fit_l1_logistic(xt, yt[:, b], wt[b], args.mu)
+                coef[b], intercept[b] = part.coef.numpy(), part.intercept.numpy()
+            return coef, intercept
+        (coef, intercept), wall, cpu = timed(by_concept)
+        report(f"vsae_by_concept/{threads}thread", wall, coef, intercept, threads, cpu)
 
     from sklearn.linear_model import LogisticRegression
 

@@ -25,7 +25,9 @@ section 3), celer (Massias, Gramfort and Salmon 2018) and skglm (Bertrand et al.
    The working set of problem ``b`` is its ``working_set`` inputs of largest ``|g_j|`` among those
    that violate the optimality condition ``|g_j| <= mu`` (``g`` the gradient of the smooth part).
 2. Inner solve on the working set only, on the rows the resample draws only (a rebalanced
-   resample draws at most ``2 min(#on, #off)`` distinct rows): proximal Newton steps (Lee, Sun
+   resample draws at most ``2 min(#on, #off)`` distinct rows; the drawn rows that are zero on the
+   whole working set, most rows of sparse codes, enter as two weighted rows, one per target
+   value, which changes neither ``F_b`` nor its derivatives): proximal Newton steps (Lee, Sun
    and Saunders 2014), each a quadratic model with the tiny Hessian ``X_ws^T diag(w p (1 - p))
    X_ws`` (``[B, ws+1, ws+1]``, intercept included) minimised by cyclic coordinate descent with
    soft-thresholding (all problems of the batch move together, coordinate by coordinate; a
@@ -205,10 +207,24 @@ def _inner(x_nd, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, budget
     b, r = wg.shape
     # the working set of each problem, packed (padding masked out)
     col_idx, valid = _packed(ws_bd)
-    # [b, k+1, r]: the working set's columns on the drawn rows, then the intercept's ones
+    # [b, k, r]: the working set's columns on the drawn rows
     flat = row_idx.unsqueeze(1) * x_nd.shape[1] + col_idx.unsqueeze(2)
-    xg = torch.take(x_nd, flat) * valid.unsqueeze(2).to(dtype)
-    xa = torch.cat([xg, torch.ones(b, 1, r, dtype=dtype)], dim=1)
+    xg_full = torch.take(x_nd, flat) * valid.unsqueeze(2).to(dtype)
+    # Rows that are zero on the whole working set differ only in their target: each problem's
+    # such rows become two weighted rows (y = 1, y = 0), which leaves F_b and its derivatives
+    # unchanged (sparse codes are zero on most rows of a small working set).
+    nonzero = (xg_full.abs().amax(1) > 0) & (wg > 0)
+    zero_w = wg * ~nonzero
+    keep, kept = _packed(nonzero)
+    rk = keep.shape[1]
+    xg = torch.cat([torch.gather(xg_full, 2, keep.unsqueeze(1).expand(-1, xg_full.shape[1], -1))
+                    * kept.unsqueeze(1).to(dtype), torch.zeros(b, xg_full.shape[1], 2, dtype=dtype)], dim=2)
+    wg_full, yg_full = wg, yg
+    wg = torch.cat([torch.gather(wg, 1, keep) * kept, (zero_w * yg).sum(1, keepdim=True),
+                    (zero_w * (1 - yg)).sum(1, keepdim=True)], dim=1)
+    yg = torch.cat([torch.gather(yg, 1, keep), torch.ones(b, 1, dtype=dtype), torch.zeros(b, 1, dtype=dtype)], dim=1)
+    # [b, k+1, rk+2]: the working set's columns on the kept rows and the two merged ones, then the intercept's ones
+    xa = torch.cat([xg, torch.ones(b, 1, rk + 2, dtype=dtype)], dim=1)
     beta = torch.cat([torch.gather(coef_bd, 1, col_idx) * valid, intercept_b.unsqueeze(1)], dim=1)
     lam = torch.cat([valid.to(dtype) * mu, torch.zeros(b, 1, dtype=dtype)], dim=1)
     beta0 = beta
@@ -234,7 +250,8 @@ def _inner(x_nd, yg, wg, row_idx, coef_bd, intercept_b, ws_bd, mu, eps_b, budget
     # padding points at input 0 too: add the changes (zero there) rather than overwrite
     coef = coef_bd.clone().scatter_add_(1, col_idx, (beta[:, :-1] - beta0[:, :-1]) * valid)
     # the full gradient from the residuals of the drawn rows (inputs outside the working set are 0)
-    res = wg * (torch.sigmoid(z) - yg)
+    z = torch.einsum("bk,bkr->br", beta[:, :-1], xg_full) + beta[:, -1:]
+    res = wg_full * (torch.sigmoid(z) - yg_full)
     grad = torch.zeros(b, x_nd.shape[0], dtype=dtype).scatter_add_(1, row_idx, res) @ x_nd
     return coef, beta[:, -1].clone(), steps, grad, res.sum(1)
 
@@ -250,20 +267,28 @@ def _coordinate_descent(h, g, beta, lam, tol_b, passes: int = 50):
     by cyclic coordinate descent with soft-thresholding (``soft(t, l) = t - clamp(t, -l, l)``),
     every problem of the batch at once; stops when a pass changes no partial derivative of the
     model by more than ``tol_b`` ``[b]``."""
-    cur = beta.clone()
-    u = torch.zeros_like(g)  # h @ (cur - beta)
+    # Per coordinate j: q_j - a_j cur_j = -t (q the model's gradient at cur, a_j = h_jj), the new
+    # value soft(t, lam_j) / a_j = soft(-t, lam_j) / -a_j, and q moves by h[:, :, j] times the change.
+    # Coordinates are kept as separate [b] tensors and q as rows of [k+1, b]: no copies per step.
     diag = h.diagonal(dim1=1, dim2=2).clamp_min(1e-12)
-    cols = [(diag[:, j], g[:, j], lam[:, j], -lam[:, j], h[:, :, j]) for j in range(g.shape[1])]
+    q_t = g.T.contiguous()  # the model's gradient at cur (cur = beta: the gradient g)
+    h_t = h.permute(2, 1, 0).contiguous()  # h_t[j] = h[:, :, j].T: [k+1, b]
+    lam_t = lam.T.contiguous()
+    cols = list(zip(diag.T.contiguous().unbind(0), (-1 / diag).T.contiguous().unbind(0), (-lam_t).unbind(0),
+                    lam_t.unbind(0), h_t.unbind(0), q_t.unbind(0)))
+    cur = list(beta.T.contiguous().unbind(0))
+    before = after = beta
     for _ in range(passes):
-        start = cur.clone()
-        for j, (a, g_j, hi, lo, h_j) in enumerate(cols):
-            t = a * cur[:, j] - g_j - u[:, j]
-            new = (t - torch.clamp(t, lo, hi)) / a
-            u.addcmul_(h_j, (new - cur[:, j]).unsqueeze(1))
-            cur[:, j] = new
-        if bool((((cur - start).abs() * diag).amax(1) <= tol_b).all()):
+        for j, (a, neg_inv_a, lo, hi, h_j, q_j) in enumerate(cols):
+            minus_t = torch.addcmul(q_j, a, cur[j], value=-1)
+            new = (minus_t - torch.clamp(minus_t, lo, hi)) * neg_inv_a
+            q_t.addcmul_(h_j, new - cur[j])
+            cur[j] = new
+        after = torch.stack(cur, 1)
+        if bool((((after - before).abs() * diag).amax(1) <= tol_b).all()):
             break
-    return cur - beta
+        before = after
+    return after - beta
 
 
 def _line_search(z, dz, wg, yg, beta, delta, g, lam, loss, active, sigma: float = 0.01, halvings: int = 30):
