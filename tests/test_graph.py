@@ -177,6 +177,41 @@ def test_solver_mu_is_the_summed_loss_weight_and_its_solutions_meet_the_kkt_cond
     assert (excess.max(1) <= slack).all() and (np.abs(r.sum(0)) <= slack).all(), (excess.max(1), r.sum(0))
 
 
+def test_sparse_codes_of_a_large_dictionary_take_the_sparse_gradient_and_give_the_same_fits(monkeypatch):
+    """Real-valued codes of 768 concepts, 1% on: the solver takes its full gradients as a sparse
+    product; the fits equal the dense product's (support identical, coefficients within float32
+    round-off), and meet the optimality conditions. Rows zero on a problem's working set enter its
+    inner solves merged (most rows here), so this also checks that merge against the KKT conditions."""
+    import torch
+
+    from vsae.graph import solver
+    from vsae.graph.nodes import rebalanced_counts
+
+    rng = np.random.default_rng(11)
+    n, d, mu, tol = 3000, 768, 3.0, 1e-4
+    x = ((rng.random((n, d)) < 0.01) * rng.gamma(2.0, 0.5, (n, d))).astype(np.float32)
+    parents = [(0, 1), (2,), (3, 4, 5)]
+    ys = [(x[:, list(p)].max(1) > 0.4) ^ (rng.random(n) < 0.01) for p in parents]
+    w = np.stack([rebalanced_counts(y, rng) for y in ys for _ in range(4)]).astype(np.float32)
+    y_nb = np.repeat(np.stack(ys, 1), 4, 1).astype(np.float32)
+    assert solver._Design(torch.tensor(x)).csr_dn is not None
+    sparse = solver.fit_l1_logistic(torch.tensor(x), torch.tensor(y_nb), torch.tensor(w), mu, tol=tol)
+    monkeypatch.setattr(solver, "SPARSE_MIN_INPUTS", d + 1)
+    assert solver._Design(torch.tensor(x)).csr_dn is None
+    dense = solver.fit_l1_logistic(torch.tensor(x), torch.tensor(y_nb), torch.tensor(w), mu, tol=tol)
+    assert sparse.converged.all() and dense.converged.all()
+    assert torch.equal(sparse.coef != 0, dense.coef != 0)
+    assert torch.allclose(sparse.coef, dense.coef, atol=1e-4) and torch.allclose(sparse.intercept, dense.intercept, atol=1e-4)
+    for b, parent_set in enumerate(np.repeat(np.arange(len(parents)), 4)):
+        assert set(np.flatnonzero(sparse.coef[b].numpy())) >= set(parents[parent_set])
+    z = x.astype(np.float64) @ sparse.coef.numpy().T.astype(np.float64) + sparse.intercept.numpy().astype(np.float64)
+    r = w.T * (1 / (1 + np.exp(-z)) - y_nb)  # [n, B]
+    g, coef = (x.T @ r).T, sparse.coef.numpy()
+    excess = np.where(coef != 0, np.abs(g + mu * np.sign(coef)), np.maximum(np.abs(g) - mu, 0))
+    slack = tol * w.sum(1) + 1e-3
+    assert (excess.max(1) <= slack).all() and (np.abs(r.sum(0)) <= slack).all(), (excess.max(1), r.sum(0))
+
+
 def test_solver_refuses_bad_input():
     import torch
 
