@@ -37,9 +37,14 @@ class ImageActs:
         for the pairs a caller keeps: an argmax over every pair costs as much as the max)."""
         if not len(images):
             return np.zeros(0, np.int64)
-        i = torch.tensor(images, device=self.acts_nks.device)  # copies: callers pass read-only views
-        f = torch.tensor(features, device=self.acts_nks.device)
-        return self.acts_nks[i, :, f].float().argmax(dim=1).cpu().numpy()
+        _, k, s = self.acts_nks.shape
+        dev = self.acts_nks.device
+        i = torch.tensor(images, device=dev)  # copies: callers pass read-only views
+        f = torch.tensor(features, device=dev)
+        # the pairs' K rows by flat index into [n, K, S] (5-10x faster than advanced indexing
+        # with a slice between the indices); argmax keeps the first of equal maxima as before
+        flat = (i * (k * s) + f).unsqueeze(1) + torch.arange(k, device=dev) * s
+        return torch.take(self.acts_nks, flat).float().argmax(dim=1).cpu().numpy()
 
 
 def image_level(acts_bs: torch.Tensor, prob_b: np.ndarray, valid_b: np.ndarray, rows_per_image: int,
