@@ -4,6 +4,7 @@ and synthetic -> K-SVD training -> graph on the Ray executor."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import warnings
@@ -367,6 +368,17 @@ def test_client_answers_parents_children_metrics_and_exports(recovered_store):
     by_id = {n["id"]: n for n in back["nodes"]}
     assert by_id[f"{e['hook']}:{e['concept']}"]["n_parents"] == node["n_parents"]
     assert by_id[f"{e['hook']}:{e['concept']}"]["auc"] == pytest.approx(node["auc"])
+    # each fitted node's ROC curve travels with it, in both forms, equal to the client's
+    curve = client.concept_roc(e["hook"], e["concept"], run="truth")
+    json_node = {n["id"]: n for n in as_json["nodes"]}[f"{e['hook']}:{e['concept']}"]
+    assert json_node["roc_tpr"] == curve["tpr"].to_pylist() == by_id[f"{e['hook']}:{e['concept']}"]["roc_tpr"]
+    assert as_json["graph"]["roc_fpr"] == curve["fpr"].to_pylist() == back["graph"]["roc_fpr"]
+    assert not any("roc_tpr" in n for n in as_json["nodes"] if n["layer"] == 0)  # inputs only: no curve
+    import networkx as nx
+
+    g = nx.read_graphml(io.BytesIO(client.export_graph(run="truth")))  # what Gephi-style tools read
+    assert g.number_of_nodes() == 3 * 64 and g.number_of_edges() == len(edges)
+    assert isinstance(g.nodes[f"{e['hook']}:{e['concept']}"]["roc_tpr"], str)
 
 
 # -- synthetic -> K-SVD per hook -> graph, on Ray -----------------------------------------------

@@ -454,8 +454,9 @@ class Client:
     def export_graph(self, run: str = "default", *, format: str = "graphml", model: str | None = None) -> bytes:
         """Graph ``run`` as GraphML bytes (for Gephi, Cytoscape, ``networkx.read_graphml``) or
         node-link JSON (``format="json"``): every concept of every layer, id ``"{hook}:{concept}"``,
-        with its metrics; every edge with weight and usage (:mod:`vsae.graph.export`). The client
-        writes nothing: save the bytes where you like.
+        with its metrics and, where the graph stores them, its held-out ROC curve (``roc_tpr`` at
+        the graph's ``roc_fpr``); every edge with weight and usage (:mod:`vsae.graph.export`). The
+        client writes nothing: save the bytes where you like.
 
         Raises:
             UnknownRun: no complete graph ``run``; ValueError: an unknown format.
@@ -466,8 +467,12 @@ class Client:
             raise ValueError(f"format must be 'graphml' or 'json', got {format!r}")
         store = self._store(model)
         index = self._graph_index(store, run)
+        try:
+            roc = self._graph_roc(store, run)
+        except UnknownRun:  # a graph written before curves were stored exports without them
+            roc = None
         graph = export.graph_dict(index["hooks"], index["n_concepts"], self._graph_table(run, "nodes", model),
-                                  self._graph_table(run, "edges", model))
+                                  self._graph_table(run, "edges", model), roc)
         return export.to_graphml(graph) if format == "graphml" else export.to_json(graph)
 
     def _graph_index(self, store: ActivationStore, run: str) -> dict:
