@@ -123,12 +123,13 @@ def test_writes_and_reads_ride_out_an_s3_outage(proxy, monkeypatch, drill_report
     assert time.monotonic() - started > 1.5  # the writes waited the outage out
     store.publish()
     assert store.verify().ok
-    # and reads, through another outage
-    reader = ActivationStore.open(uri, storage_options=opts).hook("conv")
+    # and opening and reading, through another outage that starts first: a fresh handle has
+    # nothing cached, so its requests must get through the outage
     refused = proxy.refused
     proxy.outage(start_after=0.0, seconds=1.5)
+    reader = ActivationStore.open(uri, storage_options=opts).hook("conv")
     rows = reader.read_rows(0, reader.n_rows)
-    assert proxy.refused > refused
+    assert proxy.refused > refused, f"the read outage hit no request ({proxy.refused} refused in all)"
     want = np.concatenate([task_data(spec, t)["conv"].acts for t in range(spec.n_tasks)])
     np.testing.assert_array_equal(rows.acts, want.astype(np.float16))
     assert drill_report.check("S3 endpoint refusing connections for 2 s (writes, then reads)", uri,
