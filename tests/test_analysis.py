@@ -121,6 +121,49 @@ def test_statistics_of_any_split_merge_to_the_same_result():
     assert whole.fired_images.tolist() == (maxes > 0).sum(0).tolist()
 
 
+def exact_top(maxes_nf: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k per feature by a full sort over every image: descending, ties by the smaller id."""
+    order = np.stack([np.lexsort((ids, -maxes_nf[:, f]))[:k] for f in range(maxes_nf.shape[1])], axis=1)
+    return np.take_along_axis(maxes_nf, order, axis=0), ids[order]
+
+
+@pytest.mark.parametrize("order", ["ascending", "shuffled", "descending"])
+def test_top_k_is_exact_on_ties_and_in_any_image_order(order):
+    """Features that never fire (every image ties at 0), that fire on fewer than k images, that
+    take few distinct values, and that rise along the images (every image a candidate, the case
+    the block's own top-k cuts short): the kept top-k is the full sort's, ties by the smaller
+    image id, whatever the order the images and batches come in and however they are split."""
+    rng = np.random.default_rng(11)
+    n, k, top_k = 3000, 2, 10
+    ids = np.arange(5000, 5000 + n)
+    if order == "shuffled":
+        ids = rng.permutation(ids)
+    elif order == "descending":
+        ids = ids[::-1].copy()
+    rows = np.maximum(rng.normal(size=(n, k, 6)), 0)
+    rows[:, :, 0] = 0.0  # dead
+    rows[:, :, 1] = 0.0
+    rows[rng.choice(n, 4, replace=False), 0, 1] = 1.0  # fires on 4 images: 6 zeros complete its top-k
+    rows[:, :, 2] = rng.integers(0, 3, size=(n, k))  # three values, ties everywhere
+    rows[:, :, 3] = np.linspace(0, 1, n)[:, None]  # rises along the images
+    rows[:, :, 4] = np.linspace(1, 0, n)[:, None]  # falls
+    acts = rows.astype(np.float32).reshape(n * k, 6)
+    maxes = rows.max(1).astype(np.float32)
+    want_act, want_img = exact_top(maxes, ids, top_k)
+    for splits in ([], [1000, 1001, 2000], [7, 2999]):
+        st = batch_stats(acts, ids, np.zeros(n, np.int64), k, 1, top_k, splits)
+        np.testing.assert_array_equal(st.top_act, want_act, err_msg=str(splits))
+        np.testing.assert_array_equal(st.top_image, want_img, err_msg=str(splits))
+        # the position of each kept image's max: the first of its rows holding it
+        pos = {int(i): p for p, i in enumerate(ids)}
+        first = rows.argmax(1)  # [n, S]
+        for f in range(6):
+            assert st.top_yx[:, f, 1].tolist() == [first[pos[int(i)], f] for i in st.top_image[:, f]]
+    # the rising feature's top-k is the last images (the block cut), the dead one's the smallest ids
+    assert set(st.top_image[:, 3]) == set(ids[-top_k:])
+    assert st.top_image[:, 0].tolist() == sorted(ids)[:top_k] and (st.top_act[:, 0] == 0).all()
+
+
 def reference_image_level(acts_bs, prob_b, valid_b, rows_per_image, n_positions, magnitude) -> ImageActs:
     """Image-level activations as first written (whole-batch float32 operations): the reference
     the blocked pass over float16 rows must match."""
@@ -161,12 +204,15 @@ def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_cla
         sums.index_add_(0, torch.as_tensor(cls[labelled]), mean[torch.as_tensor(labelled)])
         st.class_sums += sums.numpy()
         st.class_counts += np.bincount(cls[labelled], minlength=st.class_sums.shape[0])
+    # the batch's top-k per feature by a full sort: descending, ties by the smaller image id
     k = min(st.top_act.shape[0], mx.shape[0])
-    vals, idx = torch.topk(mx, k, dim=0)
-    batch_idx = np.flatnonzero(keep)[idx.numpy()]
+    kept_ids = image_ids[keep]
+    idx = np.stack([np.lexsort((kept_ids, -mx[:, f].numpy()))[:k] for f in range(mx.shape[1])], axis=1)
+    vals = np.take_along_axis(mx.numpy(), idx, axis=0)
+    batch_idx = np.flatnonzero(keep)[idx]
     feat = np.broadcast_to(np.arange(mx.shape[1])[None, :], batch_idx.shape)
     rows_of = acts.rows_of(batch_idx.reshape(-1), feat.reshape(-1)).reshape(batch_idx.shape)
-    st._merge_top(vals.float().numpy(), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
+    st._merge_top(vals.astype(np.float32), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
 
 
 @pytest.mark.parametrize("stored", [np.float16, np.float32])

@@ -31,6 +31,8 @@ class ImageActs:
     valid_n: np.ndarray
     positive_s: np.ndarray | None = None
     """[S] int64: valid rows > 0 per feature, where the pass that made these counted them."""
+    fired_s: np.ndarray | None = None
+    """[S] int64: valid images whose max is > 0 per feature, where the pass counted them."""
 
     def rows_of(self, images: np.ndarray, features: np.ndarray) -> np.ndarray:
         """The row (0..K-1) holding the max of each (image, feature) pair asked for (found only
@@ -54,7 +56,8 @@ def image_level(acts_bs: torch.Tensor, prob_b: np.ndarray, valid_b: np.ndarray, 
     ``acts_bs`` [n*K, S] float16 (a store's neurons, as read) or float32 (an SAE's features); the
     means and maxima come out float32 [n, S]. On a CPU, one pass over cache-sized blocks of images
     widens each block once into a reused float32 buffer and takes the weighted mean, the max and
-    the valid rows' positive counts from it while it is in cache (``ImageActs.positive_s``),
+    the valid rows' positive counts and the images' fired counts from it while it is in cache
+    (``ImageActs.positive_s``, ``ImageActs.fired_s``),
     instead of a pass over the whole batch in memory for each (``bench/RESULTS.md``, "Class
     means: one pass over image blocks"). Elsewhere (a GPU), whole-batch operations.
 
@@ -88,6 +91,7 @@ def _image_level_blocks(acts_bs: torch.Tensor, weights_nk: torch.Tensor, valid_b
     mean = torch.empty(n, s, dtype=torch.float32)
     mx = torch.empty(n, s, dtype=torch.float32)
     positive = torch.zeros(s, dtype=torch.float64)
+    fired = torch.zeros(s, dtype=torch.float64)
     step = max(1, _BLOCK_ELEMENTS // max(1, k * s))
     widen = acts_bs.dtype != torch.float32
     buffer = torch.empty(min(step, n) * k, s, dtype=torch.float32) if widen else None
@@ -109,11 +113,16 @@ def _image_level_blocks(acts_bs: torch.Tensor, weights_nk: torch.Tensor, valid_b
         block_mask = mask[:(b - a) * k]
         torch.gt(rows, 0, out=block_mask)
         positive += block_mask.sum(0)
+        torch.gt(mx[a:b], 0, out=block_mask[:b - a])  # an image fired where its max is > 0 (NaN is not)
+        fired += block_mask[:b - a].sum(0)
     counts = positive.numpy().astype(np.int64)
-    if not valid_b.all():  # rows of unreadable images are not counted
+    fired_images = fired.numpy().astype(np.int64)
+    if not valid_b.all():  # rows and images of unreadable images are not counted
         invalid = acts_bs[torch.from_numpy(~valid_b)].float().numpy()
         counts -= np.count_nonzero(invalid > 0, axis=0)
-    return ImageActs(mean, mx, acts_bs.view(n, k, s), valid_n, counts)
+    if not valid_n.all():
+        fired_images -= np.count_nonzero(mx[torch.from_numpy(~valid_n)].numpy() > 0, axis=0)
+    return ImageActs(mean, mx, acts_bs.view(n, k, s), valid_n, counts, fired_images)
 
 
 @dataclass
@@ -175,7 +184,10 @@ class UnitStats:
         else:
             self.active_rows += _positive_rows(acts_bs, valid_b, keep.shape[0]).sum(0, dtype=torch.int32).cpu().numpy()
         # An image fired where its max over its rows is > 0 (NaN is not).
-        self.fired_images += (mx > 0).sum(0, dtype=torch.int32).cpu().numpy()
+        if acts.fired_s is not None:
+            self.fired_images += acts.fired_s
+        else:
+            self.fired_images += (mx > 0).sum(0, dtype=torch.int32).cpu().numpy()
         # Sums in float64 as before, added in place into the held totals: widening the [n, S]
         # means costs far less than a fresh [C, S] float64 array per batch (and its page faults),
         # and unlike float32 blocks it stays exact however many images of one class a batch
@@ -189,14 +201,67 @@ class UnitStats:
             rows = mean64 if labelled.all() else mean64[torch.as_tensor(labelled, device=dev)]
             _index_add(self.class_sums, lab, rows)
             self.class_counts += np.bincount(lab, minlength=self.class_sums.shape[0])
-        # Top-k: the batch's own top-k per feature, then merged with what is kept.
-        k = min(self.top_act.shape[0], mx.shape[0])
-        vals, idx = torch.topk(mx, k, dim=0)  # [k, S]
-        batch_idx = np.flatnonzero(keep)[idx.cpu().numpy()]  # [k, S] images of the batch
-        feat = np.broadcast_to(np.arange(mx.shape[1])[None, :], batch_idx.shape)
-        rows_of = acts.rows_of(batch_idx.reshape(-1), feat.reshape(-1)).reshape(batch_idx.shape)
-        yx = yx_nk2[batch_idx, rows_of]  # [k, S, 2]
-        self._merge_top(vals.float().cpu().numpy(), image_ids[batch_idx], yx)
+        self._offer_top(acts, mx, keep, image_ids, yx_nk2)
+
+    def _offer_top(self, acts: ImageActs, mx_ns: torch.Tensor, keep: np.ndarray, image_ids: np.ndarray,
+                   yx_nk2: np.ndarray) -> None:
+        """Merge a batch's image maxima ``mx_ns`` [n kept, S] into the top-k: exactly the k largest
+        per feature, ties by the smaller image id, as the merge orders them.
+
+        Only candidates that can enter are sorted: values above the k-th kept so far, or equal to
+        it with a smaller image id (``bench/RESULTS.md``, "Class means: a thresholded top-k").
+        Where that leaves many (the first batch, or values rising along the images), the batch's
+        own k-th value per feature (``torch.topk``) cuts them first, its ties kept for the sort.
+        Images whose maxima are NaN never enter (the merge ordered them last before)."""
+        k, s = self.top_act.shape
+        dev = mx_ns.device
+        batch_row = np.flatnonzero(keep)  # rows of mx_ns -> rows of the batch
+        ids = image_ids[batch_row].astype(np.int64, copy=False)
+        blk = mx_ns
+        thr = torch.as_tensor(self.top_act[-1], device=dev)
+        kth_img = np.where(self.top_image[-1] < 0, np.iinfo(np.int64).max, self.top_image[-1])
+        full = bool(np.isfinite(self.top_act[-1]).all())
+        found = None
+        if full:
+            mask = blk > thr
+            if ids.min() < kth_img.max():  # an image may tie the k-th kept and come first by id
+                mask |= (blk == thr) & (torch.as_tensor(ids, device=dev)[:, None] < torch.as_tensor(kth_img, device=dev))
+            found = torch.nonzero(mask, as_tuple=True)
+            if blk.shape[0] > k and len(found[0]) > 4 * k * s:
+                found = None
+        if found is None:
+            # the batch's own k-th value: nothing below it can enter; ties at it stay for the sort
+            own = torch.topk(blk, min(k, blk.shape[0]), dim=0).values[-1]
+            own = torch.where(torch.isnan(own), torch.full_like(own, -torch.inf), own)
+            cut = torch.maximum(own, thr)
+            mask = (blk > cut) | ((blk == cut) & (cut > thr))
+            if full and bool((cut == thr).any()):
+                mask |= (blk == thr) & (cut == thr) & (
+                    torch.as_tensor(ids, device=dev)[:, None] < torch.as_tensor(kth_img, device=dev))
+            elif not full:
+                mask |= blk == cut
+            found = torch.nonzero(mask, as_tuple=True)
+        r, f = found
+        if not len(r):
+            return
+        act = blk[r, f].float().cpu().numpy()
+        r, f = r.cpu().numpy(), f.cpu().numpy()
+        img = image_ids[batch_row[r]]
+        # per feature, descending by activation, ties by the smaller image id: the first k
+        order = np.lexsort((img, -act, f))
+        f_sorted = f[order]
+        starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
+        rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+        order, rank = order[rank < k], rank[rank < k]
+        row, feat = batch_row[r[order]], f[order]
+        at = acts.rows_of(row, feat)
+        top_act = np.full((k, s), -np.inf, np.float32)
+        top_image = np.full((k, s), -1, np.int64)
+        top_yx = np.full((k, s, 2), -1, np.int16)
+        top_act[rank, feat] = act[order]
+        top_image[rank, feat] = img[order]
+        top_yx[rank, feat] = yx_nk2[row, at]
+        self._merge_top(top_act, top_image, top_yx)
 
     def _merge_top(self, act: np.ndarray, image: np.ndarray, yx: np.ndarray) -> None:
         k = self.top_act.shape[0]
