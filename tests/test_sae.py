@@ -251,6 +251,51 @@ def test_a_dense_relu_step_runs_five_matrix_products(variant):
     assert len(_matrix_products(step)) == 5
 
 
+@pytest.mark.parametrize("variant", ["relu_l1", "relu_l1_scaled"])
+def test_a_bf16_dense_relu_step_widens_no_batch_by_latents_array_and_keeps_float32_sums(variant):
+    # Under bf16 autocast the latents and their gradient are bf16 [batch x d_sae]; a float32 sum
+    # of them asked in one call widens the whole array first (24 ms of a 310 ms step at 4,096 x
+    # 4,096). The step sums them in blocks of rows instead: no dtype copy of that shape is left,
+    # and the gradients equal those of the one-shot float32 sums (same bf16 products otherwise).
+    from torch.profiler import ProfilerActivity, profile
+
+    from vsae.sae import sparse
+
+    sae, x = fitted(variant, d_in=32, expansion=16)
+    x = torch.cat([x] * 4)  # 1,024 rows: several blocks of 256
+    xn = x * sae.scale
+    with torch.no_grad():
+        sae.b_enc.add_(1.0)  # dense phase: most latents active
+
+    def grads(step_sums):
+        sae.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses = step_sums()
+        losses.total.backward()
+        return losses, {n: p.grad.clone() for n, p in sae.named_parameters()}
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        losses, got = grads(lambda: sae.loss(xn, l1_coefficient=0.3))
+    assert losses.l0 > 0.5 * sae.d_sae
+    # (addmm's own copy of the broadcast encoder bias into its output is no widening)
+    wide = [e.input_shapes for e in prof.events() if e.name == "aten::copy_"
+            and any(list(s) == [x.shape[0], sae.d_sae] for s in e.input_shapes)
+            and not (e.cpu_parent is not None and e.cpu_parent.name == "aten::addmm")]
+    assert wide == []
+    one_shot = (lambda t: t.sum(0, dtype=torch.float32))
+    original = sparse.sum_rows_f32
+    sparse.sum_rows_f32 = one_shot
+    try:
+        ref_losses, want = grads(lambda: sae.loss(xn, l1_coefficient=0.3))
+    finally:
+        sparse.sum_rows_f32 = original
+    assert torch.allclose(losses.total, ref_losses.total, rtol=1e-6)
+    for name in want:
+        assert torch.allclose(got[name], want[name], rtol=1e-5, atol=1e-6), name
+    t = torch.randn(1000, 7).bfloat16()
+    assert torch.allclose(sparse.sum_rows_f32(t), t.double().sum(0).float(), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])
 def test_auxk_gradients_equal_dense_autograd(variant):
     # Every parameter's gradient of loss + AuxK, b_dec included (now a reduction in GatherPre),

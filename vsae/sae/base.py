@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vsae.sae.config import SAEConfig
-from vsae.sae.sparse import Support, dense_encode, gather_pre, sparse_decode
+from vsae.sae.sparse import Support, dense_encode, gather_pre, row_sum, sparse_decode
 
 # Above this fraction of active latents the dense path is faster (measured on CPU: the sparse
 # step was 2.9x faster at 1.6% active, 1.6x at 5%, 0.94x at 10%).
@@ -188,7 +188,9 @@ class SparseAutoencoder(nn.Module):
         else:
             acts = self.dense_latents(pre_g, pre)
             recon = acts @ self.W_dec + self.b_dec
-            latent_sums = acts.sum(0, dtype=torch.float32)
+            # float32 sums of bf16 latents without widening all [batch x d_sae] of them at once,
+            # and a gradient that comes back in their dtype (sparse.RowSum)
+            latent_sums = row_sum(acts)
             active = acts > 0
             fired = active.any(0)
         err = (recon.float() - xn).pow(2).sum(1)
@@ -196,7 +198,7 @@ class SparseAutoencoder(nn.Module):
         sparsity = self.penalty(latent_sums, xn.shape[0])
         aux = self.aux_loss(xc, pre, (xn - recon.float()).detach(), dead)
         return Losses(total=mse + l1_coefficient * sparsity + aux, mse=mse.detach(), sparsity=sparsity.detach(),
-                      aux=aux.detach(), fired=fired, l0=float(active.sum()) / xn.shape[0],
+                      aux=aux.detach(), fired=fired, l0=int(torch.count_nonzero(active)) / xn.shape[0],
                       row_sq_err=err.detach())
 
 
@@ -211,7 +213,7 @@ class ReluSAE(SparseAutoencoder):
         return Support.from_mask(pre_bs > 0)
 
     def density(self, pre_bs: torch.Tensor) -> float:
-        return float((pre_bs > 0).float().mean())
+        return int(torch.count_nonzero(pre_bs > 0)) / pre_bs.numel()
 
     def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
         return F.relu(pre_g)
