@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 
 import pytest
@@ -294,6 +295,7 @@ def test_a_bf16_dense_relu_step_widens_no_batch_by_latents_array_and_keeps_float
         assert torch.allclose(got[name], want[name], rtol=1e-5, atol=1e-6), name
     t = torch.randn(1000, 7).bfloat16()
     assert torch.allclose(sparse.sum_rows_f32(t), t.double().sum(0).float(), rtol=1e-6, atol=1e-5)
+    assert math.isnan(sae.density(torch.empty(0, sae.d_sae)))  # counted, not widened: an empty batch as before
 
 
 @pytest.mark.parametrize("variant", ["topk", "batchtopk"])

@@ -213,7 +213,8 @@ class ReluSAE(SparseAutoencoder):
         return Support.from_mask(pre_bs > 0)
 
     def density(self, pre_bs: torch.Tensor) -> float:
-        return int(torch.count_nonzero(pre_bs > 0)) / pre_bs.numel()
+        n = pre_bs.numel()
+        return int(torch.count_nonzero(pre_bs > 0)) / n if n else float("nan")  # empty: as a mean of nothing
 
     def dense_latents(self, pre_g: torch.Tensor, pre_bs: torch.Tensor) -> torch.Tensor:
         return F.relu(pre_g)
