@@ -221,11 +221,15 @@ class UnitStats:
         thr = torch.as_tensor(self.top_act[-1], device=dev)
         kth_img = np.where(self.top_image[-1] < 0, np.iinfo(np.int64).max, self.top_image[-1])
         full = bool(np.isfinite(self.top_act[-1]).all())
+
+        def before_kth() -> torch.Tensor:  # [n, S]: the image comes before the k-th kept on a tie
+            return torch.as_tensor(ids, device=dev)[:, None] < torch.as_tensor(kth_img, device=dev)
+
         found = None
         if full:
             mask = blk > thr
             if ids.min() < kth_img.max():  # an image may tie the k-th kept and come first by id
-                mask |= (blk == thr) & (torch.as_tensor(ids, device=dev)[:, None] < torch.as_tensor(kth_img, device=dev))
+                mask |= (blk == thr) & before_kth()
             found = torch.nonzero(mask, as_tuple=True)
             if blk.shape[0] > k and len(found[0]) > 4 * k * s:
                 found = None
@@ -236,8 +240,7 @@ class UnitStats:
             cut = torch.maximum(own, thr)
             mask = (blk > cut) | ((blk == cut) & (cut > thr))
             if full and bool((cut == thr).any()):
-                mask |= (blk == thr) & (cut == thr) & (
-                    torch.as_tensor(ids, device=dev)[:, None] < torch.as_tensor(kth_img, device=dev))
+                mask |= (blk == thr) & (cut == thr) & before_kth()
             elif not full:
                 mask |= blk == cut
             found = torch.nonzero(mask, as_tuple=True)

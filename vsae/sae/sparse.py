@@ -145,8 +145,8 @@ class DenseEncode(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             g_w = (g.t() @ xl).float()
         if ctx.needs_input_grad[2] or ctx.needs_input_grad[3]:
-            # in grad's dtype (float32 accumulation for bf16), then widened: a float32 sum of a
-            # bf16 [batch x d_sae] gradient would widen all of it first
+            # float32 sums over blocks of rows: a one-shot float32 sum of a bf16
+            # [batch x d_sae] gradient would widen all of it first
             g_b = sum_rows_f32(grad)
         if ctx.needs_input_grad[3]:
             g_bdec = -(g_b @ wl.float())
