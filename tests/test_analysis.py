@@ -127,26 +127,28 @@ def exact_top(maxes_nf: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray
     return np.take_along_axis(maxes_nf, order, axis=0), ids[order]
 
 
-@pytest.mark.parametrize("order", ["ascending", "shuffled", "descending"])
+@pytest.mark.parametrize("order", ["ascending", "shuffled", "descending", "ascending, ids past 2^31"])
 def test_top_k_is_exact_on_ties_and_in_any_image_order(order):
-    """Features that never fire (every image ties at 0), that fire on fewer than k images, that
-    take few distinct values, and that rise along the images (every image a candidate, the case
-    the block's own top-k cuts short): the kept top-k is the full sort's, ties by the smaller
-    image id, whatever the order the images and batches come in and however they are split."""
+    """Features that never fire (every image ties at 0, as 0.0 or -0.0), that fire on fewer than
+    k images, that take few distinct values, that rise along the images (every image a candidate,
+    the case the block's own top-k cuts short) and that are mostly negative: the kept top-k is
+    the full sort's, ties by the smaller image id, whatever the order the images and batches come
+    in and however they are split, and for image ids too large for the merge's one-key sort."""
     rng = np.random.default_rng(11)
     n, k, top_k = 3000, 2, 10
-    ids = np.arange(5000, 5000 + n)
+    ids = np.arange(5000, 5000 + n) + (2**40 if "2^31" in order else 0)
     if order == "shuffled":
         ids = rng.permutation(ids)
     elif order == "descending":
         ids = ids[::-1].copy()
     rows = np.maximum(rng.normal(size=(n, k, 6)), 0)
-    rows[:, :, 0] = 0.0  # dead
+    rows[:, :, 0] = np.where(rng.random((n, k)) < 0.5, -0.0, 0.0)  # dead
     rows[:, :, 1] = 0.0
     rows[rng.choice(n, 4, replace=False), 0, 1] = 1.0  # fires on 4 images: 6 zeros complete its top-k
     rows[:, :, 2] = rng.integers(0, 3, size=(n, k))  # three values, ties everywhere
     rows[:, :, 3] = np.linspace(0, 1, n)[:, None]  # rises along the images
     rows[:, :, 4] = np.linspace(1, 0, n)[:, None]  # falls
+    rows[:, :, 5] = np.round(rng.normal(-2, 1, size=(n, k)), 1)  # mostly negative, with ties
     acts = rows.astype(np.float32).reshape(n * k, 6)
     maxes = rows.max(1).astype(np.float32)
     want_act, want_img = exact_top(maxes, ids, top_k)

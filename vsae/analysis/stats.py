@@ -230,7 +230,7 @@ class UnitStats:
             mask = blk > thr
             if ids.min() < kth_img.max():  # an image may tie the k-th kept and come first by id
                 mask |= (blk == thr) & before_kth()
-            found = torch.nonzero(mask, as_tuple=True)
+            found = _nonzero(mask, blk)
             if blk.shape[0] > k and len(found[0]) > 4 * k * s:
                 found = None
         if found is None:
@@ -243,15 +243,18 @@ class UnitStats:
                 mask |= (blk == thr) & (cut == thr) & before_kth()
             elif not full:
                 mask |= blk == cut
-            found = torch.nonzero(mask, as_tuple=True)
-        r, f = found
+            found = _nonzero(mask, blk)
+        r, f, act = found
         if not len(r):
             return
-        act = blk[r, f].float().cpu().numpy()
-        r, f = r.cpu().numpy(), f.cpu().numpy()
         img = image_ids[batch_row[r]]
-        # per feature, descending by activation, ties by the smaller image id: the first k
-        order = np.lexsort((img, -act, f))
+        # per feature, descending by activation, ties by the smaller image id: the first k.
+        # Candidates come in row order, so where the batch's image ids ascend a stable sort by
+        # (feature, activation) alone leaves ties by image id (3-4x faster than a lexsort).
+        if len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()):
+            order = np.argsort((f.astype(np.int64) << 32) | _descending_key(act), kind="stable")
+        else:
+            order = np.lexsort((img, -act, f))
         f_sorted = f[order]
         starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
         rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
@@ -271,7 +274,11 @@ class UnitStats:
         act_all = np.concatenate([self.top_act, act])
         # Descending by activation, ties by the smaller image id, so any split gives the same list.
         img_all = np.concatenate([self.top_image, image])
-        order = np.lexsort((np.where(img_all < 0, np.iinfo(np.int64).max, img_all), -act_all), axis=0)[:k]
+        img_key = np.where(img_all < 0, _NO_IMAGE, img_all)
+        if int(img_all.max(initial=-1)) < _NO_IMAGE:  # one int64 key: 10x faster than a lexsort here
+            order = np.argsort((_descending_key(act_all) << 31) | img_key, axis=0, kind="stable")[:k]
+        else:
+            order = np.lexsort((img_key, -act_all), axis=0)[:k]
         feat = np.arange(act_all.shape[1])[None, :]
         self.top_act = act_all[order, feat]
         self.top_image = img_all[order, feat]
@@ -295,6 +302,28 @@ class UnitStats:
         with np.errstate(invalid="ignore", divide="ignore"):
             means = self.class_sums / self.class_counts[:, None]
         return np.nan_to_num(means, nan=0.0).T
+
+
+_NO_IMAGE = (1 << 31) - 1
+"""Sort key of a padding entry's image id (-1): after every image id, where all are below it."""
+
+
+def _descending_key(act: np.ndarray) -> np.ndarray:
+    """int64 keys in [1, 2^32) whose ascending order is the descending order of float32 ``act``
+    (its bit pattern made monotone; -0.0 keys as 0.0, -inf last). ``act`` holds no NaN."""
+    bits = act.astype(np.float32, copy=False).view(np.int32).astype(np.int64)
+    return (1 << 31) - np.where(bits < 0, -(bits & 0x7FFFFFFF), bits)
+
+
+def _nonzero(mask_ns: torch.Tensor, values_ns: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows, columns and float32 values of ``values_ns`` where ``mask_ns`` is set, in row-major
+    order. On a CPU through NumPy's flat nonzero (2-3x faster than ``torch.nonzero`` here)."""
+    if mask_ns.device.type == "cpu":
+        flat = np.flatnonzero(mask_ns.numpy())
+        r, f = np.divmod(flat, mask_ns.shape[1])
+        return r, f, values_ns.contiguous().numpy().reshape(-1)[flat].astype(np.float32, copy=False)
+    r, f = torch.nonzero(mask_ns, as_tuple=True)
+    return r.cpu().numpy(), f.cpu().numpy(), values_ns[r, f].float().cpu().numpy()
 
 
 def _positive_rows(acts_bs: torch.Tensor, valid_b: np.ndarray, n_images: int) -> torch.Tensor:
