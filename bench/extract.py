@@ -18,8 +18,9 @@ One JSON line per measurement, then the ratios. Threads: torch's default for thi
 
 times only vsae bf16 end to end (on a LocalExecutor with torch's default threads) against
 ``plain_bf16`` (the naive loop under bf16 autocast, channels_last, saving float16), each in a
-fresh process, with glibc's default malloc and with ``vsae.resources.ALLOCATOR_ENV`` in the
-environment (glibc reads it at start). Each run reports images/s, user and kernel CPU time
+fresh process, with glibc's and OpenMP's defaults, with ``vsae.resources.ALLOCATOR_ENV`` and
+with ``vsae.resources.WORKER_ENV`` (the allocator's and OpenMP's settings vsae's workers start
+with) in the environment (both are read at process start). Each run reports images/s, user and kernel CPU time
 (``resource.getrusage``) and minor page faults; then medians, per-round ratios, and CPU time per
 image (what stays comparable on a machine shared with other work).
 """
@@ -149,19 +150,20 @@ def child(args) -> None:
     emit(bench="extract_alloc", impl=args.child, images=listing.n_images, images_per_s=round(ips, 2), user_s=round(user, 2),
          kernel_s=round(system, 2), kernel_share=round(system / max(user + system, 1e-9), 3),
          minor_faults=after.ru_minflt - before.ru_minflt, threads=threads,
-         malloc={k: v for k, v in os.environ.items() if k.startswith("MALLOC_")})
+         env={k: v for k, v in os.environ.items() if k.startswith(("MALLOC_", "OMP_WAIT"))})
 
 
 def allocator_runs(tmp: Path, args) -> None:
     """vsae bf16 end to end against the plain bf16 loop, each in a fresh process, with glibc's
-    default allocator and with ``ALLOCATOR_ENV``; ``--repeats`` rounds, order alternating."""
+    and OpenMP's defaults, with ``ALLOCATOR_ENV`` and with ``WORKER_ENV`` (``ALLOCATOR_ENV`` and
+    ``OPENMP_ENV``, what vsae's workers start with); ``--repeats`` rounds, order alternating."""
     import statistics
     import subprocess
 
-    from vsae.resources import ALLOCATOR_ENV
+    from vsae.resources import ALLOCATOR_ENV, WORKER_ENV, WORKER_ENV_PREFIXES
 
-    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    envs = {"glibc_default": base, "allocator_env": base | ALLOCATOR_ENV}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(WORKER_ENV_PREFIXES)}
+    envs = {"default": base, "allocator_env": base | ALLOCATOR_ENV, "worker_env": base | WORKER_ENV}
     runs = [(impl, env) for impl in ("plain_bf16", "vsae_bf16") for env in envs]
     got: dict[tuple[str, str], list[dict]] = {r: [] for r in runs}
     for rep in range(args.repeats):
@@ -175,23 +177,30 @@ def allocator_runs(tmp: Path, args) -> None:
     med = {f"{impl}/{env}": statistics.median(r["images_per_s"] for r in rows) for (impl, env), rows in got.items()}
     kernel = {f"{impl}/{env}": statistics.median(r["kernel_share"] for r in rows) for (impl, env), rows in got.items()}
     emit(bench="extract_alloc", event="medians", images_per_s=med, kernel_share=kernel, repeats=args.repeats)
-    pairs = [[got[(i, e)][r]["images_per_s"] for r in range(args.repeats)] for i in ("plain_bf16", "vsae_bf16")
-             for e in envs]
+
+    def ratio(a: tuple[str, str], b: tuple[str, str]) -> float:  # median of per-round ratios
+        return round(statistics.median(x["images_per_s"] / y["images_per_s"] for x, y in zip(got[a], got[b])), 3)
+
+    v, p = "vsae_bf16", "plain_bf16"
     emit(bench="extract_alloc", event="ratio", goal="vsae_bf16 >= 1.2x plain_bf16",
-         vsae_env_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[0])), 3),
-         vsae_env_vs_plain_env=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[1])), 3),
-         vsae_default_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[2], pairs[0])), 3),
-         vsae_env_vs_vsae_default=round(statistics.median(v / p for v, p in zip(pairs[3], pairs[2])), 3),
-         plain_env_vs_plain_default=round(statistics.median(v / p for v, p in zip(pairs[1], pairs[0])), 3),
+         vsae_worker_vs_plain_default=ratio((v, "worker_env"), (p, "default")),
+         vsae_worker_vs_plain_worker=ratio((v, "worker_env"), (p, "worker_env")),
+         vsae_env_vs_plain_default=ratio((v, "allocator_env"), (p, "default")),
+         vsae_env_vs_plain_env=ratio((v, "allocator_env"), (p, "allocator_env")),
+         vsae_default_vs_plain_default=ratio((v, "default"), (p, "default")),
+         vsae_env_vs_vsae_default=ratio((v, "allocator_env"), (v, "default")),
+         vsae_worker_vs_vsae_env=ratio((v, "worker_env"), (v, "allocator_env")),
+         plain_env_vs_plain_default=ratio((p, "allocator_env"), (p, "default")),
          note="ratios are medians of per-round ratios (runs of one round are adjacent in time)")
     # CPU time per image (user + kernel): on a machine shared with other work, where wall time
     # mostly measures waiting for a core, the cost that stays comparable.
     cpu = {key: statistics.median((r["user_s"] + r["kernel_s"]) / r["images"] for r in rows)
            for key, rows in got.items()}
-    emit(bench="extract_alloc", event="cpu_per_image", seconds={f"{i}/{e}": round(v, 4) for (i, e), v in cpu.items()},
-         plain_default_vs_vsae_env=round(cpu[("plain_bf16", "glibc_default")] / cpu[("vsae_bf16", "allocator_env")], 3),
-         plain_env_vs_vsae_env=round(cpu[("plain_bf16", "allocator_env")] / cpu[("vsae_bf16", "allocator_env")], 3),
-         vsae_default_vs_vsae_env=round(cpu[("vsae_bf16", "glibc_default")] / cpu[("vsae_bf16", "allocator_env")], 3),
+    emit(bench="extract_alloc", event="cpu_per_image", seconds={f"{i}/{e}": round(x, 4) for (i, e), x in cpu.items()},
+         plain_default_vs_vsae_worker=round(cpu[(p, "default")] / cpu[(v, "worker_env")], 3),
+         plain_worker_vs_vsae_worker=round(cpu[(p, "worker_env")] / cpu[(v, "worker_env")], 3),
+         vsae_env_vs_vsae_worker=round(cpu[(v, "allocator_env")] / cpu[(v, "worker_env")], 3),
+         vsae_default_vs_vsae_env=round(cpu[(v, "default")] / cpu[(v, "allocator_env")], 3),
          note="ratios > 1: the second needs less CPU per image")
 
 

@@ -22,6 +22,12 @@ Every implementation initialises from ``--init-seed`` (torch's generator), a see
 the data's (NumPy's generator, seed 0): a ground truth drawn by the same generator and seed as
 the initialisation would hand the SAE the true features before training (MMCS 1 at step 0).
 
+vsae trains with the environment its workers get (``vsae.resources.WORKER_ENV``: glibc's malloc
+settings and ``OMP_WAIT_POLICY=PASSIVE``): the bench restarts itself with it (``--worker-env
+off``: as started). The plain loop runs in the same process, so it has the same environment;
+SAELens runs with the environment the bench was started with (``--saelens-env worker``: with
+vsae's).
+
 ``--load quiet,loaded`` runs everything once per condition; ``loaded`` first starts one process
 per core that burns it (``while True: pass``) and stops them afterwards. Each condition also
 times the dense phase of a ReLU SAE (``--dense-steps`` steps from initialisation, where about
@@ -48,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vsae.resources import WORKER_ENV  # noqa: E402
 from vsae.runner import run_local  # noqa: E402
 from vsae.sae import SAEConfig, load_sae, make_sae, mmcs  # noqa: E402
 from vsae.store import ActivationStore  # noqa: E402
@@ -55,6 +62,8 @@ from vsae.synthetic import SyntheticConfig, SyntheticTasks, make_features  # noq
 from vsae.train import SAERun, TrainConfig, compute_dtype, make_optimizer, train_hook  # noqa: E402
 
 EVAL_ROWS = 8192
+_ADDED_ENV = set(filter(None, os.environ.get("VSAE_BENCH_ADDED_ENV", "").split(","))) | {"VSAE_BENCH_ADDED_ENV"}
+"""Variables the bench added to its own environment (WORKER_ENV), kept from SAELens by default."""
 
 
 def emit(**fields) -> dict:
@@ -192,11 +201,12 @@ def saelens_run(variant: str, paths: dict, a, truth, load: str) -> dict | None:
     if not a.saelens_python:
         return None
     kind = "topk" if variant == "topk" else "standard"
+    env = {k: v for k, v in os.environ.items() if a.saelens_env == "worker" or k not in _ADDED_ENV}
     out = subprocess.run(
         [a.saelens_python, str(ROOT / "bench/saelens_loop.py"), "--rows", paths["rows"], "--order", paths["order"],
          "--heldout", paths["held"], "--out", paths["dir"], "--variant", kind, "--steps", str(a.steps),
          "--batch", str(a.batch), "--expansion", str(a.expansion), "--k", str(a.k), "--l1", str(a.l1),
-         "--lr", str(a.lr), "--seed", str(a.init_seed)], capture_output=True, text=True, check=True)
+         "--lr", str(a.lr), "--seed", str(a.init_seed)], capture_output=True, text=True, check=True, env=env)
     line = json.loads(out.stdout.strip().splitlines()[-1])
     from safetensors.torch import load_file
 
@@ -256,12 +266,21 @@ def main() -> None:
                    help="initialisation seed of every implementation (the data's is 0, in NumPy's generator)")
     p.add_argument("--load", default="quiet,loaded", help="conditions: quiet, loaded (one core burner per core)")
     p.add_argument("--dense-steps", type=int, default=6, help="timed dense-phase ReLU steps per condition")
+    p.add_argument("--worker-env", choices=("on", "off"), default="on",
+                   help="on: run with vsae.resources.WORKER_ENV, as vsae's workers do (values already set win)")
+    p.add_argument("--saelens-env", choices=("start", "worker"), default="start",
+                   help="SAELens's environment: the bench's at start, or with WORKER_ENV as vsae's")
     a = p.parse_args()
+    missing = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    if a.worker_env == "on" and missing:  # read at process start (glibc, OpenMP): restart with them
+        env = os.environ | missing | {"VSAE_BENCH_ADDED_ENV": ",".join(missing)}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     data = SyntheticConfig(n_rows=a.rows, d_in=512, n_features=2048, active_per_row=32.0, noise=0.01, seed=0)
     truth = torch.from_numpy(make_features(data))
     emit(setup="train", rows=a.rows, steps=a.steps, batch=a.batch, d_in=512, expansion=a.expansion, k=a.k,
          l1=a.l1, lr_topk=a.lr_topk, lr_l1=a.lr_l1, threads=torch.get_num_threads(), torch=torch.__version__,
-         init_seed=a.init_seed, data_seed=data.seed, load=a.load,
+         init_seed=a.init_seed, data_seed=data.seed, load=a.load, saelens_env=a.saelens_env,
+         worker_env={k: os.environ.get(k) for k in WORKER_ENV},
          compute_dtype=str(compute_dtype(TrainConfig(), torch.device("cpu"))).removeprefix("torch."))
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -7,7 +7,7 @@ import os
 
 import ray
 
-from vsae.resources import ALLOCATOR_ENV, Resources
+from vsae.resources import WORKER_ENV, WORKER_ENV_PREFIXES, Resources
 
 # Variables that workers of an embedded local Ray need to see exactly as the driver does.
 _FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION", "NLTK_DATA")
@@ -26,8 +26,8 @@ def init_ray(resources: Resources | None = None) -> dict:
             if res.local_num_cpus:
                 kwargs["num_cpus"] = res.local_num_cpus
             env = {k: v for k, v in os.environ.items() if k in _FORWARDED_ENV or k.startswith(_FORWARDED_PREFIXES)}
-            # glibc's malloc settings for extraction (vsae.resources.ALLOCATOR_ENV); the driver's own win.
-            env = ALLOCATOR_ENV | {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")} | env
+            # glibc's malloc and OpenMP's wait policy (vsae.resources.WORKER_ENV); the driver's own win.
+            env = WORKER_ENV | {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)} | env
             if env:
                 kwargs["runtime_env"] = {"env_vars": env}
         ray.init(**kwargs)

@@ -200,14 +200,27 @@ def test_bf16_compute_stays_close_to_fp32(tmp_path):
         assert not np.array_equal(a, b)  # bf16 really ran
 
 
-def test_ray_workers_start_with_the_allocator_settings(ray_executor):
-    """glibc reads its malloc settings once, at process start: the local Ray's workers must have
-    ALLOCATOR_ENV in their environment (values the driver set itself win)."""
+def test_ray_workers_start_with_the_allocator_and_openmp_settings(ray_executor):
+    """glibc and the OpenMP runtime read their settings once, at process start: the local Ray's
+    workers must have WORKER_ENV in their environment (values the driver set itself win), and
+    the OpenMP runtime that torch loads there must take the wait policy (it prints its settings
+    with OMP_DISPLAY_ENV)."""
     import os
 
-    from vsae.resources import ALLOCATOR_ENV
+    from vsae.resources import WORKER_ENV, WORKER_ENV_PREFIXES
 
-    (outcome,) = ray_executor.map(lambda _: {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
-                                  [0], desc="allocator")
+    def seen(_):
+        import subprocess
+        import sys
+
+        shown = subprocess.run([sys.executable, "-c", "import torch; torch.ones(2).sum()"], capture_output=True,
+                               text=True, env=os.environ | {"OMP_DISPLAY_ENV": "TRUE"}, check=True).stderr
+        return {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}, shown
+
+    (outcome,) = ray_executor.map(seen, [0], desc="worker env")
     assert outcome.ok, outcome.error
-    assert outcome.value == ALLOCATOR_ENV | {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")}
+    env, shown = outcome.value
+    want = WORKER_ENV | {k: v for k, v in os.environ.items() if k.startswith(WORKER_ENV_PREFIXES)}
+    assert {k: env.get(k) for k in want} == want  # (Ray adds OMP_NUM_THREADS of its own)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        assert "OMP_WAIT_POLICY = 'PASSIVE'" in shown, shown

@@ -64,3 +64,19 @@ the next one faults its pages in again. Blocks up to 32 MiB (glibc's largest mma
 on the heap, and up to 1 GiB of free heap is kept instead of trimmed (``mallopt(3)``: M_MMAP_THRESHOLD,
 M_TRIM_THRESHOLD). The cost: a worker's resident memory stays near its peak. Measured in
 ``bench/extract.py --allocator`` (``bench/RESULTS.md``)."""
+
+OPENMP_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+"""OpenMP settings for worker processes (read by the OpenMP runtime when torch loads it, so set
+where workers start, as ``ALLOCATOR_ENV``). A thread that finishes its share of a parallel
+region sleeps until the next one instead of spinning for a while first (the OpenMP API's
+``OMP_WAIT_POLICY``; GNU libgomp spins before it sleeps by default). A spinning thread holds a
+core another process, or another thread of the same physical core, could use: on a 2-core
+machine shared with other work a TopK SAE step ran 1.3-2.4x faster with it, and no slower on a
+quiet one (``bench/train.py``; ``bench/RESULTS.md``, "TopK under load: OpenMP threads that sleep")."""
+
+WORKER_ENV = ALLOCATOR_ENV | OPENMP_ENV
+"""Every variable a worker process starts with (``cluster.runtime`` sets them for the workers of
+a local Ray; the Docker image sets them): ``ALLOCATOR_ENV`` and ``OPENMP_ENV``."""
+
+WORKER_ENV_PREFIXES = ("MALLOC_", "OMP_", "GOMP_", "KMP_")
+"""Variables of these families that a driver sets itself win over ``WORKER_ENV``."""
