@@ -1,7 +1,7 @@
 """Analysis throughput against the store's raw read throughput, and client query latency.
 
     .venv/bin/python bench/analyze.py [--images 20000] [--repeats 3] [--queries 200] [--chunk-kib 4096]
-                                      [--threads 1] [--throughput-only] [--neurons-only]
+                                      [--threads 1] [--throughput-only] [--neurons-only] [--worker-env on]
 
 Builds an ImageNet-like store (InceptionV1's ``mixed4a``, 508 channels, ``magnitude:8`` rows of
 ReLU-like values, images spread over the 1000 ImageNet classes) and a TopK SAE (x8) on it with
@@ -15,6 +15,8 @@ RANDOM weights (speed does not depend on them). Then, in one process and on the 
 - ``encode/bf16`` and ``class_means/sae/bf16``: the same two with the encoder in bfloat16
   (``compute_dtype = "bfloat16"``), with the relative L2 error of the class sums against fp32.
 
+The bench restarts itself with ``vsae.resources.WORKER_ENV`` (glibc's malloc and OpenMP's
+settings), the environment the job's workers start with (``--worker-env off``: as started).
 The passes run with ``--threads`` torch threads (default 1: what an analysis task gets with the
 default ``num_cpus_per_task``; the store is read on a thread of its own beside them). Repeats
 alternate the order; medians are reported, and the ratios against the baseline measured
@@ -51,6 +53,7 @@ from vsae.analysis.reduce import stats_task  # noqa: E402
 from vsae.analysis.wordnet import imagenet_wnids  # noqa: E402
 from vsae.data.listing import SCHEMA, Listing, write_listing  # noqa: E402
 from vsae.store.paths import StoreLayout  # noqa: E402
+from vsae.resources import WORKER_ENV  # noqa: E402
 from vsae.sae import SAEConfig, make_sae  # noqa: E402
 from vsae.sae.checkpoint import CheckpointInfo, write_config, write_weights  # noqa: E402
 from vsae.store import ActivationStore, HookRows, HookSpec, StoreSpec, io  # noqa: E402
@@ -219,7 +222,12 @@ def main() -> None:
                         help="only the read baseline and the neurons' class means (implies --throughput-only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the passes (default 1, as an analysis task; 0: torch's default)")
+    parser.add_argument("--worker-env", choices=("on", "off"), default="on",
+                        help="on: run with vsae.resources.WORKER_ENV, as the analysis job's workers do")
     args = parser.parse_args()
+    missing = {k: v for k, v in WORKER_ENV.items() if k not in os.environ}
+    if args.worker_env == "on" and missing:  # read at process start (glibc, OpenMP): restart with them
+        os.execve(sys.executable, [sys.executable, *sys.argv], os.environ | missing)
     args.throughput_only |= args.neurons_only
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -239,7 +247,8 @@ def main() -> None:
             emit(bench="setup", images=args.images, rows=args.images * K, channels=CHANNELS, compression=compression,
                  chunk_kib=args.chunk_kib,
                  sae="topk-x8-k32 (RANDOM weights)", cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                 load_1min=round(os.getloadavg()[0], 2), torch=torch.__version__)
+                 load_1min=round(os.getloadavg()[0], 2), torch=torch.__version__,
+                 worker_env={k: os.environ.get(k) for k in WORKER_ENV})
             if compression == "zstd:1":
                 throughput(store, None if args.neurons_only else sae_uri, args.repeats, "local")
             if args.throughput_only:
