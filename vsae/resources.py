@@ -78,5 +78,7 @@ WORKER_ENV = ALLOCATOR_ENV | OPENMP_ENV
 """Every variable a worker process starts with (``cluster.runtime`` sets them for the workers of
 a local Ray; the Docker image sets them): ``ALLOCATOR_ENV`` and ``OPENMP_ENV``."""
 
-WORKER_ENV_PREFIXES = ("MALLOC_", "OMP_", "GOMP_", "KMP_")
-"""Variables of these families that a driver sets itself win over ``WORKER_ENV``."""
+WORKER_ENV_PREFIXES = ("MALLOC_", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+"""Names (or name prefixes) of the variables that, set by a driver itself, win over
+``WORKER_ENV``: glibc's malloc settings and the OpenMP runtimes' wait settings (a thread count
+such as ``OMP_NUM_THREADS`` is left to Ray and the job's resources)."""
