@@ -3,6 +3,13 @@ examples; and the analysis job end to end on a demo store with trained SAEs, on 
 
 from __future__ import annotations
 
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +19,7 @@ from scipy import stats as sps
 from vsae.analysis.config import AnalysisConfig
 from vsae.analysis.examples import IntervalSample, draw_keys, interval_of
 from vsae.analysis import stats as stats_module
+from vsae.analysis import kernels
 from vsae.analysis.stats import ImageActs, UnitStats, image_level, mono
 from vsae.data import read_listing
 from vsae.errors import ConfigError
@@ -217,14 +225,130 @@ def reference_update(st: UnitStats, acts, acts_bs, valid_b, image_ids, image_cla
     st._merge_top(vals.astype(np.float32), image_ids[batch_idx], yx_nk2[batch_idx, rows_of])
 
 
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return {w for line in f if line.startswith("flags") for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+def test_the_compiled_image_level_pass_builds_once_and_takes_avx2_where_the_cpu_has_it(tmp_path, monkeypatch):
+    """With a C compiler the pass builds into the cache on first use and loads from there after
+    (a fresh process does not compile it again); ``auto`` takes the AVX2 code on a CPU with AVX2
+    and F16C, ``portable`` the loops, ``torch`` the torch pass; an unknown value of
+    VSAE_ANALYSIS_KERNEL is an error that names the choices."""
+    if shutil.which("cc") is None and not os.environ.get("CC"):
+        pytest.skip("no C compiler: the torch pass runs (tested below)")
+    monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    kernels._library.cache_clear()
+    try:
+        assert kernels.available()
+        built = list((tmp_path / "kernels").iterdir())
+        assert len(built) == 1 and built[0].suffix == ".so", built
+        stamp = built[0].stat().st_mtime_ns
+        code = "from vsae.analysis import kernels; print(kernels.path(), kernels.build())"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env=os.environ | {"VSAE_CACHE_DIR": str(tmp_path)}).stdout.split()
+        assert out[1] == str(built[0]) and built[0].stat().st_mtime_ns == stamp
+        assert list((tmp_path / "kernels").iterdir()) == built  # no temporary files left
+        flags = _cpu_flags()
+        assert kernels.path() == out[0] == ("avx2" if platform.machine() == "x86_64" and {"avx2", "f16c"} <= flags
+                                            else "portable")
+        for mode in ("portable", "torch"):
+            monkeypatch.setenv(kernels.ENV, mode)
+            assert kernels.path() == mode
+        assert kernels.image_level(torch.zeros(4, 3, dtype=torch.float16), torch.ones(2, 2)) is None
+        monkeypatch.setenv(kernels.ENV, "fast")
+        with pytest.raises(ValueError, match="auto, portable, torch"):
+            kernels.path()
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_without_a_c_compiler_the_torch_pass_runs_with_one_warning(tmp_path, monkeypatch, caplog):
+    """No compiler on PATH, or a compiler that fails: one warning that says why, nothing left in
+    the cache, and image_level gives the torch pass's results."""
+    monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    rng = np.random.default_rng(1)
+    acts = torch.from_numpy(rng.normal(size=(6 * 4, 9)).astype(np.float16))
+    prob, valid = np.full(24, 0.05, np.float32), np.ones(24, bool)
+    monkeypatch.setenv(kernels.ENV, "torch")
+    want = image_level(acts, prob, valid, 4, 49, True)
+    monkeypatch.delenv(kernels.ENV)
+    try:
+        for cc, says in (("vsae-no-such-compiler", "no C compiler"), ("false", "returned non-zero exit status")):
+            monkeypatch.setenv("CC", cc)
+            kernels._library.cache_clear()
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="vsae.analysis.kernels"):
+                assert kernels.path() == "torch" and not kernels.available()
+                got = image_level(acts, prob, valid, 4, 49, True)
+            assert len(caplog.records) == 1 and says in caplog.text and "torch pass runs" in caplog.text
+            assert not (tmp_path / "kernels").exists() or not list((tmp_path / "kernels").iterdir())
+            for name in ("mean_ns", "max_ns"):
+                assert torch.equal(getattr(got, name), getattr(want, name))
+            assert got.positive_s.tolist() == want.positive_s.tolist()
+            assert got.fired_s.tolist() == want.fired_s.tolist()
+    finally:
+        kernels._library.cache_clear()
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_the_image_level_paths_agree_on_every_float16_value(k, monkeypatch):
+    """All 65536 float16 bit patterns (subnormals, -0.0, infinities, NaNs) through each path:
+    the C paths' means, maxima and counts bitwise identical to each other (NaN payloads aside); maxima and counts
+    equal to the torch pass's, means equal to it (K = 1) or both within the float32 summation
+    bound of the exact sum (K = 3), NaN where a row is NaN."""
+    if not kernels.available():
+        pytest.skip("the compiled pass is not built here")
+    rng = np.random.default_rng(0)
+    bits = np.arange(1 << 16, dtype=np.uint16)
+    if k > 1:
+        bits = np.concatenate([bits, rng.permutation(bits), rng.permutation(bits)])
+    s = 61 * 8 + 5  # the AVX2 code's eight columns at a time, and a tail of five
+    n = -(-bits.size // (k * s))
+    x = torch.from_numpy(np.resize(bits, n * k * s).view(np.float16).reshape(n * k, s))
+    w = torch.from_numpy(rng.uniform(0.5, 2.0, (n, k)).astype(np.float32))
+    out = {}
+    for mode in ("auto", "portable", "torch"):
+        monkeypatch.setenv(kernels.ENV, mode)
+        got = kernels.image_level(x, w)
+        out[mode] = got if got is not None else stats_module._image_level_torch(x, w, k)
+    for i, name in enumerate(("mean", "max")):
+        c, p, t = (out[m][i].numpy() for m in ("auto", "portable", "torch"))
+        np.testing.assert_array_equal(np.isnan(c), np.isnan(p), err_msg=name)  # NaN payloads may differ
+        np.testing.assert_array_equal(np.where(np.isnan(c), 0, c).view(np.int32),
+                                      np.where(np.isnan(p), 0, p).view(np.int32), err_msg=name)
+        if name == "max" or k == 1:
+            np.testing.assert_array_equal(c, t, err_msg=name)  # NaN where NaN, -0.0 == 0.0
+        else:  # float32 sums of K terms in two orders: each within the summation bound of the exact sum
+            np.testing.assert_array_equal(np.isnan(c), np.isnan(t))
+            terms = w.double().numpy()[:, :, None] * x.double().numpy().reshape(n, k, s)
+            finite = np.isfinite(terms).all(1)
+            bound = k * 2.0 ** -23 * np.abs(terms).sum(1)[finite]
+            for got in (c, t):
+                assert (np.abs(got[finite] - terms.sum(1)[finite]) <= bound).all()
+    assert np.isnan(out["auto"][1].numpy()).sum() > 0
+    for i in (2, 3):
+        assert out["auto"][i].tolist() == out["portable"][i].tolist() == out["torch"][i].tolist()
+
+
+@pytest.mark.parametrize("kernel", kernels.MODES)
 @pytest.mark.parametrize("stored", [np.float16, np.float32])
 @pytest.mark.parametrize("k, magnitude", [(8, True), (3, False), (1, False), (300, True)])
-def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude, stored, monkeypatch):
+def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitude, stored, kernel, monkeypatch):
     """Batches with classes (-1 among them, one batch unlabelled, one all in one class), invalid
     rows (whole images and single rows), positive and negative values: class means to 1e-6 of
-    the reference and of float64 NumPy, counts, maxima and the top-k identical. The rows reach
-    the blocked pass as stored (float16 neurons) or float32 (SAE features), in blocks of 7
-    images (a batch's last block shorter); the reference gets them widened, whole."""
+    the reference (K = 300: 1e-6 of the largest) and of float64 NumPy, counts, maxima and the
+    top-k identical. The rows reach
+    the image-level pass as stored (float16 neurons) or float32 (SAE features), on each of its
+    paths: the compiled one (AVX2 where the CPU has it, and the portable loops) and the torch
+    one, in blocks of 7 images (a batch's last block shorter); the reference gets them widened,
+    whole."""
+    monkeypatch.setenv(kernels.ENV, kernel)
     monkeypatch.setattr(stats_module, "_BLOCK_ELEMENTS", 7 * k * 37)
     rng = np.random.default_rng(5)
     n, s, c, top_k, positions = 300, 37, 6, 5, 49
@@ -245,8 +369,11 @@ def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitud
         new.update(level, as_stored, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
         ref_level = reference_image_level(rows, prob[a * k:b * k], valid[a * k:b * k], k, positions, magnitude)
         reference_update(ref, ref_level, rows, valid[a * k:b * k], ids[a:b], classes[a:b], yx[a:b])
-    np.testing.assert_allclose(new.class_means(), ref.class_means(), rtol=1e-6, atol=1e-12)
-    np.testing.assert_allclose(new.total, ref.total, rtol=1e-6, atol=1e-12)
+    # the compiled pass sums an image's rows in order, the reference's bmm in blocks: float32
+    # sums of K terms in two orders, so to 1e-6 of the largest mean (exact to rtol 1e-6 at K <= 8)
+    atol = 1e-6 * np.abs(ref.class_means()).max() if k > 8 else 1e-12
+    np.testing.assert_allclose(new.class_means(), ref.class_means(), rtol=1e-6, atol=atol)
+    np.testing.assert_allclose(new.total, ref.total, rtol=1e-6, atol=atol * n)
     for name in ("n_images", "n_rows", "class_counts", "fired_images", "active_rows", "top_act", "top_image",
                  "top_yx"):
         np.testing.assert_array_equal(getattr(new, name), getattr(ref, name), err_msg=name)
