@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/analyze.py [--images 20000] [--repeats 3] [--queries 200] [--chunk-kib 4096]
                                       [--threads 1] [--throughput-only] [--neurons-only] [--worker-env on]
+                                      [--load quiet,loaded]
 
 Builds an ImageNet-like store (InceptionV1's ``mixed4a``, 508 channels, ``magnitude:8`` rows of
 ReLU-like values, images spread over the 1000 ImageNet classes) and a TopK SAE (x8) on it with
@@ -15,10 +16,14 @@ RANDOM weights (speed does not depend on them). Then, in one process and on the 
 - ``encode/bf16`` and ``class_means/sae/bf16``: the same two with the encoder in bfloat16
   (``compute_dtype = "bfloat16"``), with the relative L2 error of the class sums against fp32.
 
+The image-level pass runs on the path ``VSAE_ANALYSIS_KERNEL`` chooses (the setup line's
+``image_level``: ``avx2``, ``portable`` or ``torch``; :mod:`vsae.analysis.kernels`).
 The bench restarts itself with ``vsae.resources.WORKER_ENV`` (glibc's malloc and OpenMP's
 settings), the environment the job's workers start with (``--worker-env off``: as started).
-The passes run with ``--threads`` torch threads (default 1: what an analysis task gets with the
-default ``num_cpus_per_task``; the store is read on a thread of its own beside them). Repeats
+The throughput cases run once per ``--load`` condition: ``quiet``, then ``loaded`` (one process
+per core spinning in ``while True: pass`` beside them). The passes run with ``--threads`` torch
+threads (default 1: what an analysis task gets with the default ``num_cpus_per_task``; the store
+is read on a thread of its own beside them). Repeats
 alternate the order; medians are reported, and the ratios against the baseline measured
 next to them. Then the analysis job runs (local Ray) and the client's latency is measured for
 "top examples of a feature" and "activations of 100 images at a hook", p50/p95, on local disk
@@ -28,6 +33,7 @@ and on a loopback S3 endpoint (moto's server) holding a copy. One JSON line per 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -47,6 +53,8 @@ sys.path.insert(0, str(ROOT))
 import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 
+from bench.burners import Burners  # noqa: E402
+from vsae.analysis import kernels  # noqa: E402
 from vsae.analysis.config import AnalysisConfig  # noqa: E402
 from vsae.analysis.plan import HookPlan, Unit  # noqa: E402
 from vsae.analysis.reduce import stats_task  # noqa: E402
@@ -107,9 +115,9 @@ def timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backend: str) -> None:
+def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backend: str, load: str = "quiet") -> None:
     """Medians of the read baseline and the statistics pass (and with ``sae_uri``, the SAE's
-    encode baseline and pass), repeats alternating the order."""
+    encode baseline and pass), repeats alternating the order; ``load`` labels the condition."""
     from vsae.analysis.reduce import _sae
 
     reader = store.hook(HOOK)
@@ -161,25 +169,26 @@ def throughput(store: ActivationStore, sae_uri: str | None, repeats: int, backen
     med = {name: statistics.median(ts) for name, ts in times.items()}
     med_cpu = {name: statistics.median(ts) for name, ts in cpu.items()}
     for name, t in med.items():
-        emit(bench="analysis_throughput", backend=backend, case=name, rows=rows, mb=round(mb, 1), seconds=round(t, 3),
+        emit(bench="analysis_throughput", backend=backend, load=load, case=name, rows=rows, mb=round(mb, 1),
+             seconds=round(t, 3),
              rows_per_s=round(rows / t), mb_per_s=round(mb / t, 1), cpu_seconds=round(med_cpu[name], 3),
              repeats=repeats)
-    emit(bench="analysis_ratio", backend=backend, case="class_means/neurons vs read",
+    emit(bench="analysis_ratio", backend=backend, load=load, case="class_means/neurons vs read",
          ratio=round(med["read"] / med["class_means/neurons"], 3), goal=">= 0.8")
     # CPU time of the process (every thread): on a shared machine wall time also counts waiting
     # for a core; the CPU-time ratio is what the pass costs against the read.
-    emit(bench="analysis_ratio", backend=backend, case="class_means/neurons vs read, CPU time",
+    emit(bench="analysis_ratio", backend=backend, load=load, case="class_means/neurons vs read, CPU time",
          ratio=round(med_cpu["read"] / med_cpu["class_means/neurons"], 3))
     if sae_uri:
-        emit(bench="analysis_ratio", backend=backend, case="class_means/sae vs read+encode",
+        emit(bench="analysis_ratio", backend=backend, load=load, case="class_means/sae vs read+encode",
              ratio=round(med["encode"] / med["class_means/sae"], 3))
-        emit(bench="analysis_ratio", backend=backend, case="class_means/sae/bf16 vs read+encode/bf16",
+        emit(bench="analysis_ratio", backend=backend, load=load, case="class_means/sae/bf16 vs read+encode/bf16",
              ratio=round(med["encode/bf16"] / med["class_means/sae/bf16"], 3))
-        emit(bench="analysis_ratio", backend=backend, case="class_means/sae/bf16 vs class_means/sae (fp32)",
+        emit(bench="analysis_ratio", backend=backend, load=load, case="class_means/sae/bf16 vs class_means/sae (fp32)",
              ratio=round(med["class_means/sae"] / med["class_means/sae/bf16"], 3))
         a = stats_task(plan_s, tasks, image_class)["sae"].class_sums
         b = stats_task(plan_b, tasks, image_class)["sae"].class_sums
-        emit(bench="analysis_bf16_error", backend=backend, case="class sums, bf16 vs fp32",
+        emit(bench="analysis_bf16_error", backend=backend, load=load, case="class sums, bf16 vs fp32",
              rel_l2=round(float(np.linalg.norm(a - b) / np.linalg.norm(a)), 5))
 
 
@@ -222,6 +231,8 @@ def main() -> None:
                         help="only the read baseline and the neurons' class means (implies --throughput-only)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the passes (default 1, as an analysis task; 0: torch's default)")
+    parser.add_argument("--load", default="quiet,loaded",
+                        help="conditions of the throughput cases: quiet, loaded (one core burner per core)")
     parser.add_argument("--worker-env", choices=("on", "off"), default="on",
                         help="on: run with vsae.resources.WORKER_ENV, as the analysis job's workers do")
     args = parser.parse_args()
@@ -247,10 +258,13 @@ def main() -> None:
             emit(bench="setup", images=args.images, rows=args.images * K, channels=CHANNELS, compression=compression,
                  chunk_kib=args.chunk_kib,
                  sae="topk-x8-k32 (RANDOM weights)", cpus=os.cpu_count(), threads=torch.get_num_threads(),
-                 load_1min=round(os.getloadavg()[0], 2), torch=torch.__version__,
+                 load_1min=round(os.getloadavg()[0], 2), torch=torch.__version__, image_level=kernels.path(),
                  worker_env={k: os.environ.get(k) for k in WORKER_ENV})
             if compression == "zstd:1":
-                throughput(store, None if args.neurons_only else sae_uri, args.repeats, "local")
+                for load in args.load.split(","):
+                    with Burners() if load == "loaded" else contextlib.nullcontext():
+                        emit(bench="condition", load=load, load_1min=round(os.getloadavg()[0], 2))
+                        throughput(store, None if args.neurons_only else sae_uri, args.repeats, "local", load)
             if args.throughput_only:
                 return
             started = time.perf_counter()

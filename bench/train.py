@@ -54,6 +54,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.burners import Burners  # noqa: E402
 from vsae.resources import WORKER_ENV  # noqa: E402
 from vsae.runner import run_local  # noqa: E402
 from vsae.sae import SAEConfig, load_sae, make_sae, mmcs  # noqa: E402
@@ -214,20 +215,6 @@ def saelens_run(variant: str, paths: dict, a, truth, load: str) -> dict | None:
     w0 = load_file(f"{paths['dir']}/saelens-init.safetensors")
     return emit(impl="saelens", variant=variant, load=load, steps_per_s=line["steps_per_s"],
                 mmcs0=mmcs(truth, w0["W_dec"]), fvu=line["fvu"], l0=line["l0"], mmcs=mmcs(truth, w["W_dec"]))
-
-
-class Burners:
-    """One process per core spinning in ``while True: pass`` while the context is open."""
-
-    def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 1)]
-        time.sleep(2)
-        return self
-
-    def __exit__(self, *exc):
-        for proc in self.procs:
-            proc.kill()
-            proc.wait()
 
 
 def run_condition(load: str, a, uri: str, root: Path, rows, order, held, held_raw, truth, paths) -> list[dict]:
