@@ -236,8 +236,9 @@ def _cpu_flags() -> set[str]:
 def test_the_compiled_image_level_pass_builds_once_and_takes_avx2_where_the_cpu_has_it(tmp_path, monkeypatch):
     """With a C compiler the pass builds into the cache on first use and loads from there after
     (a fresh process does not compile it again); ``auto`` takes the AVX2 code on a CPU with AVX2
-    and F16C, ``portable`` the loops, ``torch`` the torch pass; an unknown value of
-    VSAE_ANALYSIS_KERNEL is an error that names the choices."""
+    and F16C (without: the loops for float32 rows, torch for float16), ``portable`` the loops,
+    ``torch`` the torch pass; an unknown value of VSAE_ANALYSIS_KERNEL is an error that names the
+    choices."""
     if shutil.which("cc") is None and not os.environ.get("CC"):
         pytest.skip("no C compiler: the torch pass runs (tested below)")
     monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path))
@@ -258,7 +259,15 @@ def test_the_compiled_image_level_pass_builds_once_and_takes_avx2_where_the_cpu_
                                             else "portable")
         for mode in ("portable", "torch"):
             monkeypatch.setenv(kernels.ENV, mode)
-            assert kernels.path() == mode
+            assert kernels.path() == kernels.path(torch.float32) == mode
+        # a CPU without AVX2 (this one's answer replaced): auto takes the loops for float32 rows only
+        monkeypatch.setenv(kernels.ENV, "auto")
+        monkeypatch.setattr(kernels._library(), "vsae_image_level_simd", lambda: 0)
+        assert (kernels.path(torch.float16), kernels.path(torch.float32)) == ("torch", "portable")
+        assert kernels.image_level(torch.zeros(4, 3, dtype=torch.float16), torch.ones(2, 2)) is None
+        assert kernels.image_level(torch.ones(4, 3), torch.ones(2, 2))[0].tolist() == [[2.0] * 3] * 2
+        assert kernels.path(torch.bfloat16) == "torch"
+        monkeypatch.setenv(kernels.ENV, "torch")
         assert kernels.image_level(torch.zeros(4, 3, dtype=torch.float16), torch.ones(2, 2)) is None
         monkeypatch.setenv(kernels.ENV, "fast")
         with pytest.raises(ValueError, match="auto, portable, torch"):

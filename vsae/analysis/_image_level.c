@@ -10,7 +10,7 @@
  *
  * Two paths with the same operations in the same order, so identical results: portable C that
  * compilers vectorise (float16 widened with integer operations, exact), and on x86-64 CPUs with
- * AVX2 and F16C the same eight columns at a time with intrinsics (about 2x faster than the
+ * AVX2 and F16C the same eight columns at a time with intrinsics (2.5-4x faster than the
  * portable loops there; bench/RESULTS.md, "Class means: the image-level pass in C"). The build
  * passes -ffp-contract=off: no fused multiply-add on any path. Loaded through ctypes
  * (vsae/analysis/kernels.py), which releases the GIL for the call.

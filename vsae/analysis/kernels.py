@@ -3,19 +3,21 @@ through ctypes.
 
 One pass over each image's rows, while they are in L1 cache, gives the weighted means, the maxima
 and the positive-row and fired-image counts that :func:`vsae.analysis.stats.image_level` takes on
-a CPU: 4.7x faster than the blocked torch pass on float16 rows (``bench/RESULTS.md``, "Class
-means: the image-level pass in C"). The C source ships with the package; the first call in a
-process compiles it with the system's C compiler (``$CC``, else ``cc``; about a second) into
-``{cache}/kernels/`` (``$VSAE_CACHE_DIR``, as :func:`vsae.analysis.wordnet.cache_dir`), keyed by
-the source, the flags and the platform, so later processes and workers on the machine load it
-from there. A copy of the code that Ray uploads with a job (``--working-dir``) finds it the same
-way. The call releases the GIL, so the store's read thread goes on beside it.
+a CPU: with AVX2, about 3x faster than the blocked torch pass on float16 rows and 4x on float32
+rows (``bench/RESULTS.md``, "Class means: the image-level pass in C"). The C source ships with
+the package; its first use on a machine compiles it with the system's C compiler (``$CC``, else
+``cc``; a second or two) into ``{cache}/kernels/`` (``$VSAE_CACHE_DIR``, as
+:func:`vsae.analysis.wordnet.cache_dir`), keyed by the source, the flags, the compiler and the
+platform, so later processes and workers on the machine load it from there; a copy of the code
+that Ray uploads with a job (``--working-dir``) finds it the same way. The call releases the GIL,
+so the store's read thread goes on beside it.
 
 ``VSAE_ANALYSIS_KERNEL`` chooses the path, read at each call: ``auto`` (default: the AVX2 code on
-x86-64 CPUs with AVX2 and F16C, the portable C loops elsewhere), ``portable`` (the portable loops
-only), ``torch`` (the blocked torch pass; also what runs where no C compiler is found or the
-build fails, with one warning that says why). Every C path gives identical results; the torch
-pass agrees to float32 rounding of the means.
+x86-64 CPUs with AVX2 and F16C; elsewhere the portable C loops for float32 rows and the torch
+pass for float16 rows, see :func:`path`), ``portable`` (the portable loops only), ``torch`` (the
+blocked torch pass; also what runs where no C compiler is found or the build fails, with one
+warning that says why). Every C path gives identical results; the torch pass agrees to float32
+rounding of the means.
 """
 
 from __future__ import annotations
@@ -102,13 +104,20 @@ def available() -> bool:
     return _library() is not None
 
 
-def path() -> str:
-    """What :func:`image_level` runs here now: ``"avx2"``, ``"portable"`` or ``"torch"``."""
+def path(dtype: torch.dtype = torch.float16) -> str:
+    """What :func:`image_level` runs here now for rows of ``dtype``: ``"avx2"``, ``"portable"``
+    or ``"torch"``. ``auto`` without AVX2 takes the portable loops for float32 rows only: their
+    float16 widening, in integer operations, ran at 0.8-1.0x the torch pass's (measured on an
+    x86-64 CPU, the loops built for baseline x86-64), float32 rows at 1.5-2x."""
     chosen = mode()
-    lib = None if chosen == "torch" else _library()
+    lib = None if chosen == "torch" or dtype not in (torch.float16, torch.float32) else _library()
     if lib is None:
         return "torch"
-    return "avx2" if chosen == "auto" and lib.vsae_image_level_simd() else "portable"
+    if chosen == "portable":
+        return "portable"
+    if lib.vsae_image_level_simd():
+        return "avx2"
+    return "portable" if dtype == torch.float32 else "torch"
 
 
 def image_level(acts_bs: torch.Tensor, weights_nk: torch.Tensor
@@ -122,7 +131,8 @@ def image_level(acts_bs: torch.Tensor, weights_nk: torch.Tensor
     row order), ``max`` [n, S] float32 (NaN where a row is NaN), ``positive`` [S] int64 (rows > 0)
     and ``fired`` [S] int64 (images whose max is > 0), all rows and images counted (the caller
     takes out unreadable ones). Source: SPEC 8 (image-level activations)."""
-    if acts_bs.device.type != "cpu" or acts_bs.dtype not in (torch.float16, torch.float32) or path() == "torch":
+    chosen = path(acts_bs.dtype)
+    if acts_bs.device.type != "cpu" or chosen == "torch":
         return None
     lib = _library()
     n, k = weights_nk.shape
@@ -135,5 +145,5 @@ def image_level(acts_bs: torch.Tensor, weights_nk: torch.Tensor
     positive = np.zeros(s, np.int32)  # per call: far fewer than 2^31 rows
     fired = np.zeros(s, np.int32)
     lib.vsae_image_level(x.data_ptr(), int(x.dtype == torch.float16), n, k, s, w.data_ptr(), mean.data_ptr(),
-                         mx.data_ptr(), positive.ctypes.data, fired.ctypes.data, int(mode() == "auto"))
+                         mx.data_ptr(), positive.ctypes.data, fired.ctypes.data, int(chosen == "avx2"))
     return mean, mx, positive.astype(np.int64), fired.astype(np.int64)
