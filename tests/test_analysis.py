@@ -9,6 +9,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -272,6 +273,34 @@ def test_the_compiled_image_level_pass_builds_once_and_takes_avx2_where_the_cpu_
         monkeypatch.setenv(kernels.ENV, "fast")
         with pytest.raises(ValueError, match="auto, portable, torch"):
             kernels.path()
+    finally:
+        kernels._library.cache_clear()
+
+
+def test_a_damaged_build_is_rebuilt_and_an_unwritable_cache_falls_back_to_the_temporary_directory(
+        tmp_path, monkeypatch):
+    """A cached build that does not load (garbage where the library was) is compiled again; a
+    cache path that cannot be a directory (a file in the way) builds under the temporary
+    directory instead. Both load and give the same results."""
+    if shutil.which("cc") is None and not os.environ.get("CC"):
+        pytest.skip("no C compiler: the torch pass runs (tested below)")
+    monkeypatch.delenv(kernels.ENV, raising=False)
+    x, w = torch.arange(12, dtype=torch.float16).reshape(4, 3), torch.ones(2, 2)
+    try:
+        monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path / "cache"))
+        kernels._library.cache_clear()
+        built = kernels.build()
+        built.write_bytes(b"not a shared library")
+        assert kernels.available() and kernels.build() == built and built.stat().st_size > 1000
+        assert kernels.image_level(x, w)[0].tolist() == [[3.0, 5.0, 7.0], [15.0, 17.0, 19.0]]
+        (tmp_path / "file").write_text("")
+        monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path / "file"))
+        monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+        (tmp_path / "tmp").mkdir()
+        kernels._library.cache_clear()
+        assert kernels.available()
+        assert [p.suffix for p in (tmp_path / "tmp").glob("vsae-kernels-*/*")] == [".so"]
+        assert kernels.image_level(x, w)[0].tolist() == [[3.0, 5.0, 7.0], [15.0, 17.0, 19.0]]
     finally:
         kernels._library.cache_clear()
 

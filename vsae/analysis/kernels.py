@@ -30,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sysconfig
+import tempfile
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -74,20 +75,35 @@ def build(directory: Path | None = None) -> Path:
     return out
 
 
+def _load() -> ctypes.CDLL:
+    """The built library, loaded: from the cache, else from a directory of this user's under the
+    system's temporary directory where the cache is not writable; a build that does not load
+    (damaged) is compiled again once."""
+    try:
+        built = build()
+    except OSError:  # cache not writable (or no compiler: raised again below)
+        built = build(Path(tempfile.gettempdir()) / f"vsae-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
+    try:
+        return ctypes.CDLL(str(built))  # CDLL, not PyDLL: calls release the GIL
+    except OSError:
+        built.unlink(missing_ok=True)
+        return ctypes.CDLL(str(build(built.parent)))
+
+
 @lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
     try:
-        lib = ctypes.CDLL(str(build()))  # CDLL, not PyDLL: calls release the GIL
-    except (OSError, subprocess.SubprocessError) as e:
+        lib = _load()
+        p, i64 = ctypes.c_void_p, ctypes.c_int64
+        lib.vsae_image_level.argtypes = [p, ctypes.c_int, i64, i64, i64, p, p, p, p, p, ctypes.c_int]
+        lib.vsae_image_level.restype = None
+        lib.vsae_image_level_simd.argtypes = []
+        lib.vsae_image_level_simd.restype = ctypes.c_int
+    except (OSError, subprocess.SubprocessError, AttributeError) as e:
         detail = getattr(e, "stderr", None) or ""
         log.warning("the analysis's compiled image-level pass is not available (%s%s): the torch pass runs",
                     e, f"; {detail.strip()[-2000:]}" if detail else "")
         return None
-    p, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.vsae_image_level.argtypes = [p, ctypes.c_int, i64, i64, i64, p, p, p, p, p, ctypes.c_int]
-    lib.vsae_image_level.restype = None
-    lib.vsae_image_level_simd.argtypes = []
-    lib.vsae_image_level_simd.restype = ctypes.c_int
     return lib
 
 
