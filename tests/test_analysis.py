@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -279,9 +280,11 @@ def test_the_compiled_image_level_pass_builds_once_and_takes_avx2_where_the_cpu_
 
 def test_a_damaged_build_is_rebuilt_and_an_unwritable_cache_falls_back_to_the_temporary_directory(
         tmp_path, monkeypatch):
-    """A cached build that does not load (garbage where the library was) is compiled again; a
-    cache path that cannot be a directory (a file in the way) builds under the temporary
-    directory instead. Both load and give the same results."""
+    """A cached build whose bytes no longer match the digest in its name (truncated: loading it
+    would crash the process with SIGBUS) is removed and compiled again; a cache path that cannot
+    be a directory (a file in the way) builds under the temporary directory instead. Both load
+    and give the same results. Temporary files of builds killed midway go once an hour old; rows
+    and weights of mismatched shapes are an error, not a read out of bounds."""
     if shutil.which("cc") is None and not os.environ.get("CC"):
         pytest.skip("no C compiler: the torch pass runs (tested below)")
     monkeypatch.delenv(kernels.ENV, raising=False)
@@ -290,9 +293,16 @@ def test_a_damaged_build_is_rebuilt_and_an_unwritable_cache_falls_back_to_the_te
         monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path / "cache"))
         kernels._library.cache_clear()
         built = kernels.build()
-        built.write_bytes(b"not a shared library")
-        assert kernels.available() and kernels.build() == built and built.stat().st_size > 1000
+        stale, fresh = built.with_name("x.1.tmp"), built.with_name("x.2.tmp")  # builds killed midway
+        stale.write_bytes(b""), fresh.write_bytes(b"")
+        os.utime(stale, (time.time() - 7200, time.time() - 7200))
+        size = built.stat().st_size
+        built.write_bytes(built.read_bytes()[:size // 2])  # loading this one would crash the process
+        assert kernels.available() and kernels.build().stat().st_size == size
         assert kernels.image_level(x, w)[0].tolist() == [[3.0, 5.0, 7.0], [15.0, 17.0, 19.0]]
+        assert not stale.exists() and fresh.exists()  # the rebuild took out the old one only
+        with pytest.raises(ValueError, match=r"expected \[n\*K, S\] and \[n, K\]"):
+            kernels.image_level(x, torch.ones(3, 2))
         (tmp_path / "file").write_text("")
         monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path / "file"))
         monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
@@ -306,8 +316,9 @@ def test_a_damaged_build_is_rebuilt_and_an_unwritable_cache_falls_back_to_the_te
 
 
 def test_without_a_c_compiler_the_torch_pass_runs_with_one_warning(tmp_path, monkeypatch, caplog):
-    """No compiler on PATH, or a compiler that fails: one warning that says why, nothing left in
-    the cache, and image_level gives the torch pass's results."""
+    """No compiler on PATH, a compiler that fails or writes nothing, a CC that does not parse:
+    one warning that says why, nothing left in the cache, and image_level gives the torch pass's
+    results."""
     monkeypatch.setenv("VSAE_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv(kernels.ENV, raising=False)
     rng = np.random.default_rng(1)
@@ -317,7 +328,8 @@ def test_without_a_c_compiler_the_torch_pass_runs_with_one_warning(tmp_path, mon
     want = image_level(acts, prob, valid, 4, 49, True)
     monkeypatch.delenv(kernels.ENV)
     try:
-        for cc, says in (("vsae-no-such-compiler", "no C compiler"), ("false", "returned non-zero exit status")):
+        for cc, says in (("vsae-no-such-compiler", "no C compiler"), ("false", "returned non-zero exit status"),
+                         ("true", "wrote no library"), ("cc '-O2", "does not parse")):
             monkeypatch.setenv("CC", cc)
             kernels._library.cache_clear()
             caplog.clear()
@@ -334,14 +346,26 @@ def test_without_a_c_compiler_the_torch_pass_runs_with_one_warning(tmp_path, mon
         kernels._library.cache_clear()
 
 
+@pytest.mark.parametrize("flush", [False, True])
 @pytest.mark.parametrize("k", [1, 3])
-def test_the_image_level_paths_agree_on_every_float16_value(k, monkeypatch):
+def test_the_image_level_paths_agree_on_every_float16_value(k, flush, monkeypatch):
     """All 65536 float16 bit patterns (subnormals, -0.0, infinities, NaNs) through each path:
-    the C paths' means, maxima and counts bitwise identical to each other (NaN payloads aside); maxima and counts
-    equal to the torch pass's, means equal to it (K = 1) or both within the float32 summation
-    bound of the exact sum (K = 3), NaN where a row is NaN."""
+    the C paths' means, maxima and counts bitwise identical to each other (NaN payloads aside);
+    maxima and counts equal to the torch pass's, means equal to it (K = 1) or both within the
+    float32 summation bound of the exact sum (K = 3), NaN where a row is NaN. The same with
+    denormals flushed to zero (``torch.set_flush_denormal``): float16 subnormals widen to normal
+    floats, so no path loses them."""
     if not kernels.available():
         pytest.skip("the compiled pass is not built here")
+    if flush and not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    try:
+        _paths_agree_on_every_float16_value(k, monkeypatch)
+    finally:
+        torch.set_flush_denormal(False)
+
+
+def _paths_agree_on_every_float16_value(k, monkeypatch):
     rng = np.random.default_rng(0)
     bits = np.arange(1 << 16, dtype=np.uint16)
     if k > 1:
@@ -381,11 +405,10 @@ def test_statistics_update_matches_the_reference_reduction_and_numpy(k, magnitud
     """Batches with classes (-1 among them, one batch unlabelled, one all in one class), invalid
     rows (whole images and single rows), positive and negative values: class means to 1e-6 of
     the reference (K = 300: 1e-6 of the largest) and of float64 NumPy, counts, maxima and the
-    top-k identical. The rows reach
-    the image-level pass as stored (float16 neurons) or float32 (SAE features), on each of its
-    paths: the compiled one (AVX2 where the CPU has it, and the portable loops) and the torch
-    one, in blocks of 7 images (a batch's last block shorter); the reference gets them widened,
-    whole."""
+    top-k identical. The rows reach the image-level pass as stored (float16 neurons) or float32
+    (SAE features), on each of its paths: the compiled one (AVX2 where the CPU has it, and the
+    portable loops) and the torch one, in blocks of 7 images (a batch's last block shorter); the
+    reference gets them widened, whole."""
     monkeypatch.setenv(kernels.ENV, kernel)
     monkeypatch.setattr(stats_module, "_BLOCK_ELEMENTS", 7 * k * 37)
     rng = np.random.default_rng(5)

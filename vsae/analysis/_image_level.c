@@ -9,11 +9,11 @@
  *   fired[c]    += (max[i, c] > 0)                   (int32, added to what the caller passes)
  *
  * Two paths with the same operations in the same order, so identical results: portable C that
- * compilers vectorise (float16 widened with integer operations, exact), and on x86-64 CPUs with
- * AVX2 and F16C the same eight columns at a time with intrinsics (2.5-4x faster than the
- * portable loops there; bench/RESULTS.md, "Class means: the image-level pass in C"). The build
- * passes -ffp-contract=off: no fused multiply-add on any path. Loaded through ctypes
- * (vsae/analysis/kernels.py), which releases the GIL for the call.
+ * compilers vectorise (float16 widened with integer operations, exact in any floating-point
+ * mode), and on x86-64 CPUs with AVX2 and F16C the same eight columns at a time with intrinsics
+ * (2.5-4x faster than the portable loops there; bench/RESULTS.md, "Class means: the image-level
+ * pass in C"). The build passes -ffp-contract=off: no fused multiply-add on any path. Loaded
+ * through ctypes (vsae/analysis/kernels.py), which releases the GIL for the call.
  */
 #include <stdint.h>
 #include <string.h>
@@ -24,16 +24,20 @@
 #endif
 
 static inline float half_to_float(uint16_t h) {
-    /* exponent and mantissa moved into place, rebiased by a multiply by 2^112 (exact, and right
-       for subnormal halves too); infinities and NaNs get the float's all-ones exponent */
-    uint32_t em = (uint32_t)(h & 0x7fffu);
-    uint32_t bits = em << 13;
-    float f;
-    memcpy(&f, &bits, 4);
-    f *= 5.192296858534828e+33f; /* 2^112 */
-    memcpy(&bits, &f, 4);
-    bits |= (em >= 0x7c00u) ? 0x7f800000u : 0u;
+    /* exact for every half, also with denormals-are-zero or flush-to-zero set: normal halves are
+       rebiased with integer operations, subnormal ones are em * 2^-24 (a normal float, so no
+       denormal enters the multiply), infinities and NaNs get the float's all-ones exponent */
+    const int32_t em = (int32_t)(h & 0x7fff);
+    const float small = (float)em * 5.9604644775390625e-08f; /* 2^-24; int32 converts in vectors */
+    uint32_t bits, small_bits;
+    memcpy(&small_bits, &small, 4);
+    /* exponent rebiased by 112; infinities and NaNs by 224, to the all-ones exponent (masks, not
+       branches, so that compilers vectorise it) */
+    const uint32_t inf_nan = -(uint32_t)(em >= 0x7c00), subnormal = -(uint32_t)(em < 0x0400);
+    bits = ((uint32_t)em << 13) + (112u << 23) + (inf_nan & (112u << 23));
+    bits = (bits & ~subnormal) | (small_bits & subnormal);
     bits |= (uint32_t)(h & 0x8000u) << 16;
+    float f;
     memcpy(&f, &bits, 4);
     return f;
 }

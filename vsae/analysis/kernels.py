@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
+import time
 import uuid
 from functools import lru_cache
 from pathlib import Path
@@ -49,45 +50,73 @@ FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared")
 log = logging.getLogger(__name__)
 
 
+def _compiler() -> list[str]:
+    raw = os.environ.get("CC", "")
+    try:
+        parts = shlex.split(raw) or ["cc"]  # as make reads it: "gcc -m64" is a compiler and a flag
+    except ValueError as e:
+        raise ValueError(f"CC={raw!r} does not parse as a command ({e})") from None
+    if shutil.which(parts[0]) is None:
+        raise FileNotFoundError(f"no C compiler: {parts[0]!r} is not on PATH (set CC)")
+    return parts
+
+
+def _intact(library: Path) -> bool:
+    """Whether a build's bytes still have the digest its name was given when it was written."""
+    return hashlib.sha256(library.read_bytes()).hexdigest()[:16] == library.stem.rsplit("-", 1)[-1]
+
+
+_STALE_SECONDS = 3600
+"""Temporary files older than this are from builds killed midway, and are removed."""
+
+
 def build(directory: Path | None = None) -> Path:
     """Compile ``_image_level.c`` into ``directory`` (default ``{cache}/kernels``) unless a build
-    of the same source, flags, compiler and platform is there; returns the shared library's path.
+    of the same source, flags, compiler and platform is there; returns the shared library's path,
+    ``_image_level-<key>-<digest of its bytes>.so``. A build whose bytes no longer match its
+    digest (damaged on disk) is removed and compiled again: loading it could crash the process.
     Concurrent builds are safe (each writes its own file and renames it into place).
 
-    Raises ``FileNotFoundError`` (no C compiler), ``subprocess.CalledProcessError`` (the
-    compiler failed; its stderr attached) or ``OSError`` (the directory is not writable)."""
-    compiler = shlex.split(os.environ.get("CC") or "cc")  # as make reads it: "gcc -m64" is a compiler
-    if not compiler or shutil.which(compiler[0]) is None:
-        raise FileNotFoundError(f"no C compiler: {os.environ.get('CC') or 'cc'!r} is not on PATH (set CC)")
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), " ".join(compiler).encode(),
+    Raises ``FileNotFoundError`` (no C compiler), ``ValueError`` (``CC`` does not parse),
+    ``subprocess.CalledProcessError`` (the compiler failed; its stderr attached) or ``OSError``
+    (the directory is not writable, the compiler wrote no library)."""
+    compiler = _compiler()
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), " ".join(compiler).encode(),
                                       sysconfig.get_platform().encode()])).hexdigest()[:16]
-    out = (directory or cache_dir() / "kernels") / f"_image_level-{key}.so"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f"{out.name}.{uuid.uuid4().hex}.tmp")
+    folder = directory or cache_dir() / "kernels"
+    for found in sorted(folder.glob(f"_image_level-{key}-*.so")):
+        if _intact(found):
+            return found
+        log.warning("removing a damaged build of the image-level pass: %s", found)
+        found.unlink(missing_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.tmp"):
         try:
-            subprocess.run([*compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True,
-                           text=True, timeout=300)
-            os.replace(tmp, out)
-        finally:
-            tmp.unlink(missing_ok=True)
+            if time.time() - stale.stat().st_mtime > _STALE_SECONDS:
+                stale.unlink()
+        except OSError:
+            pass  # another process's, or gone already
+    tmp = folder / f"_image_level-{key}.{uuid.uuid4().hex}.tmp"
+    try:
+        subprocess.run([*compiler, *FLAGS, "-o", str(tmp), str(SOURCE)], check=True, capture_output=True, text=True,
+                       timeout=300)
+        if not tmp.is_file():
+            raise OSError(f"{' '.join(compiler)} exited 0 but wrote no library")
+        out = folder / f"_image_level-{key}-{hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]}.so"
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
 def _load() -> ctypes.CDLL:
     """The built library, loaded: from the cache, else from a directory of this user's under the
-    system's temporary directory where the cache is not writable; a build that does not load
-    (damaged) is compiled again once."""
+    system's temporary directory where the cache is not writable."""
     try:
         built = build()
     except OSError:  # cache not writable (or no compiler: raised again below)
         built = build(Path(tempfile.gettempdir()) / f"vsae-kernels-{os.getuid() if hasattr(os, 'getuid') else 0}")
-    try:
-        return ctypes.CDLL(str(built))  # CDLL, not PyDLL: calls release the GIL
-    except OSError:
-        built.unlink(missing_ok=True)
-        return ctypes.CDLL(str(build(built.parent)))
+    return ctypes.CDLL(str(built))  # CDLL, not PyDLL: calls release the GIL
 
 
 @lru_cache(maxsize=1)
@@ -99,7 +128,7 @@ def _library() -> ctypes.CDLL | None:
         lib.vsae_image_level.restype = None
         lib.vsae_image_level_simd.argtypes = []
         lib.vsae_image_level_simd.restype = ctypes.c_int
-    except (OSError, subprocess.SubprocessError, AttributeError) as e:
+    except (OSError, ValueError, subprocess.SubprocessError, AttributeError) as e:
         detail = getattr(e, "stderr", None) or ""
         log.warning("the analysis's compiled image-level pass is not available (%s%s): the torch pass runs",
                     e, f"; {detail.strip()[-2000:]}" if detail else "")
@@ -122,9 +151,10 @@ def available() -> bool:
 
 def path(dtype: torch.dtype = torch.float16) -> str:
     """What :func:`image_level` runs here now for rows of ``dtype``: ``"avx2"``, ``"portable"``
-    or ``"torch"``. ``auto`` without AVX2 takes the portable loops for float32 rows only: their
-    float16 widening, in integer operations, ran at 0.8-1.0x the torch pass's (measured on an
-    x86-64 CPU, the loops built for baseline x86-64), float32 rows at 1.5-2x."""
+    or ``"torch"``. ``auto`` without AVX2 takes the portable loops for float32 rows only: with
+    their float16 widening in integer operations they ran at 0.75x the torch pass on float16
+    rows, 1.4-1.6x on float32 rows (measured on an x86-64 CPU, the loops built for baseline
+    x86-64)."""
     chosen = mode()
     lib = None if chosen == "torch" or dtype not in (torch.float16, torch.float32) else _library()
     if lib is None:
@@ -146,14 +176,16 @@ def image_level(acts_bs: torch.Tensor, weights_nk: torch.Tensor
     ``weights_nk`` [n, K] float32. Returns ``mean`` [n, S] float32 (``Σ_j w_ij x_ij``, summed in
     row order), ``max`` [n, S] float32 (NaN where a row is NaN), ``positive`` [S] int64 (rows > 0)
     and ``fired`` [S] int64 (images whose max is > 0), all rows and images counted (the caller
-    takes out unreadable ones). Source: SPEC 8 (image-level activations)."""
+    takes out unreadable ones). Raises ValueError where the shapes do not match. Source: SPEC 8
+    (image-level activations)."""
     chosen = path(acts_bs.dtype)
     if acts_bs.device.type != "cpu" or chosen == "torch":
         return None
     lib = _library()
-    n, k = weights_nk.shape
-    s = acts_bs.shape[1]
-    assert acts_bs.shape[0] == n * k, (acts_bs.shape, weights_nk.shape)
+    if acts_bs.dim() != 2 or weights_nk.dim() != 2 or acts_bs.shape[0] != weights_nk.numel():
+        raise ValueError(f"rows {tuple(acts_bs.shape)} and weights {tuple(weights_nk.shape)}: "
+                         "expected [n*K, S] and [n, K]")
+    (n, k), s = weights_nk.shape, acts_bs.shape[1]
     x = acts_bs.contiguous()
     w = weights_nk.to(torch.float32).contiguous()
     mean = torch.empty(n, s, dtype=torch.float32)
