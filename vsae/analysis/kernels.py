@@ -128,6 +128,8 @@ def _library() -> ctypes.CDLL | None:
         lib.vsae_image_level.restype = None
         lib.vsae_image_level_simd.argtypes = []
         lib.vsae_image_level_simd.restype = ctypes.c_int
+        log.info("the analysis's image-level pass: %s (%s)", "avx2" if lib.vsae_image_level_simd() else "portable",
+                 lib._name)
     except (OSError, ValueError, subprocess.SubprocessError, AttributeError) as e:
         detail = getattr(e, "stderr", None) or ""
         log.warning("the analysis's compiled image-level pass is not available (%s%s): the torch pass runs",
