@@ -77,8 +77,11 @@ def check_recovery(store: str, out: str, sae_cfg: SAEConfig, data: SyntheticConf
     else:  # BatchTopK: k on average over a batch; ReLU variants: λ sets L0 near the k (32) true features
         assert sae_cfg.k / 2 <= result["l0"] <= 3 * sae_cfg.k, summary
     # Dead latents are counted with the final weights: 4,096 TopK latents for 2,048 features leave
-    # many unused (about 0.4 of them), where the old training-window count reported none.
-    assert 0 <= result["dead_frac_train"] <= result["dead_frac"] + 0.02 and result["dead_frac"] < 0.7, summary
+    # many unused (about 0.4 of them), where the old training-window count reported none. The
+    # count over the 8,192 sampled training rows may exceed the held-out one, by latents silent on
+    # every sampled training row that fire on some held-out row (relu_l1, 512 features, on an
+    # Intel CPU with AMX in bf16: 2.1-2.3% against 0.1%).
+    assert 0 <= result["dead_frac_train"] <= result["dead_frac"] + 0.03 and result["dead_frac"] < 0.7, summary
     if sae_cfg.sparse_by_k:
         assert result["dead_frac"] > 0.1 and result["dead_window_frac"] < result["dead_frac"], summary
 
